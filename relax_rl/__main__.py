@@ -1,0 +1,3 @@
+from relax_rl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a value, a path, a name); the message names it and what is valid."""

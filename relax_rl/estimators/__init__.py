@@ -1,0 +1,58 @@
+"""Gradient estimators for discrete (and reparameterisable) random variables.
+
+Pure tensor functions shared by the toy problem, the discrete VAE and the RL agents.
+"""
+
+from relax_rl.estimators.control_variates import RebarControlVariate, RelaxToyControlVariate
+from relax_rl.estimators.distributions import (
+    BERNOULLI,
+    CATEGORICAL,
+    BernoulliFamily,
+    CategoricalFamily,
+    DiscreteFamily,
+    bernoulli_conditional,
+    bernoulli_log_prob,
+    bernoulli_sample,
+    categorical_conditional,
+    categorical_log_prob,
+    categorical_sample,
+    gaussian_log_prob,
+    gaussian_sample,
+    uniform_noise,
+)
+from relax_rl.estimators.estimators import (
+    concrete,
+    lax,
+    rebar,
+    reinforce,
+    relax,
+    straight_through,
+)
+from relax_rl.estimators.variance import assign_gradients, estimate_with_variance_loss
+
+__all__ = [
+    "BERNOULLI",
+    "CATEGORICAL",
+    "BernoulliFamily",
+    "CategoricalFamily",
+    "DiscreteFamily",
+    "RebarControlVariate",
+    "RelaxToyControlVariate",
+    "assign_gradients",
+    "bernoulli_conditional",
+    "bernoulli_log_prob",
+    "bernoulli_sample",
+    "categorical_conditional",
+    "categorical_log_prob",
+    "categorical_sample",
+    "concrete",
+    "estimate_with_variance_loss",
+    "gaussian_log_prob",
+    "gaussian_sample",
+    "lax",
+    "rebar",
+    "reinforce",
+    "relax",
+    "straight_through",
+    "uniform_noise",
+]

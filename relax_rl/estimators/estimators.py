@@ -1,0 +1,105 @@
+"""Gradient estimators as surrogate losses.
+
+Each function returns a per-sample *surrogate* whose autograd gradient with respect to the
+distribution parameters ``theta`` (the logits, and whatever produced them) is the estimator's
+gradient estimate of ``d/dtheta E[f(b)]``. Sum or average it over the batch, then call
+``backward()`` (or :func:`relax_rl.estimators.variance.estimate_with_variance_loss` to also
+train the control variate).
+
+Rules every caller must follow:
+- ``f_b`` is the black-box loss of the discrete sample; it is treated as a constant in
+  ``theta`` (detached here). Gradients of ``f`` w.r.t. its own parameters (a decoder, say)
+  are the caller's business.
+- Control variates and baselines may depend on their own parameters ``phi`` (keep that graph:
+  the variance objective needs it) but must not depend on ``theta`` except through the ``z``,
+  ``z~`` or sample they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from relax_rl.estimators.distributions import DiscreteFamily
+
+ControlVariate = Callable[[Tensor], Tensor]
+
+
+def reinforce(f_b: Tensor, log_prob: Tensor, baseline: Tensor | float | None = None) -> Tensor:
+    """REINFORCE / score function (Williams 1992): ``g = (f(b) - baseline) dlog p(b)/dtheta``.
+
+    :param f_b: loss of each sample, shape ``(N,)``.
+    :param log_prob: ``log p(b)`` of each sample, differentiable in theta, shape ``(N,)``.
+    :param baseline: optional baseline, constant in theta (e.g. a learned NVIL network of phi).
+    """
+    multiplier = f_b.detach() if baseline is None else f_b.detach() - baseline
+    return multiplier * log_prob
+
+
+def concrete(
+    f: Callable[[Tensor], Tensor], z: Tensor, temperature: Tensor | float, family: DiscreteFamily
+) -> Tensor:
+    """Concrete / Gumbel-softmax (Maddison et al. 2017; Jang et al. 2017): ``f(sigma_lambda(z))``.
+
+    Reparameterised through the relaxed sample; biased for any temperature > 0.
+    """
+    return f(family.relax(z, temperature))
+
+
+def straight_through(
+    f: Callable[[Tensor], Tensor],
+    z: Tensor,
+    b: Tensor,
+    temperature: Tensor | float,
+    family: DiscreteFamily,
+) -> Tensor:
+    """Straight-through Gumbel-softmax: ``f`` evaluated at the hard ``b``, gradient of the relaxed
+    sample (Jang et al. 2017, Sec. 2.2). Biased."""
+    soft = family.relax(z, temperature)
+    return f(family.hard(b, soft) + soft - soft.detach())
+
+
+def lax(f_b: Tensor, log_prob: Tensor, sample: Tensor, control_variate: ControlVariate) -> Tensor:
+    """LAX (Grathwohl et al. 2018, Eq. 5) for a reparameterisable sample ``b = T(theta, eps)``:
+    ``g = [f(b) - c(b)] dlog p(b)/dtheta + dc(b)/dtheta``.
+
+    :param log_prob: the score's log density ``log p(b | theta)`` evaluated at the *detached*
+        sample (``b`` held fixed), while ``sample`` keeps its reparameterisation path.
+    """
+    return (f_b.detach() - control_variate(sample.detach())) * log_prob + control_variate(sample)
+
+
+def relax(
+    f_b: Tensor,
+    log_prob: Tensor,
+    z: Tensor,
+    z_tilde: Tensor,
+    control_variate: ControlVariate,
+) -> Tensor:
+    """RELAX (Grathwohl et al. 2018, Eq. 8):
+    ``g = [f(b) - c(z~)] dlog p(b)/dtheta + dc(z)/dtheta - dc(z~)/dtheta``.
+
+    The score-function multiplier uses ``c(z~.detach())``: constant in theta, yet still a function
+    of phi, as the variance objective requires. Unbiased for any control variate ``c``.
+    """
+    c_tilde_const = control_variate(z_tilde.detach())
+    return (f_b.detach() - c_tilde_const) * log_prob + control_variate(z) - control_variate(z_tilde)
+
+
+def rebar(
+    f_b: Tensor,
+    log_prob: Tensor,
+    z: Tensor,
+    z_tilde: Tensor,
+    f: Callable[[Tensor], Tensor],
+    eta: Tensor,
+    log_temperature: Tensor,
+    family: DiscreteFamily,
+) -> Tensor:
+    """REBAR (Tucker et al. 2017): RELAX with ``c(z) = eta * f(sigma_lambda(z))``.
+
+    ``eta`` and ``log_temperature`` are the free parameters tuned on the variance objective.
+    """
+    temperature = log_temperature.exp()
+    return relax(f_b, log_prob, z, z_tilde, lambda x: eta * f(family.relax(x, temperature)))

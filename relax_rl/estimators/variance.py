@@ -1,0 +1,35 @@
+"""The variance objective that trains control variates (Grathwohl et al. 2018, Eq. 11).
+
+For an unbiased estimator ``g_phi``, ``d Var(g)/dphi = E[d (g^2)/dphi]``: the mean term does not
+depend on phi. So: get ``g`` with ``create_graph=True``, then minimise ``sum(g**2)`` w.r.t. phi
+only, on phi's own optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def estimate_with_variance_loss(
+    surrogate: Tensor, params: Sequence[Tensor]
+) -> tuple[list[Tensor], Tensor]:
+    """Gradient estimate ``g`` of ``surrogate`` w.r.t. ``params`` and the variance loss ``sum g^2``.
+
+    :param surrogate: a scalar whose gradient w.r.t. ``params`` is the estimate.
+    :param params: the distribution parameters theta.
+    :return: ``(grads, loss)``; ``grads`` keep their graph to phi, ``loss.backward(inputs=phi)``
+        trains the control variate.
+    """
+    grads = torch.autograd.grad(surrogate, list(params), create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+    loss = sum((g**2).sum() for g in grads)
+    return grads, loss  # type: ignore[return-value]
+
+
+def assign_gradients(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """Store detached estimates in ``.grad`` so that any torch optimizer can step on them."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.detach().clone()

@@ -1,0 +1,91 @@
+"""Figures drawn with matplotlib (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+COLORS = {
+    "exact": "black",
+    "reinforce": "tab:blue",
+    "concrete": "tab:gray",
+    "rebar": "tab:orange",
+    "relax": "tab:red",
+    "a2c": "tab:green",
+    "lax": "tab:purple",
+}
+
+
+def _band(ax, x, per_seed: np.ndarray, label: str, color: str | None) -> None:
+    """Mean line and min-max band over seeds; ``per_seed`` has shape ``(points, seeds)``."""
+    with warnings.catch_warnings():  # all-NaN columns (zero variance) stay NaN: a gap
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(per_seed, axis=1)
+        lo, hi = np.nanmin(per_seed, axis=1), np.nanmax(per_seed, axis=1)
+    ax.plot(x, mean, label=label, color=color, lw=1.6)
+    if per_seed.shape[1] > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+
+
+def plot_toy_figure1(results: dict, path: Path) -> None:
+    """The seed's Figure 1: expected loss (left) and theta (right) against step."""
+    curves, cfg = results["curves"], results["config"]
+    steps = np.asarray(curves["step"])
+    fig, (ax_loss, ax_theta) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in curves["estimators"].items():
+        color = COLORS.get(name)
+        _band(ax_loss, steps, np.asarray(c["loss"], dtype=float), name, color)
+        _band(ax_theta, steps, np.asarray(c["theta"], dtype=float), name, color)
+    ax_loss.set(xlabel="step", ylabel=r"$E[(b-t)^2]$", title=f"Loss (t = {cfg['target']})")
+    ax_theta.set(xlabel="step", ylabel=r"$\theta$", title=r"$\theta = \sigma(l)$", ylim=(0, 1))
+    ax_theta.axhline(0.1, color="0.6", ls=":", lw=1, label=r"$\theta$ = 0.1")
+    n = cfg["seeds"]
+    for ax in (ax_loss, ax_theta):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title=f"mean, min-max of {n} seeds", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_toy_figure2(results: dict, path: Path) -> None:
+    """The seed's Figure 2: log10 estimator variance against step (left) and the learned
+    relaxation ``c_phi(z)`` of seed 0 at its final theta (right)."""
+    curves, cfg = results["curves"], results["config"]
+    steps = np.asarray(curves["step"])
+    fig, (ax_var, ax_rel) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in curves["estimators"].items():
+        lv = np.asarray([[np.nan if x is None else x for x in row] for row in c["log10_var"]])
+        if name == "exact" or np.isnan(lv).all():
+            continue  # the exact gradient has zero variance
+        _band(ax_var, steps, lv, name, COLORS.get(name))
+    ax_var.set(
+        xlabel="step",
+        ylabel="log10 Var[g]",
+        title=f"Estimator variance ({cfg['var_samples']} samples per point)",
+    )
+    ax_var.grid(alpha=0.3)
+    ax_var.legend(fontsize=8)
+
+    z = np.asarray(curves["relaxation_z"])
+    t = cfg["target"]
+    ax_rel.plot(z, (np.asarray(z > 0, dtype=float) - t) ** 2, color="0.4", ls="--", label="f(H(z))")
+    for name, c in curves["estimators"].items():
+        if c.get("relaxation") is not None:
+            theta = c["theta"][-1][0]
+            label = rf"{name} ($\theta$ = {theta:.3g})"
+            ax_rel.plot(z, np.asarray(c["relaxation"][0]), color=COLORS.get(name), label=label)
+    ax_rel.set(
+        xlabel="z", ylabel=r"$c_\phi(z)$", title="Learned relaxation, seed 0 at its final theta"
+    )
+    ax_rel.grid(alpha=0.3)
+    ax_rel.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
