@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/relax-rl toy --steps 10000 --seeds 5 --out runs/demo-toy --overwrite
+	WANDB_MODE=offline $(BIN)/relax-rl toy --steps 10000 --seeds 5 --out runs/demo-toy
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 toy: $(STAMP)
-	$(BIN)/relax-rl toy --out runs/toy --overwrite
+	$(BIN)/relax-rl toy --out runs/toy
 
 bench: $(STAMP)
 	$(BIN)/python bench/estimators.py

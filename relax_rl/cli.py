@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line argparse error
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

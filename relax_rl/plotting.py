@@ -71,7 +71,8 @@ def plot_toy_figure2(results: dict, path: Path) -> None:
         title=f"Estimator variance ({cfg['var_samples']} samples per point)",
     )
     ax_var.grid(alpha=0.3)
-    ax_var.legend(fontsize=8)
+    if ax_var.get_legend_handles_labels()[0]:
+        ax_var.legend(fontsize=8)
 
     z = np.asarray(curves["relaxation_z"])
     t = cfg["target"]

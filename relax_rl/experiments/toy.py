@@ -168,17 +168,17 @@ class ToyEstimator:
 
 
 def _noise(seeds: list[int], steps: int) -> tuple[Tensor, Tensor]:
-    """``(steps, R)`` uniform noise for ``u`` and ``v``, one generator per seed."""
+    """``(steps, R)`` uniform noise for ``u`` and ``v``, one generator per seed and stream, so
+    that the first ``n`` steps of a seed are the same whatever ``steps`` is."""
     eps = torch.finfo(torch.float32).eps
-    cols_u, cols_v = [], []
-    for s in seeds:
-        gen = torch.Generator().manual_seed(1_000_003 * s + 17)
-        cols_u.append(torch.rand(steps, generator=gen))
-        cols_v.append(torch.rand(steps, generator=gen))
-    return (
-        torch.stack(cols_u, 1).clamp(eps, 1 - eps),
-        torch.stack(cols_v, 1).clamp(eps, 1 - eps),
-    )
+
+    def stream(seed: int, which: int) -> Tensor:
+        gen = torch.Generator().manual_seed(1_000_003 * seed + 17 + which)
+        return torch.rand(steps, generator=gen)
+
+    u = torch.stack([stream(s, 0) for s in seeds], 1)
+    v = torch.stack([stream(s, 500_001) for s in seeds], 1)
+    return u.clamp(eps, 1 - eps), v.clamp(eps, 1 - eps)
 
 
 def _log10_var(grads: Tensor) -> list[float | None]:
