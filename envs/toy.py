@@ -7,7 +7,7 @@ Action ``b`` in {0, 1}; reward ``-(b - t)^2``; every episode is one step. With a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -17,7 +17,7 @@ from gymnasium import spaces
 class BernoulliToyEnv(gym.Env):
     """One-step bandit with reward ``-(action - target)^2`` and a constant observation."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, target: float = 0.499) -> None:
         if not 0.0 <= target <= 1.0:
