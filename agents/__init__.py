@@ -1,3 +1,10 @@
-"""RL agents (REINFORCE, A2C, RELAX; LAX for continuous actions): thin subclasses of the one
-shared on-policy base in ``relax_rl``. They land with the RL-agents issue; the estimators they
-will use are in :mod:`relax_rl.estimators`."""
+"""RL agents: thin subclasses of :class:`relax_rl.on_policy.GumbelOnPolicyAlgorithm` that differ
+only in their policy-gradient surrogate (and RELAX in its control variate)."""
+
+from agents.a2c import A2C
+from agents.reinforce import REINFORCE
+from agents.relax import RELAX
+
+ALGOS = {"reinforce": REINFORCE, "a2c": A2C, "relax": RELAX}
+
+__all__ = ["A2C", "ALGOS", "RELAX", "REINFORCE"]

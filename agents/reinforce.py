@@ -1,0 +1,46 @@
+"""REINFORCE (Williams 1992) with Monte-Carlo returns and an optional learned state baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+
+from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.estimators import reinforce
+from relax_rl.on_policy import GumbelOnPolicyAlgorithm
+
+
+class REINFORCE(GumbelOnPolicyAlgorithm):
+    """Score-function policy gradient ``g = sum_t (G_t - b(s_t)) dlog pi(a_t|s_t)``.
+
+    Defaults: whole-episode Monte-Carlo returns (``n_steps=0``, one env), no baseline, Adam.
+    ``use_baseline=True`` adds a learned V(s) as ``b(s)``. Other parameters: see
+    :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        learning_rate: float = 1e-3,
+        n_steps: int = 0,
+        gamma: float = 0.99,
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = None,
+        use_baseline: bool = False,
+        optimizer: str = "adam",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("gae_lambda", 1.0)
+        super().__init__(
+            policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
+            ent_coef=ent_coef, max_grad_norm=max_grad_norm, use_baseline=use_baseline,
+            optimizer=optimizer, **kwargs,
+        )
+
+    def policy_surrogate(
+        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        advantages: th.Tensor,
+    ) -> th.Tensor:
+        return reinforce(-advantages, log_prob)

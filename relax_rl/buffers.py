@@ -1,0 +1,157 @@
+"""The one rollout buffer and the one returns computation of every agent.
+
+:class:`GumbelRolloutBuffer` is SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer`
+with two more fields, the Gumbel-max noise ``u`` and the conditional noise ``v`` drawn when
+acting (one uniform per action per step), so that RELAX can rebuild ``z`` and ``z~`` from the
+current logits at training time. Its arrays are preallocated torch tensors written in place (no
+per-step numpy copies), and it may be filled partially: a whole-episode rollout ends when its
+episode does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+
+
+class GumbelRolloutSamples(NamedTuple):
+    """A whole rollout, flattened time-major: row ``t * n_envs + e`` is step ``t`` of env ``e``."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    values: th.Tensor
+    log_probs: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    noise_u: th.Tensor
+    noise_v: th.Tensor
+    env_index: th.Tensor
+
+
+def compute_gae(
+    rewards: th.Tensor,
+    values: th.Tensor,
+    episode_starts: th.Tensor,
+    last_values: th.Tensor,
+    last_dones: th.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[th.Tensor, th.Tensor]:
+    """GAE(lambda) advantages and lambda-returns (Schulman et al. 2016, Eq. 16), shape ``(T, E)``.
+
+    ``gae_lambda = 1`` with ``values = 0`` is the Monte-Carlo return-to-go; at a cut the last
+    value ``last_values`` bootstraps (time-limit truncations are bootstrapped by the collect loop,
+    which adds ``gamma * V(terminal obs)`` to the last reward, as SB3 does).
+    """
+    steps = rewards.shape[0]
+    advantages = th.zeros_like(rewards)
+    last_gae = th.zeros_like(last_values)
+    for t in reversed(range(steps)):
+        if t == steps - 1:
+            next_non_terminal, next_values = 1.0 - last_dones, last_values
+        else:
+            next_non_terminal, next_values = 1.0 - episode_starts[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * next_values * next_non_terminal - values[t]
+        last_gae = delta + gamma * gae_lambda * next_non_terminal * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+class GumbelRolloutBuffer(RolloutBuffer):
+    """Rollout buffer for discrete actions sampled by Gumbel-max, with the noise stored.
+
+    :param buffer_size: capacity in steps per env (``n_steps``, or the longest episode).
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "cpu",
+        gae_lambda: float = 1.0,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+    ) -> None:
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(f"GumbelRolloutBuffer needs a Discrete action space, got {action_space}")
+        self.n_actions = int(action_space.n)
+        super().__init__(
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+        )
+
+    def reset(self) -> None:
+        shape = (self.buffer_size, self.n_envs)
+        self.observations = th.zeros((*shape, *self.obs_shape), dtype=th.float32)
+        self.actions = th.zeros(shape, dtype=th.long)
+        self.rewards = th.zeros(shape)
+        self.returns = th.zeros(shape)
+        self.episode_starts = th.zeros(shape)
+        self.values = th.zeros(shape)
+        self.log_probs = th.zeros(shape)
+        self.advantages = th.zeros(shape)
+        self.noise_u = th.zeros((*shape, self.n_actions))
+        self.noise_v = th.zeros((*shape, self.n_actions))
+        self.pos, self.full, self.generator_ready = 0, False, False
+
+    def add(  # type: ignore[override]
+        self,
+        obs: th.Tensor,
+        action: th.Tensor,
+        reward: th.Tensor,
+        episode_start: th.Tensor,
+        value: th.Tensor,
+        log_prob: th.Tensor,
+        noise_u: th.Tensor,
+        noise_v: th.Tensor,
+    ) -> None:
+        """Write one vectorised step (all arguments have a leading ``n_envs`` dimension)."""
+        p = self.pos
+        self.observations[p] = obs.reshape(self.n_envs, *self.obs_shape)
+        self.actions[p] = action
+        self.rewards[p] = reward
+        self.episode_starts[p] = episode_start
+        self.values[p] = value
+        self.log_probs[p] = log_prob
+        self.noise_u[p] = noise_u
+        self.noise_v[p] = noise_v
+        self.pos += 1
+        self.full = self.pos == self.buffer_size
+
+    def compute_returns_and_advantage(  # type: ignore[override]
+        self, last_values: th.Tensor, dones: th.Tensor | np.ndarray
+    ) -> None:
+        """Advantages and returns of the filled part, by :func:`compute_gae`."""
+        n = self.pos
+        dones_t = th.as_tensor(np.asarray(dones), dtype=th.float32).reshape(self.n_envs)
+        adv, ret = compute_gae(
+            self.rewards[:n],
+            self.values[:n],
+            self.episode_starts[:n],
+            last_values.detach().reshape(self.n_envs).float(),
+            dones_t,
+            self.gamma,
+            self.gae_lambda,
+        )
+        self.advantages[:n], self.returns[:n] = adv, ret
+
+    def get_all(self) -> GumbelRolloutSamples:
+        """The filled part as one batch (A2C-style algorithms train on all of it at once)."""
+        n = self.pos
+        flat = lambda x: x[:n].reshape(n * self.n_envs, *x.shape[2:])  # noqa: E731
+        env_index = th.arange(self.n_envs).repeat(n)
+        return GumbelRolloutSamples(
+            flat(self.observations).to(self.device),
+            flat(self.actions).to(self.device),
+            flat(self.values).to(self.device),
+            flat(self.log_probs).to(self.device),
+            flat(self.advantages).to(self.device),
+            flat(self.returns).to(self.device),
+            flat(self.noise_u).to(self.device),
+            flat(self.noise_v).to(self.device),
+            env_index.to(self.device),
+        )

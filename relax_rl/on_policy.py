@@ -1,0 +1,353 @@
+"""The one on-policy base that every agent shares (an SB3 ``OnPolicyAlgorithm``).
+
+It owns the collect loop (Gumbel-max from stored noise), the rollout buffer, the returns
+(:func:`relax_rl.buffers.compute_gae`), the entropy bonus, the value loss, gradient clipping,
+the variance objective for agents with a control variate, logging and save/load. An agent only
+says how its policy-gradient surrogate is built (:meth:`GumbelOnPolicyAlgorithm.policy_surrogate`)
+and, if it has one, what its control variate is (:meth:`GumbelOnPolicyAlgorithm.make_control_variate`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
+from relax_rl.estimators import estimate_with_variance_loss
+from relax_rl.policies import GumbelPolicy
+
+SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
+
+OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
+    # SB3 A2C's RMSprop settings (alpha 0.99, eps 1e-5) and SB3's Adam eps.
+    "rmsprop": (th.optim.RMSprop, {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0}),
+    "adam": (th.optim.Adam, {"eps": 1e-5}),
+}
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss or gradient became NaN/inf; parameters were left as they were before the update."""
+
+
+class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
+    """Shared base of REINFORCE, A2C and RELAX for ``Discrete`` action spaces.
+
+    :param policy: ``"MlpPolicy"`` (a :class:`~relax_rl.policies.GumbelPolicy`) or a subclass.
+    :param env: a gymnasium env, a VecEnv or an env id.
+    :param learning_rate: learning rate of the policy (actor and critic), or a schedule.
+    :param n_steps: steps per env per update; ``0`` collects one whole episode per update
+        (Monte-Carlo returns without any bootstrap; needs one env).
+    :param gamma: discount factor.
+    :param gae_lambda: GAE(lambda); 1 gives n-step Monte-Carlo advantages.
+    :param ent_coef: entropy bonus (on the policy only; not part of the variance objective).
+    :param vf_coef: weight of the value loss.
+    :param max_grad_norm: clip of the policy's gradient norm (``None``: no clipping).
+    :param use_baseline: learn V(s) and use it as a baseline and for bootstrapping at cuts and
+        time-limit truncations. Without it, advantages are the plain (discounted) returns.
+    :param normalize_advantage: standardise advantages per batch.
+    :param optimizer: ``"rmsprop"`` (SB3 A2C's) or ``"adam"``; ``optimizer_kwargs`` override.
+    :param max_episode_steps: buffer capacity for ``n_steps=0`` when the env has no time limit.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[GumbelPolicy]]] = {"MlpPolicy": GumbelPolicy}
+    policy: GumbelPolicy
+    rollout_buffer: GumbelRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[GumbelPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        use_baseline: bool = True,
+        normalize_advantage: bool = False,
+        optimizer: str = "rmsprop",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        max_episode_steps: int = 10_000,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "cpu",
+        _init_setup_model: bool = True,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
+        policy_kwargs = dict(policy_kwargs or {})
+        if "optimizer_class" not in policy_kwargs:
+            opt_class, opt_kwargs = OPTIMIZERS[optimizer]
+            policy_kwargs["optimizer_class"] = opt_class
+            policy_kwargs["optimizer_kwargs"] = {**opt_kwargs, **(optimizer_kwargs or {})}
+        self.use_baseline = use_baseline
+        self.normalize_advantage = normalize_advantage
+        self.optimizer = optimizer
+        self.max_episode_steps = max_episode_steps
+        self.control_variate: nn.Module | None = None
+        self.cv_optimizer: th.optim.Optimizer | None = None
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,  # type: ignore[arg-type]
+            use_sde=False,
+            sde_sample_freq=-1,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Discrete,),
+        )
+        if n_steps == 0 and self.n_envs != 1:
+            raise ValueError(f"n_steps=0 (whole episodes) needs n_envs=1, got n_envs={self.n_envs}")
+        if _init_setup_model:
+            self._setup_model()
+
+    # ---------------------------------------------------------------- set-up and save/load
+    def _buffer_capacity(self) -> int:
+        if self.n_steps > 0:
+            return self.n_steps
+        spec = self.env.get_attr("spec")[0] if self.env is not None else None
+        limit = getattr(spec, "max_episode_steps", None)
+        return int(limit) if limit else self.max_episode_steps
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.rollout_buffer = GumbelRolloutBuffer(
+            self._buffer_capacity(),
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+        ).to(self.device)
+        # The acting noise has its own generator, saved with the model, so that a run
+        # continued from a checkpoint draws exactly the noise a straight run would.
+        self._noise_gen = th.Generator().manual_seed(
+            int(self.seed) if self.seed is not None else int(th.randint(0, 2**31, ()).item())
+        )
+        self.noise_rng_state = self._noise_gen.get_state()
+        self.control_variate = self.make_control_variate()
+        if self.control_variate is not None:
+            self.control_variate.to(self.device)
+            self.cv_optimizer = self.make_cv_optimizer(self.control_variate)
+        self.n_updates = 0
+
+    def make_control_variate(self) -> nn.Module | None:
+        """The agent's control variate ``c_phi`` (trained on the variance objective), if any."""
+        return None
+
+    def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
+        """phi's own optimizer (Adam unless an agent says otherwise)."""
+        return th.optim.Adam(control_variate.parameters(), lr=self.lr_schedule(1), eps=1e-5)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "policy.optimizer"]
+        if self.control_variate is not None:
+            state_dicts += ["control_variate", "cv_optimizer"]
+        return state_dicts, ["noise_rng_state"]
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_noise_gen"]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.noise_rng_state = self._noise_gen.get_state()
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls: type[SelfAlgo], *args: Any, **kwargs: Any) -> SelfAlgo:  # type: ignore[override]
+        model = super().load(*args, **kwargs)
+        model._noise_gen.set_state(model.noise_rng_state.to(th.uint8))
+        return model
+
+    # ---------------------------------------------------------------- collect
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: GumbelRolloutBuffer,  # type: ignore[override]
+        n_rollout_steps: int,
+    ) -> bool:
+        """Fill the buffer with ``n_steps`` steps per env (or one whole episode).
+
+        Lean on purpose (it is most of the wall time): one forward pass per step for logits and
+        values, the action ``argmax(log p + G(u))`` from uniforms drawn here and stored, no
+        distribution objects. SB3's callback protocol is kept step by step.
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        capacity = rollout_buffer.buffer_size
+        whole_episode = self.n_steps == 0
+        n_envs, n_actions = env.num_envs, rollout_buffer.n_actions
+        eps = th.finfo(th.float32).eps
+        for n_steps in range(1, capacity + 1):
+            obs_t = th.as_tensor(self._last_obs, device=self.device)
+            noise = th.rand((2, n_envs, n_actions), generator=self._noise_gen).clamp_(eps, 1 - eps)
+            with th.no_grad():
+                logits, values = self.policy.logits_and_values(obs_t)
+                log_p = th.log_softmax(logits, -1)
+                actions = (log_p - th.log(-th.log(noise[0]))).argmax(-1)
+                log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            new_obs, rewards, dones, infos = env.step(actions.numpy())
+            self.num_timesteps += n_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            rewards_t = th.as_tensor(rewards, dtype=th.float32)
+            if self.use_baseline:
+                self._bootstrap_truncations(rewards_t, dones, infos)
+            rollout_buffer.add(
+                obs_t,
+                actions,
+                rewards_t,
+                th.as_tensor(self._last_episode_starts, dtype=th.float32),
+                values if self.use_baseline else th.zeros(n_envs),
+                log_probs,
+                noise[0],
+                noise[1],
+            )
+            self._last_obs, self._last_episode_starts = new_obs, dones
+            if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):
+                break
+        with th.no_grad():
+            if self.use_baseline:
+                last_values = self.policy.logits_and_values(th.as_tensor(new_obs))[1]
+            else:
+                last_values = th.zeros(n_envs)
+        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _bootstrap_truncations(
+        self, rewards: th.Tensor, dones: np.ndarray, infos: list[dict[str, Any]]
+    ) -> None:
+        """At a time-limit truncation add ``gamma * V(terminal obs)`` to the reward (SB3's rule),
+        in one batched forward pass."""
+        idx = [
+            i
+            for i, done in enumerate(dones)
+            if done
+            and infos[i].get("TimeLimit.truncated", False)
+            and infos[i].get("terminal_observation") is not None
+        ]
+        if not idx:
+            return
+        terminal = np.stack([infos[i]["terminal_observation"] for i in idx])
+        with th.no_grad():
+            values = self.policy.logits_and_values(th.as_tensor(terminal))[1]
+        rewards[idx] += self.gamma * values
+
+    # ---------------------------------------------------------------- train
+    @abstractmethod
+    def policy_surrogate(
+        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        advantages: th.Tensor,
+    ) -> th.Tensor:
+        """Per-sample surrogate to *minimise*; its gradient w.r.t. the actor is minus the
+        policy-gradient estimate. The one thing an agent defines."""
+
+    def train(self) -> None:
+        """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
+        agent with a control variate, one step of phi on the variance objective."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        data = self.rollout_buffer.get_all()
+        logits, values = self.policy.logits_and_values(data.observations)
+        log_p = th.log_softmax(logits, -1)
+        log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1).mean()
+        advantages = data.advantages
+        if self.normalize_advantage and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        pg_loss = self.policy_surrogate(data, logits, log_prob, advantages).mean()
+        value_loss = F.mse_loss(values, data.returns) if self.use_baseline else th.zeros(())
+        other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
+        self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
+
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        cv_loss = None
+        if self.control_variate is None:
+            (pg_loss + other_loss).backward()
+        else:
+            other_loss.backward(retain_graph=True)
+            actor = self.policy.actor_parameters()
+            grads, cv_loss = estimate_with_variance_loss(pg_loss, actor)
+            self._check_finite(cv_loss=cv_loss)
+            self.cv_optimizer.zero_grad(set_to_none=True)
+            cv_loss.backward(inputs=list(self.control_variate.parameters()))
+            self.cv_optimizer.step()
+            for p, g in zip(actor, grads, strict=True):
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+        grad_norm = self._clip_and_check()
+        self.policy.optimizer.step()
+        self.n_updates += 1
+
+        self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
+        self.logger.record("train/policy_loss", pg_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        self.logger.record("train/entropy", entropy.item())
+        self.logger.record("train/grad_norm", grad_norm)
+        if cv_loss is not None:
+            self.logger.record("train/cv_loss", cv_loss.item())
+            self.record_control_variate_stats()
+
+    def record_control_variate_stats(self) -> None:
+        """Log the control variate's own scalars (an agent may add more)."""
+
+    def _check_finite(self, **losses: th.Tensor) -> None:
+        for name, value in losses.items():
+            if not th.isfinite(value).all():
+                raise TrainingDivergedError(
+                    f"{name} is {value.item()} at update {self.n_updates + 1} "
+                    f"(env step {self.num_timesteps}); parameters left as before this update"
+                )
+
+    def _clip_and_check(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
+        norm = th.nn.utils.clip_grad_norm_(params, max_norm)
+        self._check_finite(grad_norm=norm)
+        return float(norm)
+
+    def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:  # noqa: D102
+        kwargs.setdefault("tb_log_name", type(self).__name__)
+        return super().learn(*args, **kwargs)
+
+
+__all__ = ["GumbelOnPolicyAlgorithm", "TrainingDivergedError"]

@@ -1,0 +1,99 @@
+"""Policies that act by Gumbel-max from explicit noise, and the RELAX control variate.
+
+:class:`GumbelPolicy` is SB3's :class:`ActorCriticPolicy` (same networks, initialisation,
+optimizer and save format) restricted to ``Discrete`` actions, with a lean path for the collect
+loop: logits and values in one pass, the action ``argmax(log p + G(u))`` from stored uniforms
+``u`` (no distribution objects). ``predict`` keeps SB3's API, so evaluation callbacks work as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
+
+from relax_rl.estimators import categorical_sample, uniform_noise
+
+
+class GumbelPolicy(ActorCriticPolicy):
+    """Categorical actor (logits) and critic V(s) over SB3's MLP extractor."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, *args: Any,
+                 **kwargs: Any) -> None:
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"this agent needs a Discrete action space, got {action_space}; "
+                "continuous (Box) actions need a LAX agent"
+            )
+        super().__init__(observation_space, action_space, *args, **kwargs)
+
+    def logits_and_values(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass."""
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            latent_pi, latent_vf = self.mlp_extractor(features)
+        else:
+            latent_pi = self.mlp_extractor.forward_actor(features[0])
+            latent_vf = self.mlp_extractor.forward_critic(features[1])
+        return self.action_net(latent_pi), self.value_net(latent_vf).squeeze(-1)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """theta of the policy-gradient estimator: everything that shapes the logits."""
+        modules: list[nn.Module] = [self.mlp_extractor.policy_net, self.action_net]
+        modules.append(self.pi_features_extractor)
+        seen: set[int] = set()
+        params = []
+        for m in modules:
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        features = self.extract_features(observation)
+        pi_features = features if self.share_features_extractor else features[0]
+        logits = self.action_net(self.mlp_extractor.forward_actor(pi_features))
+        if deterministic:
+            return logits.argmax(-1)
+        return categorical_sample(logits, uniform_noise(logits.shape, device=logits.device))[1]
+
+
+class StateActionControlVariate(nn.Module):
+    """RELAX's discrete control variate ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``
+    (Grathwohl et al. 2018, Sec. 6.3 and App. E), ``kappa`` and ``tau`` learned, both starting
+    at 1.
+
+    :param obs_dim: flattened observation size; :param n_actions: size of ``z``.
+    :param net_arch: hidden layer sizes (the paper: ``[10, 10]``).
+    :param activation_fn: hidden activation (the paper: ReLU).
+    :param kappa_init: initial ``kappa`` (1 in the paper; 0 starts RELAX as its baseline agent).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        kappa_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = obs_dim + n_actions
+        for hidden in net_arch if net_arch is not None else [10, 10]:
+            layers += [nn.Linear(width, hidden), activation_fn()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
+        self.log_tau = nn.Parameter(th.zeros(()))
+
+    def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+        """``c_hat`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened ``(N, obs_dim)``."""
+        relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
+        return self.kappa * self.net(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
