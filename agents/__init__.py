@@ -7,4 +7,4 @@ from agents.relax import RELAX
 
 ALGOS = {"reinforce": REINFORCE, "a2c": A2C, "relax": RELAX}
 
-__all__ = ["A2C", "ALGOS", "RELAX", "REINFORCE"]
+__all__ = ["A2C", "ALGOS", "REINFORCE", "RELAX"]

@@ -25,7 +25,10 @@ class A2C(GumbelOnPolicyAlgorithm):
         super().__init__(policy, env, **kwargs)
 
     def policy_surrogate(
-        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> th.Tensor:
         return reinforce(-advantages, log_prob)

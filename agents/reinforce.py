@@ -34,13 +34,23 @@ class REINFORCE(GumbelOnPolicyAlgorithm):
     ) -> None:
         kwargs.setdefault("gae_lambda", 1.0)
         super().__init__(
-            policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
-            ent_coef=ent_coef, max_grad_norm=max_grad_norm, use_baseline=use_baseline,
-            optimizer=optimizer, **kwargs,
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            ent_coef=ent_coef,
+            max_grad_norm=max_grad_norm,
+            use_baseline=use_baseline,
+            optimizer=optimizer,
+            **kwargs,
         )
 
     def policy_surrogate(
-        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> th.Tensor:
         return reinforce(-advantages, log_prob)

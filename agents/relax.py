@@ -60,8 +60,11 @@ class RELAX(GumbelOnPolicyAlgorithm):
     def make_control_variate(self) -> nn.Module:
         obs_dim = int(self.policy.features_dim)
         return StateActionControlVariate(
-            obs_dim, int(self.action_space.n), self.cv_net_arch,
-            ACTIVATIONS[self.cv_activation], self.kappa_init,
+            obs_dim,
+            int(self.action_space.n),
+            self.cv_net_arch,
+            ACTIVATIONS[self.cv_activation],
+            self.kappa_init,
         )
 
     def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
@@ -69,7 +72,10 @@ class RELAX(GumbelOnPolicyAlgorithm):
         return th.optim.Adam(control_variate.parameters(), lr=lr, eps=1e-5)
 
     def policy_surrogate(
-        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> th.Tensor:
         z, _ = categorical_sample(logits, data.noise_u)

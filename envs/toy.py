@@ -17,9 +17,10 @@ from gymnasium import spaces
 class BernoulliToyEnv(gym.Env):
     """One-step bandit with reward ``-(action - target)^2`` and a constant observation."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, target: float = 0.499) -> None:
+    def __init__(self, target: float = 0.499, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
         if not 0.0 <= target <= 1.0:
             raise ValueError(f"target t={target} is outside [0, 1]")
         self.target = float(target)
@@ -38,3 +39,7 @@ class BernoulliToyEnv(gym.Env):
             raise ValueError(f"action {action!r} is not in {{0, 1}}")
         reward = -((float(action) - self.target) ** 2)
         return self._obs.copy(), reward, True, False, {}
+
+    def render(self) -> np.ndarray:
+        """A blank frame (these envs have nothing to show; SB3 asks for ``rgb_array``)."""
+        return np.zeros((8, 8, 3), dtype=np.uint8)

@@ -78,7 +78,9 @@ class GumbelRolloutBuffer(RolloutBuffer):
         n_envs: int = 1,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(f"GumbelRolloutBuffer needs a Discrete action space, got {action_space}")
+            raise ValueError(
+                f"GumbelRolloutBuffer needs a Discrete action space, got {action_space}"
+            )
         self.n_actions = int(action_space.n)
         super().__init__(
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs

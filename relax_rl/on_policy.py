@@ -122,10 +122,12 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             seed=seed,
             device=device,
             _init_setup_model=False,
-            supported_action_spaces=(spaces.Discrete,),
         )
-        if n_steps == 0 and self.n_envs != 1:
-            raise ValueError(f"n_steps=0 (whole episodes) needs n_envs=1, got n_envs={self.n_envs}")
+        action_space = getattr(self, "action_space", None)  # None while SB3's load() builds us
+        if action_space is not None and not isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"{type(self).__name__} needs a Discrete action space, got {self.action_space}"
+            )
         if _init_setup_model:
             self._setup_model()
 
@@ -138,6 +140,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return int(limit) if limit else self.max_episode_steps
 
     def _setup_model(self) -> None:
+        if self.n_steps == 0 and self.n_envs != 1:
+            raise ValueError(f"n_steps=0 (whole episodes) needs n_envs=1, got n_envs={self.n_envs}")
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.rollout_buffer = GumbelRolloutBuffer(
@@ -275,18 +279,18 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     # ---------------------------------------------------------------- train
     @abstractmethod
     def policy_surrogate(
-        self, data: GumbelRolloutSamples, logits: th.Tensor, log_prob: th.Tensor,
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> th.Tensor:
         """Per-sample surrogate to *minimise*; its gradient w.r.t. the actor is minus the
         policy-gradient estimate. The one thing an agent defines."""
 
-    def train(self) -> None:
-        """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
-        agent with a control variate, one step of phi on the variance objective."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        data = self.rollout_buffer.get_all()
+    def losses(self, data: GumbelRolloutSamples) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(pg_loss, value_loss, entropy)`` of a batch. ``pg_loss`` is the batch mean of the
+        agent's surrogate: its gradient w.r.t. the actor is minus the policy-gradient estimate."""
         logits, values = self.policy.logits_and_values(data.observations)
         log_p = th.log_softmax(logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
@@ -294,9 +298,16 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         advantages = data.advantages
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
         pg_loss = self.policy_surrogate(data, logits, log_prob, advantages).mean()
         value_loss = F.mse_loss(values, data.returns) if self.use_baseline else th.zeros(())
+        return pg_loss, value_loss, entropy
+
+    def train(self) -> None:
+        """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
+        agent with a control variate, one step of phi on the variance objective."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        pg_loss, value_loss, entropy = self.losses(self.rollout_buffer.get_all())
         other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
         self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
 
@@ -345,7 +356,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._check_finite(grad_norm=norm)
         return float(norm)
 
-    def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:  # noqa: D102
+    def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:
         kwargs.setdefault("tb_log_name", type(self).__name__)
         return super().learn(*args, **kwargs)
 

@@ -22,8 +22,9 @@ from relax_rl.estimators import categorical_sample, uniform_noise
 class GumbelPolicy(ActorCriticPolicy):
     """Categorical actor (logits) and critic V(s) over SB3's MLP extractor."""
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, *args: Any,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, *args: Any, **kwargs: Any
+    ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(
                 f"this agent needs a Discrete action space, got {action_space}; "

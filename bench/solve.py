@@ -1,0 +1,184 @@
+"""Steps to solve, side by side: our REINFORCE, A2C and RELAX against SB3's own A2C (and PPO).
+
+Each (agent, seed) trains until the mean return of its last 100 episodes reaches the threshold
+(or ``--max-steps``), in a pool of ``--jobs`` processes (one torch thread each), and the table
+gives per agent: seeds solved, env steps and episodes to the threshold (median, min-max over the
+solved seeds) and training env-steps/s (median, min-max). SB3's agents use rl-zoo3's settings
+(CartPole-v1 A2C: 8 envs, n_steps 5, ent_coef 0, RMSprop 7e-4); ours take configs/<algo>.yaml
+(``--preset`` to use another entry, e.g. ``paper``) plus ``--set`` overrides.
+
+    python bench/solve.py --env CartPole-v1 --seeds 5 --agents a2c relax sb3-a2c
+    python bench/solve.py --env CartPole-v1 --preset paper --threshold 195 --seeds 10 \\
+        --agents a2c relax --paired      # per-seed episode pairs and a sign test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
+    ("sb3-a2c", "CartPole-v1"): dict(n_envs=8, kwargs=dict(ent_coef=0.0)),
+    ("sb3-a2c", "Acrobot-v1"): dict(n_envs=16, kwargs=dict(ent_coef=0.0)),
+    ("sb3-a2c", "LunarLander-v3"): dict(
+        n_envs=8, kwargs=dict(gamma=0.995, learning_rate=0.00083, ent_coef=1e-5)
+    ),
+    ("sb3-ppo", "CartPole-v1"): dict(
+        n_envs=8,
+        kwargs=dict(
+            n_steps=32,
+            batch_size=256,
+            gae_lambda=0.8,
+            gamma=0.98,
+            n_epochs=20,
+            ent_coef=0.0,
+            learning_rate=0.001,
+            clip_range=0.2,
+        ),
+    ),
+}
+
+
+def run_one(
+    agent: str,
+    env_id: str,
+    seed: int,
+    max_steps: int,
+    threshold: float,
+    preset: str | None,
+    overrides: list[str],
+) -> dict:
+    """Train one agent on one seed until solved; return its numbers (runs in a worker)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from stable_baselines3 import A2C as SB3A2C
+    from stable_baselines3 import PPO as SB3PPO
+
+    from agents import ALGOS
+    from envs import make_env
+    from relax_rl import config as cfg
+    from relax_rl.callbacks import EpisodeTracker
+
+    if agent.startswith("sb3-"):
+        zoo = SB3_ZOO[(agent, env_id)]
+        env = make_env(env_id, zoo["n_envs"], seed)
+        algo = {"sb3-a2c": SB3A2C, "sb3-ppo": SB3PPO}[agent]
+        model = algo("MlpPolicy", env, seed=seed, device="cpu", **zoo["kwargs"])
+    else:
+        algo = ALGOS[agent]
+        path = Path(__file__).resolve().parents[1] / "configs" / f"{agent}.yaml"
+        data = cfg.load_config_file(path)
+        settings = cfg.select(data, preset or env_id, path)
+        settings = cfg.merge(settings, cfg.parse_set(overrides))
+        run, kwargs = cfg.validate(settings, algo)
+        env = make_env(env_id, run["n_envs"], seed)
+        model = algo("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
+    tracker = EpisodeTracker(threshold, stop_when_solved=True)
+    start = time.perf_counter()
+    model.learn(max_steps, callback=tracker)
+    wall = time.perf_counter() - start
+    env.close()
+    return {
+        "agent": agent,
+        "seed": seed,
+        "solved_at_env_steps": tracker.solved_at_env_steps,
+        "solved_at_episodes": tracker.solved_at_episodes,
+        "env_steps": int(model.num_timesteps),
+        "episodes": tracker.episodes,
+        "wall_s": wall,
+        "env_steps_per_s": model.num_timesteps / wall,
+        "final_mean_return_100": tracker.mean_return,
+    }
+
+
+def _fmt(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{statistics.median(xs):,.0f} ({min(xs):,.0f}-{max(xs):,.0f})"
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign-test p-value (ties dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * p)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--agents", nargs="+", default=["reinforce", "a2c", "relax", "sb3-a2c"])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=500_000)
+    parser.add_argument("--threshold", type=float, default=None, help="default: the env's")
+    parser.add_argument("--preset", default=None, help="config entry for our agents")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--paired", action="store_true", help="per-seed pairs of the first two")
+    parser.add_argument("--json", type=Path, default=None, help="write all runs here")
+    args = parser.parse_args()
+
+    from envs import reward_threshold
+
+    threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(a, s) for s in seeds for a in args.agents]  # interleaved: agents share the load
+    print(
+        f"{args.env}: threshold {threshold}, up to {args.max_steps:,} env steps, "
+        f"{args.seeds} seeds, {args.jobs} parallel jobs, preset {args.preset or args.env}",
+        flush=True,
+    )
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [
+            pool.submit(run_one, a, args.env, s, args.max_steps, threshold, args.preset, args.set)
+            for a, s in jobs
+        ]
+        results = [f.result() for f in futures]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    head = (
+        f"{'agent':<11}{'solved':>8}{'env steps to solve':>28}{'episodes to solve':>24}"
+        f"{'env-steps/s':>22}"
+    )
+    print(head)
+    for agent in args.agents:
+        rs = [r for r in results if r["agent"] == agent]
+        solved = [r for r in rs if r["solved_at_env_steps"] is not None]
+        print(
+            f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
+            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>28}"
+            f"{_fmt([r['solved_at_episodes'] for r in solved]):>24}"
+            f"{_fmt([r['env_steps_per_s'] for r in rs]):>22}"
+        )
+    if args.paired and len(args.agents) >= 2:
+        a, b = args.agents[:2]
+        print(f"\nper-seed episodes to solve ({a} vs {b}; unsolved counts as never):")
+        wins = losses = 0
+        for s in seeds:
+            ra = next(r for r in results if r["agent"] == a and r["seed"] == s)
+            rb = next(r for r in results if r["agent"] == b and r["seed"] == s)
+            ea = ra["solved_at_episodes"] or math.inf
+            eb = rb["solved_at_episodes"] or math.inf
+            mark = "<" if eb < ea else (">" if eb > ea else "=")
+            wins += eb < ea
+            losses += eb > ea
+            print(f"  seed {s}: {a} {ea}  {mark}  {b} {eb}")
+        print(
+            f"{b} needs fewer episodes in {wins} of {wins + losses} seeds "
+            f"(sign test p = {sign_test(wins, losses):.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Building environments: vectorised, seeded, monitored, with one-line errors for bad ids."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.error import DependencyNotInstalled, Error
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+import envs  # noqa: F401  (registers the project's own envs)
+
+EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "mujoco"}
+
+
+def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The spec of ``env_id``, or ``ValueError`` naming close matches."""
+    try:
+        return gym.spec(env_id)
+    except Error:
+        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium's registry"
+        raise ValueError(f"unknown env id {env_id!r}{hint}") from None
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The env's ``reward_threshold`` (CartPole-v1: 475, Acrobot-v1: -100, LunarLander-v3: 200)."""
+    return check_env_id(env_id).reward_threshold
+
+
+def make_env(
+    env_id: str,
+    n_envs: int = 1,
+    seed: int | None = None,
+    vec_env: str = "dummy",
+    env_kwargs: dict[str, Any] | None = None,
+) -> VecEnv:
+    """``n_envs`` copies of ``env_id`` in a VecEnv, each in SB3's ``Monitor`` (episode returns for
+    the logger and callbacks), seeded ``seed, seed + 1, ...``."""
+    check_env_id(env_id)
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
+    if vec_cls is None:
+        raise ValueError(f"unknown vec_env {vec_env!r}; valid: dummy, subproc")
+    try:
+        return make_vec_env(
+            env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, env_kwargs=env_kwargs
+        )
+    except DependencyNotInstalled as exc:
+        extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)
+        how = f"pip install 'relax-rl[{extra}]'" if extra else "install its dependencies"
+        raise ValueError(f"{env_id} needs extra packages ({how}): {exc}") from None

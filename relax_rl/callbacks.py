@@ -1,0 +1,78 @@
+"""Callbacks (SB3 protocol): episode statistics, solve detection, progress bar, summaries."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.utils import safe_mean
+
+
+class EpisodeTracker(BaseCallback):
+    """Counts finished episodes and records when the mean return of the last ``window`` episodes
+    first reaches ``threshold`` (env steps and episodes at that moment).
+
+    :param threshold: the solve threshold (``None``: never solved).
+    :param window: episodes in the moving mean (100: gymnasium's ``reward_threshold`` criterion).
+    :param stop_when_solved: end training at that moment.
+    """
+
+    def __init__(
+        self, threshold: float | None, window: int = 100, stop_when_solved: bool = False
+    ) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.window = window
+        self.stop_when_solved = stop_when_solved
+        self.episodes = 0
+        self.recent: deque[float] = deque(maxlen=window)
+        self.solved_at_env_steps: int | None = None
+        self.solved_at_episodes: int | None = None
+
+    @property
+    def mean_return(self) -> float | None:
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is None:
+                continue
+            self.episodes += 1
+            self.recent.append(float(episode["r"]))
+            if (
+                self.solved_at_env_steps is None
+                and self.threshold is not None
+                and len(self.recent) == self.window
+                and np.mean(self.recent) >= self.threshold
+            ):
+                self.solved_at_env_steps = self.num_timesteps
+                self.solved_at_episodes = self.episodes
+        return not (self.stop_when_solved and self.solved_at_env_steps is not None)
+
+
+class ReturnProgressBar(ProgressBarCallback):
+    """SB3's progress bar with the running mean return of the last 100 episodes."""
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.ep_info_buffer
+        if buffer:
+            self.pbar.set_postfix_str(f"mean return {safe_mean([e['r'] for e in buffer]):.1f}")
+
+
+class PeriodicCallback(BaseCallback):
+    """Calls ``fn`` every ``every`` env steps (at the end of a rollout)."""
+
+    def __init__(self, every: int, fn: Callable[[], None]) -> None:
+        super().__init__()
+        self.every, self.fn, self._next = every, fn, every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps >= self._next:
+            self._next = self.num_timesteps + self.every
+            self.fn()

@@ -1,0 +1,232 @@
+"""Hyperparameter configs: YAML keyed by env id (rl-zoo style), validated against the agent.
+
+A file ``configs/<algo>.yaml`` maps env ids (and named presets such as ``paper``) to settings::
+
+    CartPole-v1:
+      n_envs: 8
+      total_steps: 500000
+      learning_rate: 7.0e-4
+      policy_kwargs: {net_arch: [64, 64], activation_fn: tanh}
+
+Keys are the agent's constructor arguments plus the run keys in :data:`RUN_KEYS`. Unknown keys
+and values of the wrong type are refused with a one-line message naming them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from relax_rl.errors import UsageError
+
+#: Settings of the run rather than of the agent, with their types and defaults.
+RUN_KEYS: dict[str, tuple[type, Any]] = {
+    "n_envs": (int, 1),
+    "total_steps": (int, 100_000),
+    "threshold": (float, None),
+    "stop_when_solved": (bool, False),
+    "checkpoint_freq": (int, 50_000),
+    "eval_episodes": (int, 10),
+    "vec_env": (str, "dummy"),
+}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
+NOT_CONFIGURABLE = {
+    "self",
+    "policy",
+    "env",
+    "verbose",
+    "seed",
+    "device",
+    "_init_setup_model",
+    "tensorboard_log",
+    "kwargs",
+    "args",
+}
+
+
+def algo_parameters(algo_cls: type) -> dict[str, inspect.Parameter]:
+    """Constructor parameters of ``algo_cls`` and of its bases (agents pass ``**kwargs`` up)."""
+    params: dict[str, inspect.Parameter] = {}
+    for cls in reversed(algo_cls.__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None or cls.__module__.startswith("stable_baselines3"):
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if name not in NOT_CONFIGURABLE and p.kind is not p.VAR_KEYWORD:
+                params[name] = p
+    return params
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read one YAML config file (a mapping of env ids / presets to settings)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"config file {path} must map env ids to settings, got a {type(data).__name__}"
+        )
+    return data
+
+
+def select(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """The settings under ``key`` (an env id or preset name) of a loaded config file."""
+    if key not in data:
+        raise UsageError(
+            f"no entry {key!r} in {path}; it has: {', '.join(map(str, data)) or 'nothing'}"
+        )
+    entry = data[key] or {}
+    if not isinstance(entry, dict):
+        raise UsageError(f"entry {key!r} in {path} must be a mapping of settings")
+    return dict(entry)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as YAML (``1e-3``, ``[64, 64]``, ``true``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item!r}: the value is not valid YAML") from None
+        target = out
+        *parents, leaf = key.split(".")  # policy_kwargs.net_arch=[10,10]
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (``policy_kwargs`` entries merge rather than replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _expected_type(param: inspect.Parameter) -> type | None:
+    default = param.default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float if isinstance(default, float) else int
+    if isinstance(default, str):
+        return str
+    ann = str(param.annotation)
+    if "float" in ann:
+        return float
+    if ann.startswith("int"):
+        return int
+    return None
+
+
+def _check_type(key: str, value: Any, expected: type | None, optional: bool) -> Any:
+    if expected is None or (value is None and optional):
+        return value
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise UsageError(
+        f"{key}={value!r} has the wrong type: expected {expected.__name__}, "
+        f"got {type(value).__name__}"
+    )
+
+
+def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``settings`` into run keys and agent kwargs, checking names and types.
+
+    :return: ``(run, agent_kwargs)``; ``run`` has every key of :data:`RUN_KEYS`.
+    """
+    params = algo_parameters(algo_cls)
+    run = {k: default for k, (_, default) in RUN_KEYS.items()}
+    agent: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in RUN_KEYS:
+            typ, default = RUN_KEYS[key]
+            run[key] = _check_type(key, value, typ, optional=default is None)
+        elif key == "policy_kwargs":
+            agent[key] = _policy_kwargs(value)
+        elif key in params:
+            p = params[key]
+            optional = p.default is None or "None" in str(p.annotation)
+            agent[key] = _check_type(key, value, _expected_type(p), optional)
+        else:
+            valid = sorted({*RUN_KEYS, *params, "policy_kwargs"})
+            raise UsageError(
+                f"unknown config key {key!r} for {algo_cls.__name__}; valid: {', '.join(valid)}"
+            )
+    return run, agent
+
+
+def _policy_kwargs(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"policy_kwargs must be a mapping, got {value!r}")
+    out = dict(value)
+    for key in out:
+        if key not in POLICY_KWARGS:
+            raise UsageError(
+                f"unknown policy_kwargs key {key!r}; valid: {', '.join(sorted(POLICY_KWARGS))}"
+            )
+    arch = out.get("net_arch")
+    if arch is not None and not _valid_net_arch(arch):
+        raise UsageError(
+            f"policy_kwargs.net_arch={arch!r} is not a list of layer sizes (e.g. [64, 64]) "
+            "or a mapping {pi: [...], vf: [...]}"
+        )
+    act = out.get("activation_fn")
+    if isinstance(act, str):
+        if act not in ACTIVATIONS:
+            raise UsageError(f"unknown activation_fn {act!r}; valid: {', '.join(ACTIVATIONS)}")
+        out["activation_fn"] = ACTIVATIONS[act]
+    return out
+
+
+def _valid_net_arch(arch: Any) -> bool:
+    def sizes(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(n, int) and n > 0 for n in x)
+
+    if isinstance(arch, dict):
+        return set(arch) <= {"pi", "vf"} and all(sizes(v) for v in arch.values())
+    return sizes(arch)
+
+
+def to_yaml_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings with classes (activation functions) written back as their names."""
+    names = {cls: name for name, cls in ACTIVATIONS.items()}
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            out[key] = to_yaml_safe(value)
+        elif isinstance(value, type):
+            out[key] = names.get(value, value.__name__)
+        else:
+            out[key] = value
+    return out

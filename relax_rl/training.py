@@ -1,0 +1,184 @@
+"""One training run: a run folder with its config, SB3 logger CSV, checkpoints, model and summary.
+
+Nothing written is lost: ``summary.json`` is rewritten at every checkpoint and at the end, and
+Ctrl-C or a diverged update (NaN) still leaves a valid checkpoint, ``model.zip`` and summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv
+
+from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
+from relax_rl.config import to_yaml_safe
+from relax_rl.on_policy import TrainingDivergedError
+
+SUMMARY_KEYS = (
+    "algo",
+    "env_id",
+    "seed",
+    "status",
+    "total_env_steps",
+    "episodes",
+    "wall_s",
+    "env_steps_per_s",
+    "threshold",
+    "solved_at_env_steps",
+    "solved_at_episodes",
+    "final_mean_return_100",
+)
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs; ``make_env(n_envs, seed)`` builds its training env."""
+
+    algo: str
+    algo_cls: type
+    env_id: str
+    seed: int
+    out: Path
+    run: dict[str, Any]
+    agent_kwargs: dict[str, Any]
+    make_env: Callable[[int, int], VecEnv]
+    progress: bool = True
+    extra_callbacks: list[BaseCallback] = field(default_factory=list)
+    verbose: int = 0
+
+
+class Run:
+    """A training run in progress (see :func:`train`)."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.out = spec.out
+        self.tracker = EpisodeTracker(
+            spec.run["threshold"], stop_when_solved=spec.run["stop_when_solved"]
+        )
+        self.start = time.perf_counter()
+        self.model: Any = None
+        self.status = "running"
+        self.error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        steps = int(self.model.num_timesteps) if self.model is not None else 0
+        wall = time.perf_counter() - self.start
+        return {
+            "algo": self.spec.algo,
+            "env_id": self.spec.env_id,
+            "seed": self.spec.seed,
+            "status": self.status,
+            "error": self.error,
+            "total_env_steps": steps,
+            "episodes": self.tracker.episodes,
+            "wall_s": round(wall, 3),
+            "env_steps_per_s": round(steps / wall, 1) if wall > 0 else None,
+            "threshold": self.spec.run["threshold"],
+            "solved_at_env_steps": self.tracker.solved_at_env_steps,
+            "solved_at_episodes": self.tracker.solved_at_episodes,
+            "final_mean_return_100": self.tracker.mean_return,
+        }
+
+    def write_summary(self) -> dict[str, Any]:
+        summary = self.summary()
+        _atomic_write(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def save_model(self) -> None:
+        tmp = self.out / "model.tmp.zip"
+        self.model.save(tmp)
+        os.replace(tmp, self.out / "model.zip")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build(spec: RunSpec) -> tuple[Any, VecEnv]:
+    """The training env and a new agent for ``spec`` (raises on bad settings or spaces)."""
+    env = spec.make_env(spec.run["n_envs"], spec.seed)
+    try:
+        model = spec.algo_cls(
+            "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
+        )
+    except Exception:
+        env.close()
+        raise
+    return model, env
+
+
+def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[str, Any]:
+    """Train ``model`` (built by :func:`build` if not given) and write the run folder; return
+    the summary.
+
+    ``status`` ends as ``completed``, ``solved`` (stopped at the threshold), ``interrupted``
+    (Ctrl-C; re-raised after saving) or ``diverged`` (NaN; :class:`TrainingDivergedError`
+    re-raised after saving).
+    """
+    out = spec.out
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config = {
+        "algo": spec.algo,
+        "env_id": spec.env_id,
+        "seed": spec.seed,
+        **to_yaml_safe(spec.run),
+        **to_yaml_safe(spec.agent_kwargs),
+    }
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = Run(spec)
+    if model is None or env is None:
+        model, env = build(spec)
+    run.model = model
+    formats = ["csv", "stdout"] if spec.verbose else ["csv"]
+    model.set_logger(configure(str(out), formats))
+    run.write_summary()
+
+    n_envs = spec.run["n_envs"]
+    checkpoint = CheckpointCallback(
+        save_freq=max(1, spec.run["checkpoint_freq"] // n_envs),
+        save_path=str(out / "checkpoints"),
+        name_prefix="model",
+    )
+    callbacks: list[BaseCallback] = [
+        run.tracker,
+        checkpoint,
+        PeriodicCallback(spec.run["checkpoint_freq"], run.write_summary),
+        *spec.extra_callbacks,
+    ]
+    if spec.progress:
+        callbacks.append(ReturnProgressBar())
+    try:
+        model.learn(spec.run["total_steps"], callback=CallbackList(callbacks))
+        run.status = (
+            "solved"
+            if (spec.run["stop_when_solved"] and run.tracker.solved_at_env_steps is not None)
+            else "completed"
+        )
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+        model.save(out / "checkpoints" / f"model_interrupted_{model.num_timesteps}_steps")
+        raise
+    except TrainingDivergedError as exc:
+        run.status, run.error = "diverged", str(exc)
+        raise
+    except Exception as exc:
+        run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if run.status != "running":
+            run.save_model()
+            run.write_summary()
+        env.close()
+    return run.summary()

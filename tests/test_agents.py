@@ -1,0 +1,263 @@
+"""Every agent, SB3-style: learning smoke tests with tiny nets, SB3 callbacks as is,
+reproducibility, save/load, bad spaces, NaN and Ctrl-C handling."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import (
+    CallbackList,
+    CheckpointCallback,
+    EvalCallback,
+    StopTrainingOnRewardThreshold,
+)
+
+from agents import ALGOS
+from envs import make_env
+from relax_rl.buffers import GumbelRolloutBuffer, compute_gae
+from relax_rl.on_policy import TrainingDivergedError
+from relax_rl.training import RunSpec, train
+
+TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
+ALL = sorted(ALGOS)
+
+
+def _model(name, n_envs=4, seed=0, **kwargs):
+    kwargs.setdefault("n_steps", 8)
+    return ALGOS[name](
+        "MlpPolicy", make_env("CartPole-v1", n_envs, seed), seed=seed, policy_kwargs=TINY, **kwargs
+    )
+
+
+def _params(model):
+    return th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
+
+
+# REINFORCE learns from whole episodes; A2C-style agents from 8-step rollouts of 4 envs.
+SMOKE = {
+    "reinforce": dict(n_envs=1, n_steps=0, learning_rate=1e-2),
+    "a2c": dict(learning_rate=3e-3),
+    "relax": dict(learning_rate=3e-3),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_learns_something_on_cartpole(name):
+    model = _model(name, **SMOKE[name])
+    model.learn(8_000)
+    assert model.num_timesteps >= 8_000
+    returns = [e["r"] for e in model.ep_info_buffer]
+    assert np.mean(returns[-20:]) > 40, returns[-20:]  # a random policy averages ~22
+    obs = model.env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (model.n_envs,) and model.action_space.contains(int(action[0]))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_whole_episode_mode(name):
+    model = _model(name, n_envs=1, n_steps=0)
+    model.learn(600)
+    assert model.rollout_buffer.buffer_size == 500  # CartPole-v1's time limit
+    # each rollout ended with its episode
+    assert model.rollout_buffer.episode_starts[0, 0] == 1.0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_sb3_callbacks_work_as_is(name, tmp_path):
+    model = _model(name)
+    eval_env = make_env("CartPole-v1", 1, 100)
+    stop = StopTrainingOnRewardThreshold(reward_threshold=1e9)
+    callbacks = CallbackList(
+        [
+            EvalCallback(
+                eval_env,
+                eval_freq=250,
+                n_eval_episodes=2,
+                callback_on_new_best=stop,
+                best_model_save_path=str(tmp_path / "best"),
+                verbose=0,
+            ),
+            CheckpointCallback(save_freq=250, save_path=str(tmp_path / "ckpt")),
+        ]
+    )
+    model.learn(2_000, callback=callbacks)
+    assert list((tmp_path / "ckpt").glob("*.zip"))
+    assert (tmp_path / "best" / "best_model.zip").exists()
+    # A threshold that is met at once stops training early.
+    model2 = _model(name)
+    stop_now = StopTrainingOnRewardThreshold(reward_threshold=-1.0)
+    model2.learn(
+        5_000,
+        callback=EvalCallback(
+            make_env("CartPole-v1", 1, 7),
+            eval_freq=100,
+            n_eval_episodes=1,
+            callback_on_new_best=stop_now,
+        ),
+    )
+    assert model2.num_timesteps < 5_000
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_numbers(name):
+    a, b = _model(name, seed=3), _model(name, seed=3)
+    a.learn(800)
+    b.learn(800)
+    assert th.equal(_params(a), _params(b))
+    c = _model(name, seed=4)
+    c.learn(800)
+    assert not th.equal(_params(a), _params(c))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_continue_equals_straight(name, tmp_path):
+    straight = _model(name, seed=5)
+    straight.learn(640)
+    straight.learn(640, reset_num_timesteps=False)
+
+    first = _model(name, seed=5)
+    first.learn(640)
+    first.save(tmp_path / "m")
+    loaded = ALGOS[name].load(tmp_path / "m", env=first.env, force_reset=False)
+    loaded.learn(640, reset_num_timesteps=False)
+    assert th.allclose(_params(straight), _params(loaded))
+    if straight.control_variate is not None:
+        for p, q in zip(
+            straight.control_variate.parameters(), loaded.control_variate.parameters(), strict=True
+        ):
+            assert th.allclose(p, q)
+        assert loaded.cv_optimizer.state_dict()["state"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_box_action_space_is_refused(name):
+    with pytest.raises(ValueError, match="Discrete action space"):
+        ALGOS[name]("MlpPolicy", make_env("Pendulum-v1", 1, 0))
+
+
+def test_gae_matches_sb3_rollout_buffer():
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    rng = np.random.default_rng(0)
+    steps, n_envs = 7, 3
+    space = gym.spaces.Box(-1, 1, (2,))
+    sb3 = RolloutBuffer(
+        steps, space, gym.spaces.Discrete(2), gamma=0.9, gae_lambda=0.8, n_envs=n_envs
+    )
+    rewards = rng.normal(size=(steps, n_envs)).astype(np.float32)
+    starts = (rng.random((steps, n_envs)) < 0.3).astype(np.float32)
+    values = rng.normal(size=(steps, n_envs)).astype(np.float32)
+    for t in range(steps):
+        sb3.add(
+            np.zeros((n_envs, 2)),
+            np.zeros((n_envs, 1)),
+            rewards[t],
+            starts[t],
+            th.as_tensor(values[t]),
+            th.zeros(n_envs),
+        )
+    last_values, dones = th.as_tensor(rng.normal(size=n_envs)), np.array([1, 0, 1])
+    sb3.compute_returns_and_advantage(last_values, dones)
+    adv, ret = compute_gae(
+        th.as_tensor(rewards),
+        th.as_tensor(values),
+        th.as_tensor(starts),
+        last_values.float(),
+        th.as_tensor(dones, dtype=th.float32),
+        0.9,
+        0.8,
+    )
+    assert np.allclose(adv.numpy(), sb3.advantages, atol=1e-5)
+    assert np.allclose(ret.numpy(), sb3.returns, atol=1e-5)
+    ours = GumbelRolloutBuffer(
+        steps, space, gym.spaces.Discrete(2), gamma=0.9, gae_lambda=0.8, n_envs=n_envs
+    )
+    assert ours.noise_u.shape == (steps, n_envs, 2)
+
+
+def _spec(tmp_path, name, total_steps=2_000, **run):
+    base = {
+        "n_envs": 2,
+        "total_steps": total_steps,
+        "threshold": 475.0,
+        "stop_when_solved": False,
+        "checkpoint_freq": 500,
+        "eval_episodes": 2,
+        "vec_env": "dummy",
+    }
+    return RunSpec(
+        name,
+        ALGOS[name],
+        "CartPole-v1",
+        0,
+        tmp_path / "run",
+        {**base, **run},
+        {"n_steps": 8, "policy_kwargs": TINY},
+        lambda n, s: make_env("CartPole-v1", n, s),
+        progress=False,
+    )
+
+
+def test_nan_stops_training_and_keeps_checkpoint_and_summary(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, "relax")
+    cls = spec.algo_cls
+    original = cls.policy_surrogate
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        out = original(self, *args)
+        return out * float("nan") if calls["n"] > 80 else out
+
+    monkeypatch.setattr(cls, "policy_surrogate", poisoned)
+    with pytest.raises(TrainingDivergedError, match="pg_loss is nan at update 81"):
+        train(spec)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "update 81" in summary["error"]
+    assert list((tmp_path / "run" / "checkpoints").glob("*.zip"))
+    model = cls.load(tmp_path / "run" / "model.zip")
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+def test_ctrl_c_saves_checkpoint_and_summary(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Interrupt(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps >= 600:
+                raise KeyboardInterrupt
+            return True
+
+    spec = _spec(tmp_path, "a2c")
+    spec.extra_callbacks.append(Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        train(spec)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["total_env_steps"] >= 600
+    assert (tmp_path / "run" / "model.zip").exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("model_interrupted_*"))
+
+
+def test_run_folder_contents(tmp_path):
+    summary = train(_spec(tmp_path, "reinforce", total_steps=1_500))
+    run = tmp_path / "run"
+    for f in ("config.yaml", "progress.csv", "model.zip", "summary.json"):
+        assert (run / f).exists(), f
+    for key in (
+        "algo",
+        "env_id",
+        "seed",
+        "total_env_steps",
+        "episodes",
+        "wall_s",
+        "env_steps_per_s",
+        "threshold",
+        "solved_at_env_steps",
+        "solved_at_episodes",
+        "final_mean_return_100",
+    ):
+        assert key in summary
+    assert summary["status"] == "completed" and summary["total_env_steps"] >= 1_500
+    assert summary["episodes"] > 10

@@ -1,0 +1,109 @@
+"""``relax-rl train`` / ``eval`` end to end, and their one-line errors."""
+
+import json
+
+import pytest
+
+from relax_rl.cli import main
+
+
+def _train(tmp_path, *extra):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--algo",
+        "relax",
+        "--env",
+        "CartPole-v1",
+        "--total-steps",
+        "1200",
+        "--n-envs",
+        "2",
+        "--set",
+        "policy_kwargs.net_arch=[8]",
+        "--set",
+        "cv_net_arch=[8]",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+    return main(args), out
+
+
+def test_train_then_eval(tmp_path, capsys):
+    code, out = _train(tmp_path)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algo"] == "relax" and summary["threshold"] == 475.0
+    assert summary["total_env_steps"] >= 1200
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["episodes"] == summary["episodes"]
+    config = (out / "config.yaml").read_text()
+    assert "cv_net_arch" in config and "n_envs: 2" in config
+    assert main(["eval", str(out), "--episodes", "3"]) == 0
+    assert "mean return" in capsys.readouterr().out
+
+
+def test_preset_and_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 0.003\n")
+    code, out = _train(tmp_path, "--preset", "paper", "--config", str(cfg), "--n-envs", "1")
+    assert code == 0
+    config = (out / "config.yaml").read_text()
+    assert "learning_rate: 0.003" in config and "use_baseline: false" in config
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--algo", "ppo", "--env", "CartPole-v1"], "unknown algo 'ppo'"),
+        (["--algo", "a2c", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
+        (["--algo", "a2c", "--env", "Pendulum-v1"], "needs a Discrete action space"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--set", "lr=1"], "unknown config key 'lr'"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma=high"], "wrong type"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma"], "not key=value"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--preset", "nope"], "no entry 'nope'"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "0"], "total_steps"),
+        (["--algo", "a2c", "--env", "CartPole-v1", "--set", "optimizer=sgd"], "optimizer"),
+    ],
+)
+def test_train_bad_input(tmp_path, capsys, args, needle):
+    code = main(["train", *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: [1, 2\n")
+    code = main(
+        [
+            "train",
+            "--algo",
+            "a2c",
+            "--env",
+            "CartPole-v1",
+            "--config",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "not valid YAML" in capsys.readouterr().err
+
+
+def test_eval_missing_and_corrupt_model(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["eval", str(run)]) == 2
+    assert "model.zip is missing" in capsys.readouterr().err
+    (run / "model.zip").write_bytes(b"not a zip")
+    (run / "summary.json").write_text(json.dumps({"algo": "a2c", "env_id": "CartPole-v1"}))
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and len(err.splitlines()) == 1
