@@ -3,8 +3,8 @@
 It owns the collect loop (Gumbel-max from stored noise), the rollout buffer, the returns
 (:func:`relax_rl.buffers.compute_gae`), the entropy bonus, the value loss, gradient clipping,
 the variance objective for agents with a control variate, logging and save/load. An agent only
-says how its policy-gradient surrogate is built (:meth:`GumbelOnPolicyAlgorithm.policy_surrogate`)
-and, if it has one, what its control variate is (:meth:`GumbelOnPolicyAlgorithm.make_control_variate`).
+says how its policy-gradient surrogate is built (``policy_surrogate``) and, if it has one, what
+its control variate is (``make_control_variate``).
 """
 
 from __future__ import annotations
