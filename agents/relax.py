@@ -9,7 +9,7 @@ from torch import nn
 
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import categorical_conditional, categorical_sample, relax
-from relax_rl.on_policy import GumbelOnPolicyAlgorithm
+from relax_rl.on_policy import GumbelOnPolicyAlgorithm, Losses
 from relax_rl.policies import StateActionControlVariate
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -30,8 +30,11 @@ class RELAX(GumbelOnPolicyAlgorithm):
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of the MLP (the paper: ``[10, 10]``).
     :param cv_activation: ``relu`` (the paper's), ``tanh`` or ``elu``.
-    :param kappa_init: initial ``kappa``. Other parameters: see
-        :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
+    :param kappa_init: initial ``kappa``.
+    :param cv_scale_decay: if set, ``c_hat`` is also multiplied by a running RMS of the
+        advantages (an exponential average with this decay), so that it shrinks as they do
+        instead of adding noise late in training; ``None`` keeps the paper's form. Other
+        parameters: see :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
     """
 
     control_variate: StateActionControlVariate
@@ -44,6 +47,7 @@ class RELAX(GumbelOnPolicyAlgorithm):
         cv_net_arch: list[int] | None = None,
         cv_activation: str = "relu",
         kappa_init: float = 1.0,
+        cv_scale_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
         if cv_activation not in ACTIVATIONS:
@@ -54,6 +58,7 @@ class RELAX(GumbelOnPolicyAlgorithm):
         self.cv_net_arch = list(cv_net_arch) if cv_net_arch is not None else [64, 64]
         self.cv_activation = cv_activation
         self.kappa_init = kappa_init
+        self.cv_scale_decay = cv_scale_decay
         kwargs.setdefault("use_baseline", True)
         super().__init__(policy, env, **kwargs)
 
@@ -86,6 +91,15 @@ class RELAX(GumbelOnPolicyAlgorithm):
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat.
         return relax(-advantages, log_prob, z, z_tilde, lambda x: -self.control_variate(x, obs))
 
+    def _adapt_control_variate(self, losses: Losses) -> None:
+        if self.cv_scale_decay is None:
+            return
+        rms = losses.advantages.detach().pow(2).mean().sqrt()
+        scale = self.control_variate.scale
+        first = self.n_updates == 0
+        scale.copy_(rms if first else self.cv_scale_decay * scale + (1 - self.cv_scale_decay) * rms)
+
     def record_control_variate_stats(self) -> None:
         self.logger.record("train/kappa", self.control_variate.kappa.item())
         self.logger.record("train/tau", self.control_variate.log_tau.exp().item())
+        self.logger.record("train/cv_scale", self.control_variate.scale.item())

@@ -157,7 +157,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="stop when the last-100 mean return reaches the env's threshold",
     )
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
-    p.add_argument("--track", action="store_true", help="log to wandb (offline by default)")
+    _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -171,6 +171,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=12345)
     e.add_argument("--stochastic", action="store_true", help="sample actions (default: argmax)")
     e.set_defaults(func=_run_eval)
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", action="store_true", help="log to wandb (offline by default)")
+    p.add_argument("--wandb-mode", default="offline", help="offline (default), online, disabled")
+    p.add_argument("--wandb-project", default="relax-rl")
+    p.add_argument("--wandb-group", default=None)
+    p.add_argument("--wandb-tags", nargs="*", default=[])
+
+
+def _tracking(args: argparse.Namespace):
+    from relax_rl.tracking import TrackingConfig
+
+    if not args.track:
+        return None
+    tracking = TrackingConfig(
+        args.wandb_mode, args.wandb_project, args.wandb_group, list(args.wandb_tags)
+    )
+    try:
+        tracking.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return tracking
 
 
 def _algo_class(name: str) -> type:
@@ -244,6 +267,7 @@ def _run_train(args: argparse.Namespace) -> int:
         agent_kwargs,
         env_fn,
         progress=not args.no_progress,
+        tracking=_tracking(args),
     )
     try:  # a wrong action space or a bad hyperparameter value: one line, before any file
         model, env = build(spec)

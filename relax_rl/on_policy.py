@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -36,6 +36,23 @@ OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
 }
 
 
+VARIANCE_OBJECTIVES = ("batch", "per_sample")
+
+
+class Losses(NamedTuple):
+    """A batch's losses: the per-sample policy surrogate, the logits it was built from."""
+
+    surrogate: th.Tensor
+    logits: th.Tensor
+    value_loss: th.Tensor
+    entropy: th.Tensor
+    advantages: th.Tensor
+
+    @property
+    def pg_loss(self) -> th.Tensor:
+        return self.surrogate.mean()
+
+
 class TrainingDivergedError(RuntimeError):
     """A loss or gradient became NaN/inf; parameters were left as they were before the update."""
 
@@ -58,6 +75,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param normalize_advantage: standardise advantages per batch.
     :param optimizer: ``"rmsprop"`` (SB3 A2C's) or ``"adam"``; ``optimizer_kwargs`` override.
     :param max_episode_steps: buffer capacity for ``n_steps=0`` when the env has no time limit.
+    :param variance_objective: for agents with a control variate, ``batch`` (the paper's) or
+        ``per_sample``; see :meth:`variance_loss`.
     """
 
     policy_aliases: ClassVar[dict[str, type[GumbelPolicy]]] = {"MlpPolicy": GumbelPolicy}
@@ -80,6 +99,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         optimizer: str = "rmsprop",
         optimizer_kwargs: dict[str, Any] | None = None,
         max_episode_steps: int = 10_000,
+        variance_objective: str = "batch",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -90,6 +110,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if variance_objective not in VARIANCE_OBJECTIVES:
+            raise ValueError(
+                f"unknown variance_objective {variance_objective!r}; "
+                f"valid: {', '.join(VARIANCE_OBJECTIVES)}"
+            )
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
         policy_kwargs = dict(policy_kwargs or {})
@@ -101,6 +126,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.optimizer = optimizer
         self.max_episode_steps = max_episode_steps
+        self.variance_objective = variance_objective
         self.control_variate: nn.Module | None = None
         self.cv_optimizer: th.optim.Optimizer | None = None
         super().__init__(
@@ -288,9 +314,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Per-sample surrogate to *minimise*; its gradient w.r.t. the actor is minus the
         policy-gradient estimate. The one thing an agent defines."""
 
-    def losses(self, data: GumbelRolloutSamples) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``(pg_loss, value_loss, entropy)`` of a batch. ``pg_loss`` is the batch mean of the
-        agent's surrogate: its gradient w.r.t. the actor is minus the policy-gradient estimate."""
+    def losses(self, data: GumbelRolloutSamples) -> Losses:
+        """The losses of a batch; ``pg_loss`` (the batch mean of the agent's surrogate) has
+        minus the policy-gradient estimate as its gradient w.r.t. the actor."""
         logits, values = self.policy.logits_and_values(data.observations)
         log_p = th.log_softmax(logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
@@ -298,16 +324,35 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         advantages = data.advantages
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        pg_loss = self.policy_surrogate(data, logits, log_prob, advantages).mean()
+        surrogate = self.policy_surrogate(data, logits, log_prob, advantages)
         value_loss = F.mse_loss(values, data.returns) if self.use_baseline else th.zeros(())
-        return pg_loss, value_loss, entropy
+        return Losses(surrogate, logits, value_loss, entropy, advantages)
+
+    def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
+        """phi's objective, and (for ``batch``) the actor's gradient estimate computed on the way.
+
+        ``batch``: ``||g||^2`` with ``g`` the batch policy gradient w.r.t. the actor's
+        parameters (the paper's; double backward through the policy network).
+        ``per_sample``: the mean over samples of ``||dsurrogate_i / dlogits_i||^2``, each sample's
+        estimate in logit space; no cross terms between samples in phi's gradient (less noise)
+        and no double backward through the policy network (cheaper). Either keeps the estimator
+        unbiased: any phi does.
+        """
+        if self.variance_objective == "batch":
+            grads, loss = estimate_with_variance_loss(
+                losses.pg_loss, self.policy.actor_parameters()
+            )
+            return loss, grads
+        (g_logits,) = th.autograd.grad(losses.surrogate.sum(), losses.logits, create_graph=True)
+        return g_logits.pow(2).sum(-1).mean(), None
 
     def train(self) -> None:
         """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
         agent with a control variate, one step of phi on the variance objective."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        pg_loss, value_loss, entropy = self.losses(self.rollout_buffer.get_all())
+        losses = self.losses(self.rollout_buffer.get_all())
+        pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
         other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
         self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
 
@@ -316,15 +361,19 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self.control_variate is None:
             (pg_loss + other_loss).backward()
         else:
-            other_loss.backward(retain_graph=True)
-            actor = self.policy.actor_parameters()
-            grads, cv_loss = estimate_with_variance_loss(pg_loss, actor)
+            self._adapt_control_variate(losses)
+            if self.variance_objective == "batch":
+                other_loss.backward(retain_graph=True)
+            else:
+                (pg_loss + other_loss).backward(retain_graph=True)
+            cv_loss, grads = self.variance_loss(losses)
             self._check_finite(cv_loss=cv_loss)
             self.cv_optimizer.zero_grad(set_to_none=True)
             cv_loss.backward(inputs=list(self.control_variate.parameters()))
             self.cv_optimizer.step()
-            for p, g in zip(actor, grads, strict=True):
-                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+            if grads is not None:
+                for p, g in zip(self.policy.actor_parameters(), grads, strict=True):
+                    p.grad = g.detach() if p.grad is None else p.grad + g.detach()
         grad_norm = self._clip_and_check()
         self.policy.optimizer.step()
         self.n_updates += 1
@@ -340,6 +389,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def record_control_variate_stats(self) -> None:
         """Log the control variate's own scalars (an agent may add more)."""
+
+    def _adapt_control_variate(self, losses: Losses) -> None:
+        """Hook before phi's step (e.g. to track the scale of the advantages)."""
 
     def _check_finite(self, **losses: th.Tensor) -> None:
         for name, value in losses.items():

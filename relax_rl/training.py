@@ -16,12 +16,13 @@ from typing import Any
 
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
 from relax_rl.config import to_yaml_safe
 from relax_rl.on_policy import TrainingDivergedError
+from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
 SUMMARY_KEYS = (
     "algo",
@@ -54,6 +55,7 @@ class RunSpec:
     progress: bool = True
     extra_callbacks: list[BaseCallback] = field(default_factory=list)
     verbose: int = 0
+    tracking: TrackingConfig | None = None
 
 
 class Run:
@@ -141,8 +143,15 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     if model is None or env is None:
         model, env = build(spec)
     run.model = model
-    formats = ["csv", "stdout"] if spec.verbose else ["csv"]
-    model.set_logger(configure(str(out), formats))
+    formats = [
+        make_output_format(f, str(out)) for f in (["csv", "stdout"] if spec.verbose else ["csv"])
+    ]
+    wandb_run = None
+    if spec.tracking is not None:
+        name = f"{spec.algo}-{spec.env_id}-s{spec.seed}"
+        wandb_run = start_run(spec.tracking, name, config, out)
+        formats.append(WandbOutputFormat(wandb_run))
+    model.set_logger(Logger(str(out), formats))
     run.write_summary()
 
     n_envs = spec.run["n_envs"]
@@ -179,6 +188,8 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     finally:
         if run.status != "running":
             run.save_model()
-            run.write_summary()
+            summary = run.write_summary()
+            if wandb_run is not None:
+                finish(wandb_run, summary)
         env.close()
     return run.summary()

@@ -48,7 +48,7 @@ def batch_gradients(model, k: int) -> th.Tensor:
     out = []
     for _ in range(k):
         model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
-        pg_loss, _, _ = model.losses(model.rollout_buffer.get_all())
+        pg_loss = model.losses(model.rollout_buffer.get_all()).pg_loss
         out.append(_flat(th.autograd.grad(pg_loss, actor)).detach())
     return th.stack(out)
 

@@ -1,0 +1,122 @@
+"""Training throughput, side by side in one process: our A2C and RELAX against SB3's A2C.
+
+CartPole-v1, 8 envs in a DummyVecEnv, n_steps 5 (rl-zoo3's A2C settings), one torch thread
+(``--threads``). Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh
+model; the table gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as median
+(min-max) over ``--repeats``. Then the cost split of one RELAX update (forward, the double
+backward of the variance objective, optimizer steps) and of one A2C update, in microseconds.
+
+    python bench/throughput.py [--steps 50000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch as th
+
+
+def _fmt(xs: list[float], digits: int = 0) -> str:
+    return f"{statistics.median(xs):,.{digits}f} ({min(xs):,.{digits}f}-{max(xs):,.{digits}f})"
+
+
+def _make(name: str, seed: int):
+    from stable_baselines3 import A2C as SB3A2C
+
+    from agents import A2C, RELAX
+    from envs import make_env
+
+    env = make_env("CartPole-v1", 8, seed)
+    if name == "sb3-a2c":
+        return SB3A2C("MlpPolicy", env, seed=seed, ent_coef=0.0, device="cpu")
+    return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
+
+
+def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
+    """Microseconds per update in each phase, timed on rollouts the agent collected itself."""
+    from relax_rl.estimators import estimate_with_variance_loss
+
+    model = _make(name, 0)
+    model.learn(2_000)
+    _, callback = model._setup_learn(10**9, None)
+    phases = {
+        "collect 5x8 steps": 0.0,
+        "forward (losses)": 0.0,
+        "backward": 0.0,
+        "variance objective (double backward)": 0.0,
+        "optimizer steps": 0.0,
+    }
+    for _ in range(n_updates):
+        t0 = time.perf_counter()
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+        t1 = time.perf_counter()
+        losses = model.losses(model.rollout_buffer.get_all())
+        pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
+        other = model.vf_coef * value_loss - model.ent_coef * entropy
+        t2 = time.perf_counter()
+        model.policy.optimizer.zero_grad()
+        if model.control_variate is None:
+            (pg_loss + other).backward()
+            t3 = t4 = time.perf_counter()
+        else:
+            other.backward(retain_graph=True)
+            actor = model.policy.actor_parameters()
+            grads, cv_loss = estimate_with_variance_loss(pg_loss, actor)
+            t3 = time.perf_counter()
+            model.cv_optimizer.zero_grad()
+            cv_loss.backward(inputs=list(model.control_variate.parameters()))
+            for p, g in zip(actor, grads, strict=True):
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+            t4 = time.perf_counter()
+        th.nn.utils.clip_grad_norm_(model.policy.parameters(), 0.5)
+        model.policy.optimizer.step()
+        if model.cv_optimizer is not None:
+            model.cv_optimizer.step()
+        t5 = time.perf_counter()
+        phases["collect 5x8 steps"] += t1 - t0
+        phases["forward (losses)"] += t2 - t1
+        phases["backward"] += t3 - t2
+        phases["variance objective (double backward)"] += t4 - t3
+        phases["optimizer steps"] += t5 - t4
+    return {k: 1e6 * v / n_updates for k, v in phases.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    agents = ["sb3-a2c", "a2c", "relax"]
+    fps: dict[str, list[float]] = {a: [] for a in agents}
+    ratio: dict[str, list[float]] = {a: [] for a in agents}
+    for r in range(args.repeats):
+        this = {}
+        for a in agents:
+            model = _make(a, r)
+            start = time.perf_counter()
+            model.learn(args.steps)
+            this[a] = model.num_timesteps / (time.perf_counter() - start)
+            fps[a].append(this[a])
+        for a in agents:
+            ratio[a].append(this[a] / this["sb3-a2c"])
+    print(
+        f"CartPole-v1, 8 envs, n_steps 5, {args.steps:,} env steps per run, "
+        f"{args.threads} torch thread(s), median (min-max) of {args.repeats} repeats"
+    )
+    print(f"{'agent':<10}{'env-steps/s':>26}{'x SB3 A2C (same repeat)':>28}")
+    for a in agents:
+        print(f"{a:<10}{_fmt(fps[a]):>26}{_fmt(ratio[a], 2):>28}")
+    for name in ("a2c", "relax"):
+        split = update_cost_split(name)
+        total = sum(split.values())
+        print(f"\n{name} update cost split (us per update of 40 steps; total {total:,.0f}):")
+        for k, v in split.items():
+            print(f"  {k:<40}{v:>10,.0f}  ({100 * v / total:4.1f}%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Experiment tracking with wandb, offline unless asked otherwise.
+
+SB3 logger records go to wandb directly through a logger output format (no tensorboard sync),
+with ``global_step`` (env steps) as every metric's x-axis so that runs of different estimators
+line up in one dashboard.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.logger import KVWriter
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrackingConfig:
+    """``relax-rl ... --track`` settings."""
+
+    mode: str = "offline"
+    project: str = "relax-rl"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"unknown wandb mode {self.mode!r}; valid: {', '.join(WANDB_MODES)}")
+
+
+class WandbOutputFormat(KVWriter):
+    """An SB3 logger output that logs every numeric record to a wandb run at ``global_step``."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def write(
+        self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0
+    ) -> None:
+        data = {
+            key: value
+            for key, value in key_values.items()
+            if isinstance(value, numbers.Number) and "wandb" not in (key_excluded.get(key) or ())
+        }
+        data["global_step"] = step
+        self.run.log(data)
+
+    def close(self) -> None:
+        """The run is finished by :func:`finish`, not by the logger."""
+
+
+def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: Path) -> Any:
+    """A wandb run in ``out/wandb`` (``WANDB_MODE`` in the environment wins over ``mode``)."""
+    tracking.validate()
+    os.environ.setdefault("WANDB_SILENT", "true")  # no banners on the terminal
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", tracking.mode)
+    run = wandb.init(
+        project=tracking.project,
+        group=tracking.group,
+        tags=tracking.tags or None,
+        name=name,
+        config=config,
+        dir=str(out),
+        mode=mode,
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+    run.define_metric("global_step")
+    run.define_metric("*", step_metric="global_step")
+    return run
+
+
+def finish(run: Any, summary: dict[str, Any]) -> None:
+    """Copy the run's summary into wandb's and close it."""
+    for key, value in summary.items():
+        if value is not None:
+            run.summary[key] = value
+    run.finish()
