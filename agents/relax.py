@@ -9,7 +9,7 @@ from torch import nn
 
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import categorical_conditional, categorical_sample, relax
-from relax_rl.on_policy import GumbelOnPolicyAlgorithm, Losses
+from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 from relax_rl.policies import StateActionControlVariate
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -91,10 +91,10 @@ class RELAX(GumbelOnPolicyAlgorithm):
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat.
         return relax(-advantages, log_prob, z, z_tilde, lambda x: -self.control_variate(x, obs))
 
-    def _adapt_control_variate(self, losses: Losses) -> None:
+    def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
         if self.cv_scale_decay is None:
             return
-        rms = losses.advantages.detach().pow(2).mean().sqrt()
+        rms = data.advantages.pow(2).mean().sqrt()
         scale = self.control_variate.scale
         first = self.n_updates == 0
         scale.copy_(rms if first else self.cv_scale_decay * scale + (1 - self.cv_scale_decay) * rms)

@@ -351,7 +351,10 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         agent with a control variate, one step of phi on the variance objective."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        losses = self.losses(self.rollout_buffer.get_all())
+        data = self.rollout_buffer.get_all()
+        if self.control_variate is not None:
+            self._adapt_control_variate(data)
+        losses = self.losses(data)
         pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
         other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
         self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
@@ -361,7 +364,6 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self.control_variate is None:
             (pg_loss + other_loss).backward()
         else:
-            self._adapt_control_variate(losses)
             if self.variance_objective == "batch":
                 other_loss.backward(retain_graph=True)
             else:
@@ -390,8 +392,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def record_control_variate_stats(self) -> None:
         """Log the control variate's own scalars (an agent may add more)."""
 
-    def _adapt_control_variate(self, losses: Losses) -> None:
-        """Hook before phi's step (e.g. to track the scale of the advantages)."""
+    def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
+        """Hook before the losses of an update (e.g. to track the scale of the advantages)."""
 
     def _check_finite(self, **losses: th.Tensor) -> None:
         for name, value in losses.items():
