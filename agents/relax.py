@@ -8,11 +8,14 @@ import torch as th
 from torch import nn
 
 from relax_rl.buffers import GumbelRolloutSamples
-from relax_rl.estimators import categorical_conditional, categorical_sample, relax
-from relax_rl.on_policy import GumbelOnPolicyAlgorithm
+from relax_rl.estimators import categorical_conditional, categorical_sample, reinforce, relax
+from relax_rl.on_policy import GumbelOnPolicyAlgorithm, Losses
 from relax_rl.policies import StateActionControlVariate
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+KAPPA_MODES = ("optimal", "learned")
 
 
 class RELAX(GumbelOnPolicyAlgorithm):
@@ -23,17 +26,31 @@ class RELAX(GumbelOnPolicyAlgorithm):
     where ``A_t = R_t - V(s_t)`` (with ``use_baseline``; the paper's discrete agent has no V and
     uses ``R_t``), ``z_t = log pi(.|s_t) + G(u_t)`` is rebuilt from the stored Gumbel noise,
     ``z~_t ~ p(z | a_t, s_t)`` from the stored ``v_t``, and
-    ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. ``phi = (MLP, kappa, tau)`` is trained
-    on the squared norm of the batch policy gradient (without the entropy term) by double
-    backprop, on its own Adam optimizer. Unbiased for any ``c_hat``.
+    ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. Unbiased for any ``c_hat``.
+
+    The estimator is affine in ``kappa``: ``g = g_A2C + kappa * h``. Two ways to set it:
+
+    - ``kappa_mode="learned"`` (the paper's): ``phi = (MLP, tau, kappa)`` descends the variance
+      objective (:meth:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm.variance_loss`).
+    - ``kappa_mode="optimal"`` (default): ``kappa`` is the variance-minimising coefficient of a
+      control variate (Eq. 3 of the seed, ``-Cov(g_A2C, h) / Var(h)``), estimated from per-sample
+      logit gradients as an exponential average over *previous* batches (so it is independent of
+      the batch it scales: still unbiased); the MLP and tau maximise the squared correlation of
+      ``h`` with ``g_A2C``, i.e. minimise the variance left at that best ``kappa``. When the MLP
+      has nothing useful to add (late in training, advantages near zero) ``kappa`` goes to 0 and
+      RELAX falls back to A2C instead of adding noise.
 
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of the MLP (the paper: ``[10, 10]``).
     :param cv_activation: ``relu`` (the paper's), ``tanh`` or ``elu``.
-    :param kappa_init: initial ``kappa``.
+    :param kappa_mode: ``optimal`` or ``learned`` (see above).
+    :param kappa_init: initial ``kappa`` (``learned``; ``optimal`` starts at 0, as A2C).
+    :param kappa_decay: decay of the running statistics behind the optimal ``kappa``.
     :param cv_scale_decay: if set, ``c_hat`` is also multiplied by a running RMS of the
-        advantages (an exponential average with this decay), so that it shrinks as they do
-        instead of adding noise late in training; ``None`` keeps the paper's form. Other
+        advantages (an exponential average with this decay), so that it shrinks as they do;
+        ``None`` keeps the paper's form.
+    :param variance_objective: ``per_sample`` by default; ``batch`` is the paper's (and the only
+        one for ``learned`` kappa with double backprop through the policy network). Other
         parameters: see :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
     """
 
@@ -46,7 +63,9 @@ class RELAX(GumbelOnPolicyAlgorithm):
         cv_learning_rate: float | None = None,
         cv_net_arch: list[int] | None = None,
         cv_activation: str = "relu",
+        kappa_mode: str = "optimal",
         kappa_init: float = 1.0,
+        kappa_decay: float = 0.95,
         cv_scale_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -54,27 +73,45 @@ class RELAX(GumbelOnPolicyAlgorithm):
             raise ValueError(
                 f"unknown cv_activation {cv_activation!r}; valid: {', '.join(ACTIVATIONS)}"
             )
+        if kappa_mode not in KAPPA_MODES:
+            raise ValueError(f"unknown kappa_mode {kappa_mode!r}; valid: {', '.join(KAPPA_MODES)}")
+        if kappa_mode == "optimal" and kwargs.get("variance_objective") == "batch":
+            raise ValueError(
+                "kappa_mode='optimal' works on per-sample gradients; "
+                "use variance_objective='per_sample' or kappa_mode='learned'"
+            )
         self.cv_learning_rate = cv_learning_rate
         self.cv_net_arch = list(cv_net_arch) if cv_net_arch is not None else [64, 64]
         self.cv_activation = cv_activation
+        self.kappa_mode = kappa_mode
         self.kappa_init = kappa_init
+        self.kappa_decay = kappa_decay
         self.cv_scale_decay = cv_scale_decay
+        self._parts: tuple[th.Tensor, th.Tensor] | None = None
         kwargs.setdefault("use_baseline", True)
+        kwargs.setdefault("variance_objective", "per_sample")
         super().__init__(policy, env, **kwargs)
 
     def make_control_variate(self) -> nn.Module:
-        obs_dim = int(self.policy.features_dim)
-        return StateActionControlVariate(
-            obs_dim,
+        optimal = self.kappa_mode == "optimal"
+        cv = StateActionControlVariate(
+            int(self.policy.features_dim),
             int(self.action_space.n),
             self.cv_net_arch,
             ACTIVATIONS[self.cv_activation],
-            self.kappa_init,
+            0.0 if optimal else self.kappa_init,
         )
+        if optimal:
+            cv.kappa.requires_grad_(False)
+            # Running sums behind kappa = -E[g_A2C . h] / E[h . h] (saved with the model).
+            cv.register_buffer("cov_gh", th.zeros(()))
+            cv.register_buffer("var_h", th.zeros(()))
+        return cv
 
     def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
         lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
-        return th.optim.Adam(control_variate.parameters(), lr=lr, eps=1e-5)
+        params = [p for p in control_variate.parameters() if p.requires_grad]
+        return th.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
 
     def policy_surrogate(
         self,
@@ -88,16 +125,38 @@ class RELAX(GumbelOnPolicyAlgorithm):
         # The state enters c_hat as a constant: c may not depend on theta except through z.
         obs = self.policy.extract_features(data.observations)
         obs = (obs if self.policy.share_features_extractor else obs[0]).detach()
-        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat.
-        return relax(-advantages, log_prob, z, z_tilde, lambda x: -self.control_variate(x, obs))
+        cv = self.control_variate
+        plain = reinforce(-advantages, log_prob)
+        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat (kappa = 1).
+        unit = relax(-advantages, log_prob, z, z_tilde, lambda x: -cv.unit(x, obs)) - plain
+        self._parts = (plain, unit)
+        return plain + cv.kappa * unit
+
+    def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
+        if self.kappa_mode == "learned":
+            return super().variance_loss(losses)
+        assert self._parts is not None
+        plain, unit = self._parts
+        (g,) = th.autograd.grad(plain.sum(), losses.logits, retain_graph=True)
+        (h,) = th.autograd.grad(unit.sum(), losses.logits, create_graph=True)
+        g = g.detach()
+        gh, hh, gg = (g * h).sum(), h.pow(2).sum(), g.pow(2).sum()
+        # The variance left at the best kappa is gg - gh^2 / hh: maximise gh^2 / (hh gg).
+        loss = -gh.pow(2) / (hh * gg).clamp_min(1e-12)
+        cv, d, n = self.control_variate, self.kappa_decay, g.shape[0]
+        with th.no_grad():  # statistics for the kappa of the NEXT batches
+            cv.cov_gh.mul_(d).add_((1 - d) * gh / n)
+            cv.var_h.mul_(d).add_((1 - d) * hh / n)
+        return loss, None
 
     def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
-        if self.cv_scale_decay is None:
-            return
-        rms = data.advantages.pow(2).mean().sqrt()
-        scale = self.control_variate.scale
-        first = self.n_updates == 0
-        scale.copy_(rms if first else self.cv_scale_decay * scale + (1 - self.cv_scale_decay) * rms)
+        cv = self.control_variate
+        if self.kappa_mode == "optimal" and float(cv.var_h) > 0:
+            cv.kappa.data.fill_(float(-cv.cov_gh / cv.var_h))
+        if self.cv_scale_decay is not None:
+            rms = data.advantages.pow(2).mean().sqrt()
+            d = self.cv_scale_decay
+            cv.scale.copy_(rms if self.n_updates == 0 else d * cv.scale + (1 - d) * rms)
 
     def record_control_variate_stats(self) -> None:
         self.logger.record("train/kappa", self.control_variate.kappa.item())

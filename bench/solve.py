@@ -114,6 +114,25 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * p)
 
 
+def rank_sum_test(a: list[float], b: list[float], n_perm: int = 20_000) -> float:
+    """Two-sided permutation p-value of the Mann-Whitney U statistic (unsolved = +inf)."""
+    import random
+
+    pooled = a + b
+
+    def u_stat(xs: list[float], ys: list[float]) -> float:
+        return sum((x > y) + 0.5 * (x == y) for x in xs for y in ys)
+
+    center = len(a) * len(b) / 2
+    observed = abs(u_stat(a, b) - center)
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(n_perm):
+        rng.shuffle(pooled)
+        hits += abs(u_stat(pooled[: len(a)], pooled[len(a) :]) - center) >= observed - 1e-9
+    return (hits + 1) / (n_perm + 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="CartPole-v1")
@@ -126,6 +145,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--paired", action="store_true", help="per-seed pairs of the first two")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="rank-sum test of env steps to solve between agents A and B",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all runs here")
     args = parser.parse_args()
 
@@ -177,6 +203,18 @@ def main() -> None:
         print(
             f"{b} needs fewer episodes in {wins} of {wins + losses} seeds "
             f"(sign test p = {sign_test(wins, losses):.3f})"
+        )
+
+    if args.compare:
+        a, b = args.compare
+        steps = {
+            name: [r["solved_at_env_steps"] or math.inf for r in results if r["agent"] == name]
+            for name in (a, b)
+        }
+        p = rank_sum_test(steps[a], steps[b])
+        print(
+            f"\nenv steps to solve, {a} vs {b}: medians {statistics.median(steps[a]):,.0f} vs "
+            f"{statistics.median(steps[b]):,.0f}; Mann-Whitney permutation p = {p:.3f}"
         )
 
 

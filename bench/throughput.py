@@ -1,7 +1,8 @@
 """Training throughput, side by side in one process: our A2C and RELAX against SB3's A2C.
 
 CartPole-v1, 8 envs in a DummyVecEnv, n_steps 5 (rl-zoo3's A2C settings), one torch thread
-(``--threads``). Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh
+(``--threads``). ``relax`` is RELAX with its default per-sample variance objective,
+``relax-batch`` with the paper's batch objective (double backward through the policy net). Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh
 model; the table gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as median
 (min-max) over ``--repeats``. Then the cost split of one RELAX update (forward, the double
 backward of the variance objective, optimizer steps) and of one A2C update, in microseconds.
@@ -31,6 +32,8 @@ def _make(name: str, seed: int):
     env = make_env("CartPole-v1", 8, seed)
     if name == "sb3-a2c":
         return SB3A2C("MlpPolicy", env, seed=seed, ent_coef=0.0, device="cpu")
+    if name == "relax-batch":  # the paper's variance objective: double backward through the net
+        return RELAX("MlpPolicy", env, seed=seed, ent_coef=0.0, variance_objective="batch")
     return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
 
 
@@ -89,7 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    agents = ["sb3-a2c", "a2c", "relax"]
+    agents = ["sb3-a2c", "a2c", "relax", "relax-batch"]
     fps: dict[str, list[float]] = {a: [] for a in agents}
     ratio: dict[str, list[float]] = {a: [] for a in agents}
     for r in range(args.repeats):
@@ -109,7 +112,7 @@ def main() -> None:
     print(f"{'agent':<10}{'env-steps/s':>26}{'x SB3 A2C (same repeat)':>28}")
     for a in agents:
         print(f"{a:<10}{_fmt(fps[a]):>26}{_fmt(ratio[a], 2):>28}")
-    for name in ("a2c", "relax"):
+    for name in ("a2c", "relax", "relax-batch"):
         split = update_cost_split(name)
         total = sum(split.values())
         print(f"\n{name} update cost split (us per update of 40 steps; total {total:,.0f}):")

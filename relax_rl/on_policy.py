@@ -24,15 +24,20 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
+from relax_rl.diagnostics import gradient_variance
 from relax_rl.estimators import estimate_with_variance_loss
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
 
 OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
-    # SB3 A2C's RMSprop settings (alpha 0.99, eps 1e-5) and SB3's Adam eps.
-    "rmsprop": (th.optim.RMSprop, {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0}),
-    "adam": (th.optim.Adam, {"eps": 1e-5}),
+    # SB3 A2C's RMSprop settings (alpha 0.99, eps 1e-5) and SB3's Adam eps; foreach: one
+    # multi-tensor kernel per step instead of a Python loop over parameters (same numbers).
+    "rmsprop": (
+        th.optim.RMSprop,
+        {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0, "foreach": True},
+    ),
+    "adam": (th.optim.Adam, {"eps": 1e-5, "foreach": True}),
 }
 
 
@@ -77,6 +82,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param max_episode_steps: buffer capacity for ``n_steps=0`` when the env has no time limit.
     :param variance_objective: for agents with a control variate, ``batch`` (the paper's) or
         ``per_sample``; see :meth:`variance_loss`.
+    :param grad_var_freq: every this many updates, log the policy-gradient variance
+        (:mod:`relax_rl.diagnostics`) before the update; 0 turns it off.
     """
 
     policy_aliases: ClassVar[dict[str, type[GumbelPolicy]]] = {"MlpPolicy": GumbelPolicy}
@@ -100,6 +107,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         optimizer_kwargs: dict[str, Any] | None = None,
         max_episode_steps: int = 10_000,
         variance_objective: str = "batch",
+        grad_var_freq: int = 0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -127,6 +135,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.optimizer = optimizer
         self.max_episode_steps = max_episode_steps
         self.variance_objective = variance_objective
+        self.grad_var_freq = grad_var_freq
         self.control_variate: nn.Module | None = None
         self.cv_optimizer: th.optim.Optimizer | None = None
         super().__init__(
@@ -200,7 +209,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
         """phi's own optimizer (Adam unless an agent says otherwise)."""
-        return th.optim.Adam(control_variate.parameters(), lr=self.lr_schedule(1), eps=1e-5)
+        return th.optim.Adam(
+            control_variate.parameters(), lr=self.lr_schedule(1), eps=1e-5, foreach=True
+        )
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]
@@ -352,6 +363,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.get_all()
+        if self.grad_var_freq and self.n_updates % self.grad_var_freq == 0:
+            for key, value in gradient_variance(self, data).items():
+                self.logger.record(key, value)
         if self.control_variate is not None:
             self._adapt_control_variate(data)
         losses = self.losses(data)
@@ -371,7 +385,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             cv_loss, grads = self.variance_loss(losses)
             self._check_finite(cv_loss=cv_loss)
             self.cv_optimizer.zero_grad(set_to_none=True)
-            cv_loss.backward(inputs=list(self.control_variate.parameters()))
+            cv_loss.backward(
+                inputs=[p for p in self.control_variate.parameters() if p.requires_grad]
+            )
             self.cv_optimizer.step()
             if grads is not None:
                 for p, g in zip(self.policy.actor_parameters(), grads, strict=True):

@@ -33,14 +33,19 @@ class GumbelPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, *args, **kwargs)
 
     def logits_and_values(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass."""
+        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass.
+
+        Same modules and numbers as SB3's ``forward``, but each layer's ``forward`` is called
+        directly: the per-call machinery of ``nn.Module.__call__`` (hooks) is a large share of
+        a small network's cost in the per-step collect loop.
+        """
         features = self.extract_features(obs)
-        if self.share_features_extractor:
-            latent_pi, latent_vf = self.mlp_extractor(features)
-        else:
-            latent_pi = self.mlp_extractor.forward_actor(features[0])
-            latent_vf = self.mlp_extractor.forward_critic(features[1])
-        return self.action_net(latent_pi), self.value_net(latent_vf).squeeze(-1)
+        pi_features, vf_features = (
+            (features, features) if self.share_features_extractor else features
+        )
+        latent_pi = _sequential_forward(self.mlp_extractor.policy_net, pi_features)
+        latent_vf = _sequential_forward(self.mlp_extractor.value_net, vf_features)
+        return self.action_net.forward(latent_pi), self.value_net.forward(latent_vf).squeeze(-1)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """theta of the policy-gradient estimator: everything that shapes the logits."""
@@ -62,6 +67,12 @@ class GumbelPolicy(ActorCriticPolicy):
         if deterministic:
             return logits.argmax(-1)
         return categorical_sample(logits, uniform_noise(logits.shape, device=logits.device))[1]
+
+
+def _sequential_forward(seq: nn.Module, x: th.Tensor) -> th.Tensor:
+    for layer in seq.children() if isinstance(seq, nn.Sequential) else (seq,):
+        x = layer.forward(x)
+    return x
 
 
 class StateActionControlVariate(nn.Module):
@@ -96,8 +107,12 @@ class StateActionControlVariate(nn.Module):
         # Output scale set from outside (RELAX's running advantage scale); 1 = the paper's form.
         self.register_buffer("scale", th.ones(()))
 
-    def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
-        """``c_hat`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened ``(N, obs_dim)``."""
+    def unit(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+        """``c_hat / kappa`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened
+        ``(N, obs_dim)``."""
         relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
-        out = self.net(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
-        return self.kappa * self.scale * out
+        return self.scale * self.net(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+
+    def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+        """``c_hat(z, s) = kappa * scale * MLP([s, softmax(z / tau)])`` per sample."""
+        return self.kappa * self.unit(z, obs)
