@@ -1,11 +1,12 @@
 """Training throughput, side by side in one process: our A2C and RELAX against SB3's A2C.
 
 CartPole-v1, 8 envs in a DummyVecEnv, n_steps 5 (rl-zoo3's A2C settings), one torch thread
-(``--threads``). ``relax`` is RELAX with its default per-sample variance objective,
-``relax-batch`` with the paper's batch objective (double backward through the policy net). Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh
-model; the table gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as median
-(min-max) over ``--repeats``. Then the cost split of one RELAX update (forward, the double
-backward of the variance objective, optimizer steps) and of one A2C update, in microseconds.
+(``--threads``). ``relax`` is RELAX with its defaults (optimal kappa, per-sample objective),
+``relax-batch`` with the paper's batch objective and learned kappa (double backward through the
+policy network). Each repeat trains every agent for ``--steps`` env steps, in turn, from a
+fresh model; the table gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as
+median (min-max) over ``--repeats``. Then the cost split of one update (collect, forward,
+backward, the variance objective, optimizer steps) in microseconds.
 
     python bench/throughput.py [--steps 50000] [--repeats 5]
 """
@@ -33,7 +34,8 @@ def _make(name: str, seed: int):
     if name == "sb3-a2c":
         return SB3A2C("MlpPolicy", env, seed=seed, ent_coef=0.0, device="cpu")
     if name == "relax-batch":  # the paper's variance objective: double backward through the net
-        return RELAX("MlpPolicy", env, seed=seed, ent_coef=0.0, variance_objective="batch")
+        return RELAX("MlpPolicy", env, seed=seed, ent_coef=0.0, variance_objective="batch",
+                     kappa_mode="learned")
     return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
 
 
