@@ -19,32 +19,18 @@ class REINFORCE(GumbelOnPolicyAlgorithm):
     :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
     """
 
-    def __init__(
-        self,
-        policy: Any,
-        env: Any,
-        learning_rate: float = 1e-3,
-        n_steps: int = 0,
-        gamma: float = 0.99,
-        ent_coef: float = 0.0,
-        max_grad_norm: float | None = None,
-        use_baseline: bool = False,
-        optimizer: str = "adam",
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("gae_lambda", 1.0)
-        super().__init__(
-            policy,
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            gamma=gamma,
-            ent_coef=ent_coef,
-            max_grad_norm=max_grad_norm,
-            use_baseline=use_baseline,
-            optimizer=optimizer,
-            **kwargs,
-        )
+    def __init__(self, policy: Any, env: Any, **kwargs: Any) -> None:
+        for key, value in dict(
+            learning_rate=1e-3,
+            n_steps=0,
+            gae_lambda=1.0,
+            ent_coef=0.0,
+            max_grad_norm=None,
+            use_baseline=False,
+            optimizer="adam",
+        ).items():
+            kwargs.setdefault(key, value)
+        super().__init__(policy, env, **kwargs)
 
     def policy_surrogate(
         self,
