@@ -34,8 +34,14 @@ def _make(name: str, seed: int):
     if name == "sb3-a2c":
         return SB3A2C("MlpPolicy", env, seed=seed, ent_coef=0.0, device="cpu")
     if name == "relax-batch":  # the paper's variance objective: double backward through the net
-        return RELAX("MlpPolicy", env, seed=seed, ent_coef=0.0, variance_objective="batch",
-                     kappa_mode="learned")
+        return RELAX(
+            "MlpPolicy",
+            env,
+            seed=seed,
+            ent_coef=0.0,
+            variance_objective="batch",
+            kappa_mode="learned",
+        )
     return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
 
 

@@ -5,6 +5,7 @@ Sub-commands:
   train  train an agent on a gymnasium env into a run folder
   eval   evaluate a trained run folder
   toy    the seed's toy problem (Sec. 4.1): minimise E[(b - t)^2], b ~ Bern(sigmoid(l)).
+  vae    the seed's discrete VAE benchmark (Sec. 4.2).
 """
 
 from __future__ import annotations
@@ -322,6 +323,99 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_vae(sub: argparse._SubParsersAction) -> None:
+    from relax_rl.experiments.vae import DATASETS, ESTIMATORS, MODELS
+
+    p = sub.add_parser(
+        "vae",
+        help="the seed's discrete VAE benchmark: REINFORCE, Concrete, REBAR, RELAX",
+        description="Train a VAE with 200 Bernoulli latents per stochastic layer on binarised "
+        "digits with each estimator; writes results.json, elbo.png and variance.png.",
+    )
+    p.add_argument("--dataset", default="mnist5k", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--model", default="linear1", help=f"one of {', '.join(MODELS)}")
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        default=list(ESTIMATORS),
+        metavar="NAME",
+        help=f"estimators to run (default: all of {', '.join(ESTIMATORS)})",
+    )
+    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--latents", type=int, default=200, help="Bernoulli latents per layer")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-every", type=int, default=1_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/vae"))
+    _add_tracking_args(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_vae)
+
+
+def _run_vae(args: argparse.Namespace) -> int:
+    from relax_rl.experiments.vae import (
+        OUTPUT_FILES,
+        VAEConfig,
+        format_table,
+        load_dataset,
+        run_vae,
+        save_results,
+    )
+
+    cfg = VAEConfig(
+        dataset=args.dataset,
+        model=args.model,
+        estimators=tuple(args.estimators),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        latents=args.latents,
+        lr=args.lr,
+        cv_lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+    )
+    try:
+        cfg.validate()
+        cfg.validate(len(load_dataset(cfg.dataset)["train"]))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_out_dir(args.out, (*OUTPUT_FILES, "wandb"))
+    tracking = _tracking(args)
+    wandb_run = None
+    on_eval = None
+    if tracking is not None:
+        from relax_rl.tracking import start_run
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        wandb_run = start_run(
+            tracking,
+            f"vae-{cfg.model}-{cfg.dataset}-s{cfg.seed}",
+            {"experiment": "vae", **vars(cfg)},
+            args.out,
+        )
+
+        def on_eval(estimator: str, step: int, point: dict) -> None:
+            wandb_run.log(
+                {
+                    "global_step": step,
+                    **{f"{estimator}/{k}": v for k, v in point.items() if v is not None},
+                }
+            )
+
+    results = run_vae(cfg, progress=not args.no_progress, on_eval=on_eval)
+    save_results(results, args.out)
+    if wandb_run is not None:
+        from relax_rl.tracking import finish
+
+        finish(
+            wandb_run, {f"{r['estimator']}/valid_elbo": r["valid_elbo"] for r in results["runs"]}
+        )
+    print(format_table(results))
+    print(f"wrote {args.out}/results.json, elbo.png, variance.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="relax-rl",
@@ -331,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_train(sub)
     _add_toy(sub)
+    _add_vae(sub)
     return parser
 
 

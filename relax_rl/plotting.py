@@ -90,3 +90,38 @@ def plot_toy_figure2(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
+    """Train and valid ELBO against step per estimator; log10 gradient variance against step."""
+    cfg = results["config"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, c in results["curves"].items():
+        color = COLORS.get(name)
+        ax.plot(c["step"], c["train_elbo"], color=color, lw=1.6, label=f"{name} train")
+        ax.plot(c["step"], c["valid_elbo"], color=color, lw=1.2, ls="--", label=f"{name} valid")
+    ax.set(
+        xlabel="step",
+        ylabel="ELBO (nats)",
+        title=f"Discrete VAE: {cfg['model']} on {cfg['dataset']}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(elbo_path, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, c in results["curves"].items():
+        lv = [np.nan if v is None else v for v in c["log10_var"]]
+        ax.plot(c["step"], lv, color=COLORS.get(name), lw=1.6, label=name)
+    ax.set(
+        xlabel="step",
+        ylabel="log10 Var (encoder gradient)",
+        title=f"Encoder gradient variance ({cfg['var_samples']} draws on one batch)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(variance_path, dpi=120)
+    plt.close(fig)

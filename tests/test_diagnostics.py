@@ -16,8 +16,14 @@ TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_grad_variance_logged_for_every_agent(name, tmp_path):
     n_envs, n_steps = (1, 0) if name == "reinforce" else (4, 8)
-    model = ALGOS[name]("MlpPolicy", make_env("CartPole-v1", n_envs, 0), seed=0,
-                        n_steps=n_steps, grad_var_freq=2, policy_kwargs=TINY)
+    model = ALGOS[name](
+        "MlpPolicy",
+        make_env("CartPole-v1", n_envs, 0),
+        seed=0,
+        n_steps=n_steps,
+        grad_var_freq=2,
+        policy_kwargs=TINY,
+    )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(1_500)
     rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
@@ -30,8 +36,9 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
 
 def test_relax_variance_matches_a2c_when_kappa_is_zero():
     """With kappa = 0 RELAX is A2C: the paired measurement must report no reduction."""
-    model = ALGOS["relax"]("MlpPolicy", make_env("CartPole-v1", 8, 0), seed=0, n_steps=16,
-                           policy_kwargs=TINY)
+    model = ALGOS["relax"](
+        "MlpPolicy", make_env("CartPole-v1", 8, 0), seed=0, n_steps=16, policy_kwargs=TINY
+    )
     assert model.control_variate.kappa.item() == 0.0  # optimal kappa starts at 0
     _, callback = model._setup_learn(10**6, None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)

