@@ -26,7 +26,8 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(1_500)
-    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    with open(tmp_path / "progress.csv") as fh:
+        rows = list(csv.DictReader(fh))
     logged = [r for r in rows if r.get("grad/log10_var")]
     assert logged, "grad/log10_var never logged"
     assert all(float(r["grad/norm"]) > 0 for r in logged)

@@ -18,6 +18,7 @@ encoder's parameters only through ``z`` (what keeps RELAX unbiased).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -76,7 +77,7 @@ def bernoulli_ll(x: Tensor, logits: Tensor) -> Tensor:
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.Tanh())
@@ -182,8 +183,7 @@ class DiscreteVAE(nn.Module):
         """One-sample ELBO per example."""
         with th.no_grad():
             us = [
-                uniform_noise(x.shape[:1] + (self.prior.numel(),), gen)
-                for _ in range(self.n_layers)
+                uniform_noise((x.shape[0], self.prior.numel()), gen) for _ in range(self.n_layers)
             ]
             logits, _, bs = self.sample(x, us)
             return self.log_joint_minus_q(x, bs, logits)
@@ -345,7 +345,6 @@ class VAETrainer:
         """Mean over encoder parameters of log10 Var of the batch gradient estimate, from
         ``var_samples`` independent noise draws on the same batch ``x``."""
         m, rows = self.model, []
-        params = [p for layer in range(m.n_layers) for p in m.encoder_parameters(layer)]
         for _ in range(self.cfg.var_samples):
             us, vs = self._noise(x.shape[0]), self._noise(x.shape[0])
             logits, leaves, surrogates, _, _ = self.surrogates(x, us, vs)
