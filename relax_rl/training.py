@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
 from relax_rl.config import to_yaml_safe
+from relax_rl.evaluation import evaluate
 from relax_rl.on_policy import TrainingDivergedError
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
@@ -71,10 +72,12 @@ class Run:
         self.model: Any = None
         self.status = "running"
         self.error: str | None = None
+        self.end: float | None = None
+        self.evaluation: dict[str, Any] = {}
 
     def summary(self) -> dict[str, Any]:
         steps = int(self.model.num_timesteps) if self.model is not None else 0
-        wall = time.perf_counter() - self.start
+        wall = (self.end or time.perf_counter()) - self.start
         return {
             "algo": self.spec.algo,
             "env_id": self.spec.env_id,
@@ -89,6 +92,7 @@ class Run:
             "solved_at_env_steps": self.tracker.solved_at_env_steps,
             "solved_at_episodes": self.tracker.solved_at_episodes,
             "final_mean_return_100": self.tracker.mean_return,
+            **self.evaluation,
         }
 
     def write_summary(self) -> dict[str, Any]:
@@ -100,6 +104,20 @@ class Run:
         tmp = self.out / "model.tmp.zip"
         self.model.save(tmp)
         os.replace(tmp, self.out / "model.zip")
+
+
+def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
+    """The final policy's greedy return on a fresh env (seed + 10000), by the one eval loop."""
+    env = spec.make_env(1, spec.seed + 10_000)
+    try:
+        result = evaluate(model, env, spec.run["eval_episodes"], deterministic=True)
+    finally:
+        env.close()
+    return {
+        "eval_episodes": spec.run["eval_episodes"],
+        "eval_mean_return": result.mean,
+        "eval_std_return": result.std,
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -170,11 +188,14 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         callbacks.append(ReturnProgressBar())
     try:
         model.learn(spec.run["total_steps"], callback=CallbackList(callbacks))
+        run.end = time.perf_counter()
         run.status = (
             "solved"
             if (spec.run["stop_when_solved"] and run.tracker.solved_at_env_steps is not None)
             else "completed"
         )
+        if spec.run["eval_episodes"] > 0:
+            run.evaluation = _evaluate(spec, model)
     except KeyboardInterrupt:
         run.status = "interrupted"
         model.save(out / "checkpoints" / f"model_interrupted_{model.num_timesteps}_steps")

@@ -261,3 +261,4 @@ def test_run_folder_contents(tmp_path):
         assert key in summary
     assert summary["status"] == "completed" and summary["total_env_steps"] >= 1_500
     assert summary["episodes"] > 10
+    assert summary["eval_episodes"] == 2 and summary["eval_mean_return"] > 0
