@@ -20,7 +20,7 @@ import math
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
@@ -165,12 +165,21 @@ def main() -> None:
         f"{args.seeds} seeds, {args.jobs} parallel jobs, preset {args.preset or args.env}",
         flush=True,
     )
+    results = []
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [
             pool.submit(run_one, a, args.env, s, args.max_steps, threshold, args.preset, args.set)
             for a, s in jobs
         ]
-        results = [f.result() for f in futures]
+        for future in as_completed(futures):  # each run as it ends: long grids show progress
+            r = future.result()
+            results.append(r)
+            print(
+                f"  {r['agent']} seed {r['seed']}: solved at {r['solved_at_env_steps']} env "
+                f"steps ({r['solved_at_episodes']} episodes), {r['env_steps_per_s']:,.0f} "
+                f"steps/s, last-100 mean {r['final_mean_return_100']}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     head = (
