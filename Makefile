@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=offline $(BIN)/relax-rl toy --steps 10000 --seeds 5 --out runs/demo-toy
+	rm -rf runs/demo
+	WANDB_MODE=offline $(BIN)/relax-rl train --algo relax --env CartPole-v1 --until-solved \
+		--out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
