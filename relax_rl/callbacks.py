@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -54,7 +55,27 @@ class EpisodeTracker(BaseCallback):
 
 
 class ReturnProgressBar(ProgressBarCallback):
-    """SB3's progress bar with the running mean return of the last 100 episodes."""
+    """SB3's progress bar with the running mean return of the last 100 episodes, redrawn a few
+    times a second rather than at every step (rich's rendering costs more than a step)."""
+
+    def __init__(self, min_interval_s: float = 0.25) -> None:
+        super().__init__()
+        self.min_interval_s = min_interval_s
+        self._pending = 0
+        self._last = 0.0
+
+    def _on_step(self) -> bool:
+        self._pending += self.training_env.num_envs
+        now = time.monotonic()
+        if now - self._last >= self.min_interval_s:
+            self.pbar.update(self._pending)
+            self._pending, self._last = 0, now
+        return True
+
+    def _on_training_end(self) -> None:
+        self.pbar.update(self._pending)
+        self._pending = 0
+        super()._on_training_end()
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.ep_info_buffer

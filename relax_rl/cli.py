@@ -153,6 +153,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="override one setting (YAML value), e.g. --set learning_rate=1e-3",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the fastest for small networks)",
+    )
+    p.add_argument(
         "--until-solved",
         action="store_true",
         help="stop when the last-100 mean return reaches the env's threshold",
@@ -234,6 +240,11 @@ def _run_train(args: argparse.Namespace) -> int:
     from relax_rl.training import RunSpec, build, train
 
     algo_cls = _algo_class(args.algo)
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         check_env_id(args.env)
     except ValueError as exc:
