@@ -54,7 +54,7 @@ def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
         "collect 5x8 steps": 0.0,
         "forward (losses)": 0.0,
         "backward": 0.0,
-        "variance objective (double backward)": 0.0,
+        "variance objective (grad + double backward)": 0.0,
         "optimizer steps": 0.0,
     }
     for _ in range(n_updates):
