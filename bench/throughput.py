@@ -75,7 +75,9 @@ def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
             t3 = time.perf_counter()
             cv_loss, grads = model.variance_loss(losses)
             model.cv_optimizer.zero_grad()
-            cv_loss.backward(inputs=list(model.control_variate.parameters()))
+            cv_loss.backward(
+                inputs=[p for p in model.control_variate.parameters() if p.requires_grad]
+            )
             if grads is not None:
                 for p, g in zip(model.policy.actor_parameters(), grads, strict=True):
                     p.grad = g.detach() if p.grad is None else p.grad + g.detach()
