@@ -153,12 +153,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="override one setting (YAML value), e.g. --set learning_rate=1e-3",
     )
     p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: the fastest for small networks)",
-    )
-    p.add_argument(
         "--until-solved",
         action="store_true",
         help="stop when the last-100 mean return reaches the env's threshold",
@@ -240,11 +234,6 @@ def _run_train(args: argparse.Namespace) -> int:
     from relax_rl.training import RunSpec, build, train
 
     algo_cls = _algo_class(args.algo)
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    import torch
-
-    torch.set_num_threads(args.threads)
     try:
         check_env_id(args.env)
     except ValueError as exc:
@@ -437,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_toy(sub)
     _add_vae(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch threads (default 1: the fastest for this project's small networks)",
+        )
     return parser
 
 
@@ -447,6 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a one-line argparse error
         return int(exc.code or 0)
     try:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"relax-rl {args.command}: error: {exc}", file=sys.stderr)
