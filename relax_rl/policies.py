@@ -70,7 +70,7 @@ class GumbelPolicy(ActorCriticPolicy):
 
 
 def _sequential_forward(seq: nn.Module, x: th.Tensor) -> th.Tensor:
-    for layer in seq.children() if isinstance(seq, nn.Sequential) else (seq,):
+    for layer in seq if isinstance(seq, nn.Sequential) else (seq,):
         x = layer.forward(x)
     return x
 
