@@ -416,6 +416,163 @@ def _run_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run a grid of algos x seeds on one env and report",
+        description="Run every (algo, seed) into OUT/<algo>-s<seed>/ (finished runs are not "
+        "run again), then write OUT/summary.json, report.md, returns.png, grad_variance.png.",
+    )
+    p.add_argument("--algos", nargs="+", required=True, metavar="ALGO")
+    p.add_argument("--env", required=True)
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
+    p.add_argument("--total-steps", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--grad-var-freq",
+        type=int,
+        default=20,
+        help="updates between gradient-variance measurements (0: off)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--backend", default="local", help="local (a process pool)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    _add_tracking_args(p)
+    p.set_defaults(func=_run_compare)
+
+    q = sub.add_parser(
+        "plot",
+        help="draw the comparison figures from run folders",
+        description="Draw returns.png and grad_variance.png (and report.md) "
+        "from existing run folders; no wandb needed.",
+    )
+    q.add_argument("run_dirs", nargs="+", type=Path)
+    q.add_argument("--out", type=Path, default=Path("."))
+    q.set_defaults(func=_run_plot)
+
+
+def _grid_worker(run, settings: dict, tracking) -> dict:
+    """Train one cell of a compare grid (in a worker process)."""
+    import torch
+
+    from envs import make_env, reward_threshold
+    from relax_rl import config as cfg
+    from relax_rl.training import RunSpec, train
+
+    torch.set_num_threads(1)
+    algo_cls = _algo_class(run.algo)
+    run_keys, agent_kwargs = cfg.validate(settings[run.algo], algo_cls)
+    if run_keys["threshold"] is None:
+        run_keys["threshold"] = reward_threshold(run.env_id)
+    if run.out.exists():  # an unfinished earlier attempt: start it again
+        import shutil
+
+        shutil.rmtree(run.out)
+    spec = RunSpec(
+        run.algo,
+        algo_cls,
+        run.env_id,
+        run.seed,
+        run.out,
+        run_keys,
+        agent_kwargs,
+        lambda n, s: make_env(run.env_id, n, s, vec_env=run_keys["vec_env"]),
+        progress=False,
+        tracking=tracking,
+    )
+    return train(spec)
+
+
+def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
+    """Per algo: configs/<algo>.yaml's entry for the env, then --set, --total-steps."""
+    from relax_rl import config as cfg
+
+    settings = {}
+    for algo in args.algos:
+        algo_cls = _algo_class(algo)
+        path = CONFIG_DIR / f"{algo}.yaml"
+        data = cfg.load_config_file(path) if path.exists() else {}
+        s = cfg.select(data, args.env, path) if args.env in data else {}
+        s = cfg.merge(s, cfg.parse_set(args.set))
+        if args.total_steps is not None:
+            s["total_steps"] = args.total_steps
+        s["grad_var_freq"] = args.grad_var_freq
+        cfg.validate(s, algo_cls)  # refuse bad keys before any run starts
+        settings[algo] = s
+    return settings
+
+
+def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
+    from relax_rl.compare import aggregate, mean_grad_log10_var, read_curves, write_report
+    from relax_rl.plotting import plot_compare
+
+    for d, s in zip(run_dirs, summaries, strict=True):
+        s["mean_grad_log10_var"] = mean_grad_log10_var(d)
+    aggregates = aggregate(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(
+        json.dumps({"runs": summaries, "aggregates": aggregates}, indent=2)
+    )
+    write_report(out, summaries, aggregates)
+    curves: dict[str, list] = {}
+    for d, s in zip(run_dirs, summaries, strict=True):
+        curves.setdefault(s["algo"], []).append(read_curves(d))
+    thresholds = {s.get("threshold") for s in summaries} - {None}
+    plot_compare(
+        curves,
+        out / "returns.png",
+        out / "grad_variance.png",
+        threshold=thresholds.pop() if len(thresholds) == 1 else None,
+    )
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import functools
+
+    from envs import check_env_id
+    from relax_rl.compare import GridRun, parse_seeds, run_grid
+
+    if args.backend != "local":
+        raise UsageError(f"unknown backend {args.backend!r}; valid: local")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        check_env_id(args.env)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    seeds = parse_seeds(args.seeds)
+    settings = _grid_settings(args)
+    tracking = _tracking(args)
+    if tracking is not None and tracking.group is None:
+        tracking.group = f"compare-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
+    worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
+
+    def done(run, summary) -> None:
+        print(
+            f"{run.algo} seed {run.seed}: {summary.get('status')}, solved at "
+            f"{summary.get('solved_at_env_steps')} env steps",
+            file=sys.stderr,
+        )
+
+    summaries = run_grid(runs, worker, jobs=args.jobs, on_done=done)
+    _write_comparison(args.out, [r.out for r in runs], summaries)
+    print((args.out / "report.md").read_text())
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    summaries = []
+    for d in args.run_dirs:
+        try:
+            summaries.append(json.loads((d / "summary.json").read_text()))
+        except (OSError, ValueError):
+            raise UsageError(f"{d} is not a run folder (no readable summary.json)") from None
+    _write_comparison(args.out, list(args.run_dirs), summaries)
+    print(f"wrote {args.out}/report.md, returns.png, grad_variance.png, summary.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="relax-rl",
@@ -426,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_toy(sub)
     _add_vae(sub)
+    _add_compare(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--threads",

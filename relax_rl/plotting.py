@@ -125,3 +125,60 @@ def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(variance_path, dpi=120)
     plt.close(fig)
+
+
+def _band_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray):
+    rows = [np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves if x.size > 1]
+    if not rows:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stack = np.vstack(rows)
+        return (
+            np.nanpercentile(stack, 25, axis=0),
+            np.nanmedian(stack, axis=0),
+            np.nanpercentile(stack, 75, axis=0),
+        )
+
+
+def plot_compare(
+    curves_by_algo: dict[str, list[dict]],
+    returns_path: Path,
+    grad_path: Path,
+    threshold: float | None = None,
+) -> None:
+    """``returns.png``: mean return (last 100 episodes) against env steps, median line and IQR
+    band over seeds per algo; ``grad_variance.png``: grad log10 variance against env steps."""
+    for path, xkey, ykey, ylabel, title in (
+        (returns_path, "steps", "return", "mean return (last 100 episodes)", "Return"),
+        (
+            grad_path,
+            "grad_steps",
+            "grad_log10_var",
+            "log10 Var of the policy gradient",
+            "Policy-gradient variance",
+        ),
+    ):
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        for algo, runs in curves_by_algo.items():
+            pairs = [(c[xkey], c[ykey]) for c in runs]
+            top = max((x.max() for x, _ in pairs if x.size), default=0)
+            if top <= 0:
+                continue
+            grid = np.linspace(0, top, 200)
+            band = _band_on_grid(pairs, grid)
+            if band is None:
+                continue
+            lo, med, hi = band
+            color = COLORS.get(algo)
+            ax.plot(grid, med, color=color, lw=1.6, label=f"{algo} (n={len(runs)})")
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
+        if threshold is not None and ykey == "return":
+            ax.axhline(threshold, color="0.5", ls=":", lw=1, label=f"threshold {threshold:g}")
+        ax.set(xlabel="env steps", ylabel=ylabel, title=f"{title}: median and IQR over seeds")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)

@@ -1,0 +1,196 @@
+"""Comparing estimators: a grid of runs (algo x seed) in a process pool, its report and plots.
+
+Each run is an ordinary run folder (see :mod:`relax_rl.training`); a grid resumes by skipping
+runs whose ``summary.json`` says they finished. ``report.md`` and the figures are drawn from the
+run folders alone, so ``relax-rl plot`` can redraw them without wandb.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relax_rl.errors import UsageError
+
+FINISHED = ("completed", "solved")
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One cell of the grid and its run folder."""
+
+    algo: str
+    env_id: str
+    seed: int
+    out: Path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"``, ``"0,2,5"`` or ``"3"`` (mixable: ``"0-2,7"``) into a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise UsageError(f"malformed seed range {text!r}; use e.g. 0-4, 0,2,5 or 3")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        seeds += range(lo, hi + 1)
+    return sorted(set(seeds))
+
+
+def is_finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())["status"] in FINISHED
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_grid(
+    runs: Sequence[GridRun],
+    worker: Callable[[GridRun], dict],
+    jobs: int = 1,
+    on_done: Callable[[GridRun, dict], None] | None = None,
+) -> list[dict]:
+    """Run every unfinished cell with ``worker`` in ``jobs`` processes; a crash becomes a
+    ``failed`` summary with its error line, and the other runs go on."""
+    results: dict[GridRun, dict] = {}
+    todo = []
+    for run in runs:
+        if is_finished(run.out):
+            results[run] = json.loads((run.out / "summary.json").read_text())
+        else:
+            todo.append(run)
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(worker, run): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                summary = future.result()
+            except Exception as exc:  # the run's own error, reported, not raised
+                line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                summary = {
+                    "algo": run.algo,
+                    "env_id": run.env_id,
+                    "seed": run.seed,
+                    "status": "failed",
+                    "error": line,
+                }
+            results[run] = summary
+            if on_done is not None:
+                on_done(run, summary)
+    return [results[run] for run in runs]
+
+
+def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Per algo: seeds solved, env steps and episodes to threshold (median, IQR), final mean
+    return, mean grad log10 variance and env-steps/s."""
+    out: dict[str, dict[str, Any]] = {}
+    for algo in dict.fromkeys(s["algo"] for s in summaries):
+        rs = [s for s in summaries if s["algo"] == algo]
+        ok = [s for s in rs if s.get("status") in FINISHED]
+        solved = [s for s in ok if s.get("solved_at_env_steps") is not None]
+        out[algo] = {
+            "runs": len(rs),
+            "failed": len(rs) - len(ok),
+            "solved": len(solved),
+            "env_steps_to_solve": _quartiles([s["solved_at_env_steps"] for s in solved]),
+            "episodes_to_solve": _quartiles([s["solved_at_episodes"] for s in solved]),
+            "final_mean_return_100": _quartiles(
+                [
+                    s["final_mean_return_100"]
+                    for s in ok
+                    if s.get("final_mean_return_100") is not None
+                ]
+            ),
+            "grad_log10_var": _mean([s.get("mean_grad_log10_var") for s in ok]),
+            "env_steps_per_s": _quartiles(
+                [s["env_steps_per_s"] for s in ok if s.get("env_steps_per_s")]
+            ),
+        }
+    return out
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return float(statistics.fmean(vals)) if vals else None
+
+
+def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
+    if not xs:
+        return None
+    q1, med, q3 = np.percentile(np.asarray(xs, dtype=float), [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3)}
+
+
+def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
+    """Env steps, mean return (last 100) and grad log10 variance from a run's progress.csv."""
+    steps, ret, gsteps, gvar = [], [], [], []
+    path = run_dir / "progress.csv"
+    if path.exists():
+        with open(path) as fh:
+            for row in csv.DictReader(fh):
+                t = row.get("time/total_timesteps")
+                if not t:
+                    continue
+                if row.get("rollout/ep_rew_mean"):
+                    steps.append(float(t))
+                    ret.append(float(row["rollout/ep_rew_mean"]))
+                if row.get("grad/log10_var"):
+                    gsteps.append(float(t))
+                    gvar.append(float(row["grad/log10_var"]))
+    return {
+        "steps": np.asarray(steps),
+        "return": np.asarray(ret),
+        "grad_steps": np.asarray(gsteps),
+        "grad_log10_var": np.asarray(gvar),
+    }
+
+
+def _fmt(q: dict[str, float] | None, digits: int = 0) -> str:
+    if q is None:
+        return "-"
+    return f"{q['median']:,.{digits}f} [{q['q1']:,.{digits}f}, {q['q3']:,.{digits}f}]"
+
+
+def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dict]) -> None:
+    """``report.md``: one row per algo, then every failed run with its error line."""
+    env_ids = sorted({s.get("env_id", "?") for s in summaries})
+    lines = [
+        f"# Comparison on {', '.join(env_ids)}",
+        "",
+        "Medians with [Q1, Q3] over seeds; steps and episodes to the threshold over solved "
+        "seeds only.",
+        "",
+        "| algo | solved | env steps to solve | episodes to solve | final mean return (100) "
+        "| mean grad log10 var | env-steps/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for algo, a in aggregates.items():
+        var = "-" if a["grad_log10_var"] is None else f"{a['grad_log10_var']:.2f}"
+        failed = f" ({a['failed']} failed)" if a["failed"] else ""
+        lines.append(
+            f"| {algo} | {a['solved']}/{a['runs']}{failed} | {_fmt(a['env_steps_to_solve'])} "
+            f"| {_fmt(a['episodes_to_solve'])} | {_fmt(a['final_mean_return_100'], 1)} "
+            f"| {var} | {_fmt(a['env_steps_per_s'])} |"
+        )
+    failures = [s for s in summaries if s.get("status") not in FINISHED]
+    if failures:
+        lines += ["", "## Failed runs", ""]
+        lines += [
+            f"- {s['algo']} seed {s['seed']}: {s.get('status')}: {s.get('error')}" for s in failures
+        ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def mean_grad_log10_var(run_dir: Path) -> float | None:
+    gv = read_curves(run_dir)["grad_log10_var"]
+    return float(gv.mean()) if gv.size else None
