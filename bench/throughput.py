@@ -46,52 +46,19 @@ def _make(name: str, seed: int):
 
 
 def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
-    """Microseconds per update in each phase, timed on rollouts the agent collected itself."""
+    """Microseconds per update in each phase: the agent's own collect_rollouts and train(),
+    the latter split by its built-in phase timer (``phase_seconds``)."""
     model = _make(name, 0)
     model.learn(2_000)
     _, callback = model._setup_learn(10**9, None)
-    phases = {
-        "collect 5x8 steps": 0.0,
-        "forward (losses)": 0.0,
-        "backward": 0.0,
-        "variance objective (grad + double backward)": 0.0,
-        "optimizer steps": 0.0,
-    }
+    collect = 0.0
+    model.phase_seconds = {}
     for _ in range(n_updates):
         t0 = time.perf_counter()
         model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
-        t1 = time.perf_counter()
-        losses = model.losses(model.rollout_buffer.get_all())
-        pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
-        other = model.vf_coef * value_loss - model.ent_coef * entropy
-        t2 = time.perf_counter()
-        model.policy.optimizer.zero_grad()
-        if model.control_variate is None:
-            (pg_loss + other).backward()
-            t3 = t4 = time.perf_counter()
-        else:
-            batch = model.variance_objective == "batch"
-            (other if batch else pg_loss + other).backward(retain_graph=True)
-            t3 = time.perf_counter()
-            cv_loss, grads = model.variance_loss(losses)
-            model.cv_optimizer.zero_grad()
-            cv_loss.backward(
-                inputs=[p for p in model.control_variate.parameters() if p.requires_grad]
-            )
-            if grads is not None:
-                for p, g in zip(model.policy.actor_parameters(), grads, strict=True):
-                    p.grad = g.detach() if p.grad is None else p.grad + g.detach()
-            t4 = time.perf_counter()
-        th.nn.utils.clip_grad_norm_(model.policy.parameters(), 0.5)
-        model.policy.optimizer.step()
-        if model.cv_optimizer is not None:
-            model.cv_optimizer.step()
-        t5 = time.perf_counter()
-        phases["collect 5x8 steps"] += t1 - t0
-        phases["forward (losses)"] += t2 - t1
-        phases["backward"] += t3 - t2
-        phases["variance objective (grad + double backward)"] += t4 - t3
-        phases["optimizer steps"] += t5 - t4
+        collect += time.perf_counter() - t0
+        model.train()
+    phases = {"collect 5x8 steps": collect, **model.phase_seconds}
     return {k: 1e6 * v / n_updates for k, v in phases.items()}
 
 

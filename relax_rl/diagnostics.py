@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch as th
 
 from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.estimators import reinforce
 
 if TYPE_CHECKING:
     from relax_rl.on_policy import GumbelOnPolicyAlgorithm
@@ -78,7 +79,7 @@ def gradient_variance(
     if model.control_variate is not None:
         log_p = th.log_softmax(losses.logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
-        plain = -losses.advantages.detach() * log_prob
+        plain = reinforce(-losses.advantages, log_prob)
         base_rows = _group_gradients(plain, groups, actor)
         out["grad/log10_var_baseline"] = _log10_var_of_batch_estimate(base_rows)
         out["grad/log10_var_reduction"] = out["grad/log10_var_baseline"] - out["grad/log10_var"]

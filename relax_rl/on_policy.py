@@ -10,6 +10,7 @@ its control variate is (``make_control_variate``).
 from __future__ import annotations
 
 import math
+import time
 from abc import abstractmethod
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -136,6 +137,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.max_episode_steps = max_episode_steps
         self.variance_objective = variance_objective
         self.grad_var_freq = grad_var_freq
+        # Set to {} to accumulate the wall time of each phase of train() (bench/throughput.py).
+        self.phase_seconds: dict[str, float] | None = None
+        self._phase_t = 0.0
         self.control_variate: nn.Module | None = None
         self.cv_optimizer: th.optim.Optimizer | None = None
         super().__init__(
@@ -360,6 +364,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def train(self) -> None:
         """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
         agent with a control variate, one step of phi on the variance objective."""
+        self._phase_t = time.perf_counter()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.get_all()
@@ -372,16 +377,19 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
         other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
         self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
+        self._phase("forward")
 
         self.policy.optimizer.zero_grad(set_to_none=True)
         cv_loss = None
         if self.control_variate is None:
             (pg_loss + other_loss).backward()
+            self._phase("backward")
         else:
             if self.variance_objective == "batch":
                 other_loss.backward(retain_graph=True)
             else:
                 (pg_loss + other_loss).backward(retain_graph=True)
+            self._phase("backward")
             cv_loss, grads = self.variance_loss(losses)
             self._check_finite(cv_loss=cv_loss)
             self.cv_optimizer.zero_grad(set_to_none=True)
@@ -392,9 +400,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             if grads is not None:
                 for p, g in zip(self.policy.actor_parameters(), grads, strict=True):
                     p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+            self._phase("variance objective")
         grad_norm = self._clip_and_check()
         self.policy.optimizer.step()
         self.n_updates += 1
+        self._phase("clip + optimizer step")
 
         self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
         self.logger.record("train/policy_loss", pg_loss.item())
@@ -410,6 +420,13 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
         """Hook before the losses of an update (e.g. to track the scale of the advantages)."""
+
+    def _phase(self, name: str) -> None:
+        """Add the time since the previous mark to ``phase_seconds[name]`` when profiling."""
+        if self.phase_seconds is not None:
+            now = time.perf_counter()
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + now - self._phase_t
+            self._phase_t = now
 
     def _check_finite(self, **losses: th.Tensor) -> None:
         for name, value in losses.items():

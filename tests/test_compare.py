@@ -8,9 +8,26 @@ import pytest
 from relax_rl.cli import main
 from relax_rl.compare import parse_seeds
 
-GRID = ["compare", "--algos", "a2c", "relax", "--env", "CartPole-v1", "--seeds", "0-1",
-        "--total-steps", "600", "--set", "n_envs=2", "--set", "policy_kwargs.net_arch=[8]",
-        "--grad-var-freq", "5", "--jobs", "2"]
+GRID = [
+    "compare",
+    "--algos",
+    "a2c",
+    "relax",
+    "--env",
+    "CartPole-v1",
+    "--seeds",
+    "0-1",
+    "--total-steps",
+    "600",
+    "--set",
+    "n_envs=2",
+    "--set",
+    "policy_kwargs.net_arch=[8]",
+    "--grad-var-freq",
+    "5",
+    "--jobs",
+    "2",
+]
 
 
 def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
@@ -30,23 +47,37 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
     assert "seed" not in capsys.readouterr().err
 
     plot_out = tmp_path / "plots"
-    assert main(["plot", str(out / "a2c-s0"), str(out / "relax-s1"), "--out",
-                 str(plot_out)]) == 0
+    assert main(["plot", str(out / "a2c-s0"), str(out / "relax-s1"), "--out", str(plot_out)]) == 0
     assert (plot_out / "returns.png").exists() and (plot_out / "report.md").exists()
 
 
 def test_a_crashing_run_is_reported_and_others_go_on(tmp_path):
     out = tmp_path / "cmp"
-    args = ["compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0",
-            "--total-steps", "300", "--set", "n_envs=2", "--set", "n_steps=0", "--out",
-            str(out)]
+    args = [
+        "compare",
+        "--algos",
+        "a2c",
+        "--env",
+        "CartPole-v1",
+        "--seeds",
+        "0",
+        "--total-steps",
+        "300",
+        "--set",
+        "n_envs=2",
+        "--set",
+        "n_steps=0",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = (out / "report.md").read_text()
     assert "1 failed" in report and "needs n_envs=1" in report
 
 
-@pytest.mark.parametrize("text,seeds", [("0-4", [0, 1, 2, 3, 4]), ("0,2,5", [0, 2, 5]),
-                                        ("3", [3]), ("0-1,7", [0, 1, 7])])
+@pytest.mark.parametrize(
+    "text,seeds", [("0-4", [0, 1, 2, 3, 4]), ("0,2,5", [0, 2, 5]), ("3", [3]), ("0-1,7", [0, 1, 7])]
+)
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
