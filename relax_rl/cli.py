@@ -6,6 +6,8 @@ Sub-commands:
   eval   evaluate a trained run folder
   toy    the seed's toy problem (Sec. 4.1): minimise E[(b - t)^2], b ~ Bern(sigmoid(l)).
   vae    the seed's discrete VAE benchmark (Sec. 4.2).
+  compare  a grid of algos x seeds on one env (local process pool or Ray Tune), then report
+  plot   the comparison's report and figures from existing run folders
 """
 
 from __future__ import annotations
@@ -435,7 +437,18 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="updates between gradient-variance measurements (0: off)",
     )
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    p.add_argument("--backend", default="local", help="local (a process pool)")
+    p.add_argument(
+        "--backend",
+        default="local",
+        help="local (a process pool, default) or ray (Ray Tune; needs relax-rl[ray])",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="a running Ray cluster (host:port, ray://host:port or auto); default: start a "
+        "local Ray. OUT must be on storage every node sees.",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     _add_tracking_args(p)
     p.set_defaults(func=_run_compare)
@@ -526,14 +539,27 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     )
 
 
+def _require_ray() -> None:
+    """Fail before any run starts when the Ray backend is asked for but not installed."""
+    from relax_rl.compare import RAY_INSTALL
+
+    try:
+        import ray  # noqa: F401
+        from ray import tune  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--backend ray needs Ray Tune; install it with: {RAY_INSTALL}") from None
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
     from envs import check_env_id
-    from relax_rl.compare import GridRun, parse_seeds, run_grid
+    from relax_rl.compare import BACKENDS, GridRun, check_ray_address, parse_seeds, run_grid
 
-    if args.backend != "local":
-        raise UsageError(f"unknown backend {args.backend!r}; valid: local")
+    if args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
+    if args.ray_address is not None and args.backend != "ray":
+        raise UsageError("--ray-address needs --backend ray")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     try:
@@ -542,20 +568,35 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     seeds = parse_seeds(args.seeds)
     settings = _grid_settings(args)
+    if args.backend == "ray":
+        _require_ray()
+        if args.ray_address is not None:
+            check_ray_address(args.ray_address)
     tracking = _tracking(args)
     if tracking is not None and tracking.group is None:
-        tracking.group = f"compare-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # Named after the output folder, so that a resumed comparison stays in one group.
+        tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     runs = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
     worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
 
     def done(run, summary) -> None:
-        print(
-            f"{run.algo} seed {run.seed}: {summary.get('status')}, solved at "
-            f"{summary.get('solved_at_env_steps')} env steps",
-            file=sys.stderr,
+        solved = summary.get("solved_at_env_steps")
+        outcome = (
+            f"solved at {solved:,} env steps"
+            if solved is not None
+            else summary.get("error") or "not solved"
         )
+        print(f"{run.algo} seed {run.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
 
-    summaries = run_grid(runs, worker, jobs=args.jobs, on_done=done)
+    summaries = run_grid(
+        runs,
+        worker,
+        jobs=args.jobs,
+        on_done=done,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        ray_storage=args.out / "ray",
+    )
     _write_comparison(args.out, [r.out for r in runs], summaries)
     print((args.out / "report.md").read_text())
     return 0

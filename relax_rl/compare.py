@@ -1,19 +1,22 @@
-"""Comparing estimators: a grid of runs (algo x seed) in a process pool, its report and plots.
+"""Comparing estimators: a grid of runs (algo x seed), its report and plots.
 
 Each run is an ordinary run folder (see :mod:`relax_rl.training`); a grid resumes by skipping
-runs whose ``summary.json`` says they finished. ``report.md`` and the figures are drawn from the
-run folders alone, so ``relax-rl plot`` can redraw them without wandb.
+runs whose ``summary.json`` says they finished. Two backends run the rest: ``local`` (a process
+pool on this machine) and ``ray`` (Ray Tune, on a local Ray or a cluster). ``report.md`` and the
+figures are drawn from the run folders alone, so ``relax-rl plot`` can redraw them without wandb.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import socket
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ import numpy as np
 from relax_rl.errors import UsageError
 
 FINISHED = ("completed", "solved")
+BACKENDS = ("local", "ray")
+RAY_INSTALL = "pip install 'relax-rl[ray]'"
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,18 @@ def run_grid(
     worker: Callable[[GridRun], dict],
     jobs: int = 1,
     on_done: Callable[[GridRun, dict], None] | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    ray_storage: Path | None = None,
 ) -> list[dict]:
-    """Run every unfinished cell with ``worker`` in ``jobs`` processes; a crash becomes a
-    ``failed`` summary with its error line, and the other runs go on."""
+    """Run every unfinished cell with ``worker``, ``jobs`` at a time, on ``backend``.
+
+    A crash becomes a ``failed`` summary with its error line, and the other runs go on.
+    ``ray_address`` (Ray backend only) names a running cluster; without it a local Ray starts.
+    ``ray_storage`` is where Ray Tune keeps its own experiment state.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     results: dict[GridRun, dict] = {}
     todo = []
     for run in runs:
@@ -69,6 +83,33 @@ def run_grid(
             results[run] = json.loads((run.out / "summary.json").read_text())
         else:
             todo.append(run)
+
+    def record(run: GridRun, summary: dict) -> None:
+        results[run] = summary
+        if on_done is not None:
+            on_done(run, summary)
+
+    if todo and backend == "local":
+        _run_local(todo, worker, jobs, record)
+    elif todo:
+        _run_ray(todo, worker, jobs, record, ray_address, ray_storage)
+    return [results[run] for run in runs]
+
+
+def failed_summary(run: GridRun, exc: BaseException | str) -> dict:
+    """The summary of a run that crashed: its cell and the first line of its error."""
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    lines = [line for line in text.splitlines() if line.strip()] or ["unknown error"]
+    return {
+        "algo": run.algo,
+        "env_id": run.env_id,
+        "seed": run.seed,
+        "status": "failed",
+        "error": lines[0],
+    }
+
+
+def _run_local(todo, worker, jobs: int, record) -> None:
     with ProcessPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(worker, run): run for run in todo}
         for future in as_completed(futures):
@@ -76,18 +117,97 @@ def run_grid(
             try:
                 summary = future.result()
             except Exception as exc:  # the run's own error, reported, not raised
-                line = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                summary = {
-                    "algo": run.algo,
-                    "env_id": run.env_id,
-                    "seed": run.seed,
-                    "status": "failed",
-                    "error": line,
-                }
-            results[run] = summary
-            if on_done is not None:
-                on_done(run, summary)
-    return [results[run] for run in runs]
+                summary = failed_summary(run, exc)
+            record(run, summary)
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse an address no Ray cluster answers on, in seconds (``ray.init`` would retry for
+    minutes). Accepts ``auto``, ``host:port`` (GCS, port 6379 if left out) and
+    ``ray://host:port`` (Ray Client, port 10001 if left out)."""
+    if address == "auto":
+        return
+    m = re.fullmatch(r"(ray://)?([^:/\s]+)(?::(\d+))?/?", address)
+    if m is None:
+        raise UsageError(
+            f"malformed --ray-address {address!r}; use host:port, ray://host:port or auto"
+        )
+    port = int(m.group(3)) if m.group(3) else (10001 if m.group(1) else 6379)
+    try:
+        socket.create_connection((m.group(2), port), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); "
+            "start one with `ray start --head` or check --ray-address"
+        ) from None
+
+
+def _ray_trial(config: dict, worker: Callable[[GridRun], dict], runs: list[GridRun]) -> None:
+    """One Ray Tune trial = one grid cell; its summary travels back as a JSON metric."""
+    from ray import tune
+
+    run = runs[config["cell"]]
+    try:
+        summary = worker(run)
+    except Exception as exc:  # reported like the local backend's failures
+        summary = failed_summary(run, exc)
+    tune.report({"summary": json.dumps(summary)})
+
+
+def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path | None) -> None:
+    # Trials keep the driver's working directory; Tune's console output stays quiet (our own
+    # one line per finished run is printed by ``on_done``).
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise UsageError(f"--backend ray needs Ray Tune; install it with: {RAY_INSTALL}") from None
+    if address is not None:
+        check_ray_address(address)
+    # Ray workers (other processes, maybe other machines) see absolute paths only.
+    cells = [replace(run, out=run.out.resolve()) for run in todo]
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address is None:
+                ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UsageError(f"cannot connect to Ray at {address!r}: {exc}") from None
+
+    reported: set[GridRun] = set()
+
+    class Reporter(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run = todo[trial.config["cell"]]
+            reported.add(run)
+            record(run, json.loads(result["summary"]))
+
+    try:
+        storage_path = (storage or Path("ray_results")).resolve()
+        tuner = tune.Tuner(
+            tune.with_resources(
+                tune.with_parameters(_ray_trial, worker=worker, runs=cells), {"cpu": 1}
+            ),
+            param_space={"cell": tune.grid_search(list(range(len(cells))))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max(1, jobs),
+                trial_dirname_creator=lambda trial: todo[trial.config["cell"]].out.name,
+            ),
+            run_config=tune.RunConfig(
+                name="grid", storage_path=str(storage_path), verbose=0, callbacks=[Reporter()]
+            ),
+        )
+        for result in tuner.fit():
+            run = todo[result.config["cell"]]
+            if run not in reported:  # the trial died before reporting (e.g. killed)
+                record(run, failed_summary(run, str(result.error or "trial reported nothing")))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:

@@ -53,12 +53,27 @@ class WandbOutputFormat(KVWriter):
         """The run is finished by :func:`finish`, not by the logger."""
 
 
+# Runs the caller started with ``wandb.init`` and that :func:`finish` must leave open.
+_ADOPTED: set[str] = set()
+
+
 def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: Path) -> Any:
-    """A wandb run in ``out/wandb`` (``WANDB_MODE`` in the environment wins over ``mode``)."""
+    """A wandb run in ``out/wandb`` (``WANDB_MODE`` in the environment wins over ``mode``).
+
+    If the caller already started a run (``wandb.init``, e.g. to build SB3's
+    ``WandbCallback``, which needs one), log into that run and leave it open.
+    """
     tracking.validate()
     os.environ.setdefault("WANDB_SILENT", "true")  # no banners on the terminal
     import wandb
 
+    if wandb.run is not None:
+        run = wandb.run
+        run.config.update(config, allow_val_change=True)
+        _ADOPTED.add(run.id)
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        return run
     mode = os.environ.get("WANDB_MODE", tracking.mode)
     run = wandb.init(
         project=tracking.project,
@@ -77,8 +92,11 @@ def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: 
 
 
 def finish(run: Any, summary: dict[str, Any]) -> None:
-    """Copy the run's summary into wandb's and close it."""
+    """Copy the run's summary into wandb's and close it (unless the caller started it)."""
     for key, value in summary.items():
         if value is not None:
             run.summary[key] = value
-    run.finish()
+    if run.id in _ADOPTED:
+        _ADOPTED.discard(run.id)
+    else:
+        run.finish()

@@ -1,6 +1,8 @@
 """relax-rl compare / plot: a tiny grid, its report and figures, resume, failures, bad input."""
 
 import json
+import socket
+import sys
 
 import matplotlib.image as mpimg
 import pytest
@@ -89,7 +91,7 @@ def test_parse_seeds(text, seeds):
         (["--seeds", "a-b"], "malformed seed range"),
         (["--algos", "ppo"], "unknown algo 'ppo'"),
         (["--env", "CartPol-v1"], "did you mean CartPole-v1"),
-        (["--backend", "slurm"], "unknown backend 'slurm'"),
+        (["--backend", "slurm"], "unknown backend 'slurm'; valid: local, ray"),
     ],
 )
 def test_compare_bad_input(tmp_path, capsys, args, needle):
@@ -107,3 +109,67 @@ def test_compare_bad_input(tmp_path, capsys, args, needle):
 def test_plot_refuses_a_folder_without_summary(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_ray_backend_runs_the_same_grid_as_the_local_one(tmp_path, capsys):
+    """Two tiny trials under a local Ray: same run folders and report as the process pool, and
+    the same numbers (seeded runs do not depend on where they run)."""
+    pytest.importorskip("ray.tune")
+    grid = [*GRID[: GRID.index("--seeds") + 1], "0", *GRID[GRID.index("--seeds") + 2 :]]
+    assert main([*grid, "--backend", "ray", "--out", str(tmp_path / "ray")]) == 0
+    assert main([*grid, "--out", str(tmp_path / "local")]) == 0
+    for name in ("a2c-s0", "relax-s0"):
+        by_ray = json.loads((tmp_path / "ray" / name / "summary.json").read_text())
+        local = json.loads((tmp_path / "local" / name / "summary.json").read_text())
+        assert by_ray["status"] == "completed"
+        assert by_ray["final_mean_return_100"] == local["final_mean_return_100"]
+        assert (tmp_path / "ray" / name / "model.zip").exists()
+    report = (tmp_path / "ray" / "report.md").read_text()
+    assert "| a2c | 0/1 |" in report and "| relax | 0/1 |" in report
+    for png in ("returns.png", "grad_variance.png"):
+        assert mpimg.imread(tmp_path / "ray" / png).ndim == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--backend", "local", "--ray-address", "auto"], "--ray-address needs --backend ray"),
+        (["--backend", "ray", "--ray-address", "host:port"], "malformed --ray-address"),
+        (["--backend", "ray", "--ray-address", "127.0.0.1:{port}"], "cannot reach a Ray cluster"),
+    ],
+)
+def test_compare_bad_ray_input(tmp_path, capsys, args, needle):
+    pytest.importorskip("ray.tune")
+    args = [a.format(port=_free_port()) for a in args]
+    argv = ["compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0", *args]
+    code = main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_backend_without_ray_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    argv = ["compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0"]
+    code = main([*argv, "--backend", "ray", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pip install 'relax-rl[ray]'" in err and "\n" not in err
+
+
+def test_tracked_compare_puts_every_run_in_one_wandb_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "tracked"
+    grid = [*GRID[: GRID.index("--total-steps") + 1], "200", *GRID[GRID.index("--set") :]]
+    assert main([*grid, "--track", "--out", str(out)]) == 0
+    runs = sorted(out.glob("*-s*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 4
+    for path in runs:
+        data = path.read_bytes()
+        assert b"compare-CartPole-v1-tracked" in data and b"grad/log10_var" in data

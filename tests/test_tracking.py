@@ -86,3 +86,81 @@ def test_bad_wandb_mode(tmp_path, capsys):
         ]
     )
     assert code == 2 and "unknown wandb mode 'sometimes'" in capsys.readouterr().err
+
+
+TINY_AGENT = {"n_steps": 8, "policy_kwargs": {"net_arch": [8]}}
+
+
+@pytest.mark.parametrize("name", ["reinforce", "a2c", "relax"])
+def test_sb3_wandb_callback_works_when_passed(name, tmp_path, monkeypatch, no_network):
+    """SB3's own WandbCallback, given to a tracked run as is: it needs a wandb run before it is
+    built, so the user starts one and ``train`` logs into it. The callback records the model's
+    hyperparameters, logs gradient histograms through ``wandb.watch`` (RELAX's double backward
+    included) and saves the model."""
+    import wandb
+    from wandb.integration.sb3 import WandbCallback
+
+    from agents import ALGOS
+    from envs import make_env
+    from relax_rl.tracking import TrackingConfig
+    from relax_rl.training import RunSpec, train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    user_run = wandb.init(project="p", mode="offline", dir=str(tmp_path))
+    models = tmp_path / "wandb_models"
+    callback = WandbCallback(gradient_save_freq=5, model_save_path=str(models), model_save_freq=50)
+    run = {
+        "n_envs": 2,
+        "total_steps": 800,
+        "threshold": 475.0,
+        "stop_when_solved": False,
+        "checkpoint_freq": 400,
+        "eval_episodes": 1,
+        "vec_env": "dummy",
+    }
+    agent = dict(TINY_AGENT, n_steps=0) if name == "reinforce" else TINY_AGENT
+    spec = RunSpec(
+        name,
+        ALGOS[name],
+        "CartPole-v1",
+        0,
+        tmp_path / "run",
+        {**run, "n_envs": 1} if name == "reinforce" else run,
+        agent,
+        lambda n, s: make_env("CartPole-v1", n, s),
+        progress=False,
+        extra_callbacks=[callback],
+        tracking=TrackingConfig("offline"),
+    )
+    assert train(spec)["status"] == "completed"
+    assert wandb.run is user_run  # still open: the user started it
+    user_run.finish()
+    assert (models / "model.zip").exists()
+    data = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    for key in (
+        b"gradients/",
+        b"gamma",
+        b"env_id",
+        b"rollout/ep_rew_mean",
+        b"global_step",
+        b"final_mean_return_100",
+    ):
+        assert key in data, key
+
+
+def test_sb3_wandb_callback_with_a_users_own_wandb_run(tmp_path, monkeypatch, no_network):
+    """The SB3 docs' recipe, unchanged: wandb.init, then learn(callback=WandbCallback())."""
+    import wandb
+    from wandb.integration.sb3 import WandbCallback
+
+    from agents import RELAX
+    from envs import make_env
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="p", mode="offline", dir=str(tmp_path), sync_tensorboard=False)
+    model = RELAX("MlpPolicy", make_env("CartPole-v1", 2, 0), seed=0, **TINY_AGENT)
+    model.learn(400, callback=WandbCallback(gradient_save_freq=5, verbose=0))
+    run.finish()
+    data = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert b"gradients/" in data and b"RELAX" in data
