@@ -172,11 +172,20 @@ def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path
     if started:
         try:
             if address is None:
-                ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
+                # "local": a new Ray for this grid, even if `ray start` left one running here.
+                ray.init(
+                    address="local",
+                    num_cpus=max(1, jobs),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                )
             else:
                 ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
-            raise UsageError(f"cannot connect to Ray at {address!r}: {exc}") from None
+            raise UsageError(
+                f"cannot connect to Ray at {address!r}: {exc} (a cluster with token "
+                "authentication also needs RAY_AUTH_MODE=token and its token here)"
+            ) from None
 
     reported: set[GridRun] = set()
 

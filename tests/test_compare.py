@@ -3,6 +3,8 @@
 import json
 import socket
 import sys
+import time
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
@@ -173,3 +175,53 @@ def test_tracked_compare_puts_every_run_in_one_wandb_group(tmp_path, monkeypatch
     for path in runs:
         data = path.read_bytes()
         assert b"compare-CartPole-v1-tracked" in data and b"grad/log10_var" in data
+
+
+@pytest.mark.ray
+def test_ray_backend_on_a_running_cluster(tmp_path):
+    """``--ray-address`` joins a cluster started with ``ray start --head`` (here on this
+    machine) instead of starting a local Ray. The driver is the CLI in its own process, as a
+    user would run it (Ray's auth settings are per process)."""
+    pytest.importorskip("ray.tune")
+    import os
+    import subprocess
+
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the cluster and the driver agree on auth
+    ray_bin = Path(sys.executable).with_name("ray")
+    log = tmp_path / "head.log"
+    with open(log, "w") as fh:
+        head = subprocess.Popen(
+            [
+                str(ray_bin),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        for _ in range(240):  # the head prints this once every process is up
+            if "block forever" in log.read_text() or head.poll() is not None:
+                break
+            time.sleep(0.25)
+        assert head.poll() is None, log.read_text()[-2000:]
+        grid = [*GRID[: GRID.index("--seeds") + 1], "0", *GRID[GRID.index("--seeds") + 2 :]]
+        out = tmp_path / "cluster"
+        argv = [*grid, "--backend", "ray", "--ray-address", f"127.0.0.1:{port}"]
+        cli = Path(sys.executable).with_name("relax-rl")
+        done = subprocess.run(
+            [str(cli), *argv, "--out", str(out)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "| a2c | 0/1 |" in (out / "report.md").read_text()
+        assert json.loads((out / "relax-s0" / "summary.json").read_text())["status"] == "completed"
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
