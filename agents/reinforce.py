@@ -14,7 +14,9 @@ from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 class REINFORCE(GumbelOnPolicyAlgorithm):
     """Score-function policy gradient ``g = sum_t (G_t - b(s_t)) dlog pi(a_t|s_t)``.
 
-    Defaults: whole-episode Monte-Carlo returns (``n_steps=0``, one env), no baseline, Adam.
+    Defaults: whole-episode Monte-Carlo returns (``n_steps=0``, one env), no baseline, Adam,
+    and the gradient variance measured every 5 updates (an update is a whole episode, so this
+    costs about as little as every 50 short rollouts of the other agents).
     ``use_baseline=True`` adds a learned V(s) as ``b(s)``. Other parameters: see
     :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
     """
@@ -28,6 +30,7 @@ class REINFORCE(GumbelOnPolicyAlgorithm):
             max_grad_norm=None,
             use_baseline=False,
             optimizer="adam",
+            grad_var_freq=5,
         ).items():
             kwargs.setdefault(key, value)
         super().__init__(policy, env, **kwargs)

@@ -433,8 +433,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grad-var-freq",
         type=int,
-        default=20,
-        help="updates between gradient-variance measurements (0: off)",
+        default=None,
+        help="updates between gradient-variance measurements (0: off; default: the agent's, "
+        "50, or 5 whole episodes for reinforce)",
     )
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     p.add_argument(
@@ -509,7 +510,8 @@ def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
         s = cfg.merge(s, cfg.parse_set(args.set))
         if args.total_steps is not None:
             s["total_steps"] = args.total_steps
-        s["grad_var_freq"] = args.grad_var_freq
+        if args.grad_var_freq is not None:
+            s["grad_var_freq"] = args.grad_var_freq
         cfg.validate(s, algo_cls)  # refuse bad keys before any run starts
         settings[algo] = s
     return settings

@@ -262,7 +262,7 @@ def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
 
 def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
     """Env steps, mean return (last 100) and grad log10 variance from a run's progress.csv."""
-    steps, ret, gsteps, gvar = [], [], [], []
+    steps, ret, gsteps, gvar, bsteps, bvar = [], [], [], [], [], []
     path = run_dir / "progress.csv"
     if path.exists():
         with open(path) as fh:
@@ -276,11 +276,17 @@ def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
                 if row.get("grad/log10_var"):
                     gsteps.append(float(t))
                     gvar.append(float(row["grad/log10_var"]))
+                if row.get("grad/log10_var_baseline"):
+                    bsteps.append(float(t))
+                    bvar.append(float(row["grad/log10_var_baseline"]))
     return {
         "steps": np.asarray(steps),
         "return": np.asarray(ret),
         "grad_steps": np.asarray(gsteps),
         "grad_log10_var": np.asarray(gvar),
+        # the plain advantage estimator on the same batches (agents with a control variate)
+        "baseline_steps": np.asarray(bsteps),
+        "grad_log10_var_baseline": np.asarray(bvar),
     }
 
 

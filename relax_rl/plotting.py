@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import EngFormatter
 
 COLORS = {
     "exact": "black",
@@ -148,34 +149,41 @@ def plot_compare(
     threshold: float | None = None,
 ) -> None:
     """``returns.png``: mean return (last 100 episodes) against env steps, median line and IQR
-    band over seeds per algo; ``grad_variance.png``: grad log10 variance against env steps."""
+    band over seeds per algo; ``grad_variance.png``: grad log10 variance against env steps, with
+    (dashed) the plain advantage estimator's on the same batches for agents that measure it."""
     for path, xkey, ykey, ylabel, title in (
         (returns_path, "steps", "return", "mean return (last 100 episodes)", "Return"),
         (
             grad_path,
             "grad_steps",
             "grad_log10_var",
-            "log10 Var of the policy gradient",
+            "log10 Var of the policy-gradient estimate",
             "Policy-gradient variance",
         ),
     ):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for algo, runs in curves_by_algo.items():
-            pairs = [(c[xkey], c[ykey]) for c in runs]
-            top = max((x.max() for x, _ in pairs if x.size), default=0)
-            if top <= 0:
-                continue
-            grid = np.linspace(0, top, 200)
-            band = _band_on_grid(pairs, grid)
-            if band is None:
-                continue
-            lo, med, hi = band
             color = COLORS.get(algo)
-            ax.plot(grid, med, color=color, lw=1.6, label=f"{algo} (n={len(runs)})")
-            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
+            lines = [(xkey, ykey, "-", f"{algo} (n={len(runs)})")]
+            if ykey == "grad_log10_var":
+                label = f"{algo}: advantage estimator, same batches"
+                lines.append(("baseline_steps", "grad_log10_var_baseline", "--", label))
+            for x_key, y_key, style, label in lines:
+                pairs = [(c[x_key], c[y_key]) for c in runs if x_key in c]
+                top = max((x.max() for x, _ in pairs if x.size), default=0)
+                band = _band_on_grid(pairs, np.linspace(0, top, 200)) if top > 0 else None
+                if band is None:
+                    continue
+                lo, med, hi = band
+                grid = np.linspace(0, top, 200)
+                line = ax.plot(grid, med, color=color, ls=style, lw=1.6, label=label)[0]
+                color = line.get_color()
+                if style == "-":
+                    ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
         if threshold is not None and ykey == "return":
             ax.axhline(threshold, color="0.5", ls=":", lw=1, label=f"threshold {threshold:g}")
         ax.set(xlabel="env steps", ylabel=ylabel, title=f"{title}: median and IQR over seeds")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, 1M
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

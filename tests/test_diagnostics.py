@@ -45,3 +45,39 @@ def test_relax_variance_matches_a2c_when_kappa_is_zero():
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     out = gradient_variance(model, model.rollout_buffer.get_all())
     assert out["grad/log10_var_reduction"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["a2c", "relax"])
+def test_grad_variance_equals_per_env_gradients_one_by_one(name):
+    """The batched backward pass gives the same per-env gradients as one backward per env."""
+    model = ALGOS[name](
+        "MlpPolicy", make_env("CartPole-v1", 4, 1), seed=1, n_steps=8, policy_kwargs=TINY
+    )
+    model.learn(400)
+    data = model.rollout_buffer.get_all()
+    out = gradient_variance(model, data)
+    actor = model.policy.actor_parameters()
+    rows = []
+    for env in range(4):
+        surrogate = model.losses(data).surrogate[data.env_index == env].mean()
+        rows.append(th.cat([g.reshape(-1) for g in th.autograd.grad(surrogate, actor)]))
+    g = th.stack(rows).double()
+    expected = th.log10((g.var(0) / 4).clamp_min(1e-30)).mean()
+    assert out["grad/log10_var"] == pytest.approx(float(expected), abs=1e-4)
+    assert out["grad/norm"] == pytest.approx(float(g.mean(0).norm()), rel=1e-4)
+
+
+def test_diagnostics_do_not_fire_parameter_hooks():
+    """wandb.watch (SB3's WandbCallback) hooks the real parameters: the measurement must not
+    show up there as if it were a training gradient."""
+    model = ALGOS["relax"](
+        "MlpPolicy", make_env("CartPole-v1", 4, 0), seed=0, n_steps=8, policy_kwargs=TINY
+    )
+    model.learn(64)
+    fired = []
+    for p in model.policy.parameters():
+        p.register_hook(lambda g: fired.append(g.shape))
+    out = gradient_variance(model, model.rollout_buffer.get_all())
+    assert "grad/log10_var" in out and not fired
+    model.train()
+    assert fired  # the update itself does reach the hooks
