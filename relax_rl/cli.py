@@ -522,7 +522,7 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     from relax_rl.plotting import plot_compare
 
     for d, s in zip(run_dirs, summaries, strict=True):
-        s["mean_grad_log10_var"] = mean_grad_log10_var(d)
+        s["mean_grad_log10_var"], s["mean_grad_log10_var_reduction"] = mean_grad_log10_var(d)
     aggregates = aggregate(summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(

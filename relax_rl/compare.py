@@ -241,6 +241,7 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
                 ]
             ),
             "grad_log10_var": _mean([s.get("mean_grad_log10_var") for s in ok]),
+            "grad_log10_var_reduction": _mean([s.get("mean_grad_log10_var_reduction") for s in ok]),
             "env_steps_per_s": _quartiles(
                 [s["env_steps_per_s"] for s in ok if s.get("env_steps_per_s")]
             ),
@@ -262,7 +263,7 @@ def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
 
 def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
     """Env steps, mean return (last 100) and grad log10 variance from a run's progress.csv."""
-    steps, ret, gsteps, gvar, bsteps, bvar = [], [], [], [], [], []
+    steps, ret, gsteps, gvar, bsteps, bvar, red = [], [], [], [], [], [], []
     path = run_dir / "progress.csv"
     if path.exists():
         with open(path) as fh:
@@ -279,6 +280,8 @@ def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
                 if row.get("grad/log10_var_baseline"):
                     bsteps.append(float(t))
                     bvar.append(float(row["grad/log10_var_baseline"]))
+                if row.get("grad/log10_var_reduction"):
+                    red.append(float(row["grad/log10_var_reduction"]))
     return {
         "steps": np.asarray(steps),
         "return": np.asarray(ret),
@@ -287,6 +290,7 @@ def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
         # the plain advantage estimator on the same batches (agents with a control variate)
         "baseline_steps": np.asarray(bsteps),
         "grad_log10_var_baseline": np.asarray(bvar),
+        "grad_log10_var_reduction": np.asarray(red),
     }
 
 
@@ -317,6 +321,16 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
             f"| {_fmt(a['episodes_to_solve'])} | {_fmt(a['final_mean_return_100'], 1)} "
             f"| {var} | {_fmt(a['env_steps_per_s'])} |"
         )
+    paired = {a: v["grad_log10_var_reduction"] for a, v in aggregates.items()}
+    paired = {a: v for a, v in paired.items() if v is not None}
+    if paired:
+        lines += [
+            "",
+            "Paired variance reduction: log10 Var of the plain advantage estimator minus the "
+            "agent's, on the same batches (mean over measurements and seeds): "
+            + ", ".join(f"{a} {v:+.2f}" for a, v in paired.items())
+            + ".",
+        ]
     failures = [s for s in summaries if s.get("status") not in FINISHED]
     if failures:
         lines += ["", "## Failed runs", ""]
@@ -326,6 +340,8 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def mean_grad_log10_var(run_dir: Path) -> float | None:
-    gv = read_curves(run_dir)["grad_log10_var"]
-    return float(gv.mean()) if gv.size else None
+def mean_grad_log10_var(run_dir: Path) -> tuple[float | None, float | None]:
+    """The run's mean grad log10 variance and mean paired reduction (None if not logged)."""
+    curves = read_curves(run_dir)
+    gv, red = curves["grad_log10_var"], curves["grad_log10_var_reduction"]
+    return (float(gv.mean()) if gv.size else None, float(red.mean()) if red.size else None)

@@ -42,6 +42,8 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["runs"]) == 4 and set(summary["aggregates"]) == {"a2c", "relax"}
     assert summary["aggregates"]["relax"]["grad_log10_var"] is not None
+    assert summary["aggregates"]["a2c"]["grad_log10_var_reduction"] is None
+    assert "Paired variance reduction" in report and "relax " in report.split("Paired")[1]
     for png in ("returns.png", "grad_variance.png"):
         assert mpimg.imread(out / png).ndim == 3
     stamp = (out / "a2c-s0" / "summary.json").stat().st_mtime_ns
