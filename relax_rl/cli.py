@@ -518,11 +518,11 @@ def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
-    from relax_rl.compare import aggregate, mean_grad_log10_var, read_curves, write_report
+    from relax_rl.compare import aggregate, grad_variance_stats, read_curves, write_report
     from relax_rl.plotting import plot_compare
 
     for d, s in zip(run_dirs, summaries, strict=True):
-        s["mean_grad_log10_var"], s["mean_grad_log10_var_reduction"] = mean_grad_log10_var(d)
+        s.update(grad_variance_stats(d, s.get("solved_at_env_steps")))
     aggregates = aggregate(summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(

@@ -242,6 +242,9 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
             ),
             "grad_log10_var": _mean([s.get("mean_grad_log10_var") for s in ok]),
             "grad_log10_var_reduction": _mean([s.get("mean_grad_log10_var_reduction") for s in ok]),
+            "grad_log10_var_reduction_before_solved": _mean(
+                [s.get("mean_grad_log10_var_reduction_before_solved") for s in ok]
+            ),
             "env_steps_per_s": _quartiles(
                 [s["env_steps_per_s"] for s in ok if s.get("env_steps_per_s")]
             ),
@@ -263,7 +266,7 @@ def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
 
 def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
     """Env steps, mean return (last 100) and grad log10 variance from a run's progress.csv."""
-    steps, ret, gsteps, gvar, bsteps, bvar, red = [], [], [], [], [], [], []
+    steps, ret, gsteps, gvar, bsteps, bvar, rsteps, red = [], [], [], [], [], [], [], []
     path = run_dir / "progress.csv"
     if path.exists():
         with open(path) as fh:
@@ -281,6 +284,7 @@ def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
                     bsteps.append(float(t))
                     bvar.append(float(row["grad/log10_var_baseline"]))
                 if row.get("grad/log10_var_reduction"):
+                    rsteps.append(float(t))
                     red.append(float(row["grad/log10_var_reduction"]))
     return {
         "steps": np.asarray(steps),
@@ -290,6 +294,7 @@ def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
         # the plain advantage estimator on the same batches (agents with a control variate)
         "baseline_steps": np.asarray(bsteps),
         "grad_log10_var_baseline": np.asarray(bvar),
+        "reduction_steps": np.asarray(rsteps),
         "grad_log10_var_reduction": np.asarray(red),
     }
 
@@ -298,6 +303,10 @@ def _fmt(q: dict[str, float] | None, digits: int = 0) -> str:
     if q is None:
         return "-"
     return f"{q['median']:,.{digits}f} [{q['q1']:,.{digits}f}, {q['q3']:,.{digits}f}]"
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
 
 
 def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dict]) -> None:
@@ -321,14 +330,17 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
             f"| {_fmt(a['episodes_to_solve'])} | {_fmt(a['final_mean_return_100'], 1)} "
             f"| {var} | {_fmt(a['env_steps_per_s'])} |"
         )
-    paired = {a: v["grad_log10_var_reduction"] for a, v in aggregates.items()}
-    paired = {a: v for a, v in paired.items() if v is not None}
+    paired = {a: v for a, v in aggregates.items() if v["grad_log10_var_reduction"] is not None}
     if paired:
         lines += [
             "",
             "Paired variance reduction: log10 Var of the plain advantage estimator minus the "
-            "agent's, on the same batches (mean over measurements and seeds): "
-            + ", ".join(f"{a} {v:+.2f}" for a, v in paired.items())
+            "agent's, on the same batches (mean over measurements, then seeds): "
+            + ", ".join(
+                f"{a} {v['grad_log10_var_reduction']:+.2f} over the run, "
+                f"{_signed(v['grad_log10_var_reduction_before_solved'])} before the threshold"
+                for a, v in paired.items()
+            )
             + ".",
         ]
     failures = [s for s in summaries if s.get("status") not in FINISHED]
@@ -340,8 +352,21 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def mean_grad_log10_var(run_dir: Path) -> tuple[float | None, float | None]:
-    """The run's mean grad log10 variance and mean paired reduction (None if not logged)."""
+def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, float | None]:
+    """A run's mean grad log10 variance and mean paired reduction, the latter also before the
+    threshold was reached (after it, the policy is nearly deterministic, kappa near 0, and the
+    reduction near 0). None where not logged."""
     curves = read_curves(run_dir)
-    gv, red = curves["grad_log10_var"], curves["grad_log10_var_reduction"]
-    return (float(gv.mean()) if gv.size else None, float(red.mean()) if red.size else None)
+    gv, red, at = (
+        curves["grad_log10_var"],
+        curves["grad_log10_var_reduction"],
+        curves["reduction_steps"],
+    )
+    before = red[at < solved_at] if solved_at is not None else red
+    return {
+        "mean_grad_log10_var": float(gv.mean()) if gv.size else None,
+        "mean_grad_log10_var_reduction": float(red.mean()) if red.size else None,
+        "mean_grad_log10_var_reduction_before_solved": (
+            float(before.mean()) if before.size else None
+        ),
+    }
