@@ -654,7 +654,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relax-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"relax-rl {args.command}: interrupted", file=sys.stderr)
+        hint = (
+            "; finished runs are kept: run the same command again to resume"
+            if args.command == "compare"
+            else ""
+        )
+        print(f"relax-rl {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

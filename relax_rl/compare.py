@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 from collections.abc import Callable, Sequence
@@ -109,9 +110,31 @@ def failed_summary(run: GridRun, exc: BaseException | str) -> dict:
     }
 
 
+_interrupted = False  # in a pool worker: Ctrl-C was seen, start no further run
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _init_pool_worker() -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def _start_unless_interrupted(worker: Callable[[GridRun], dict], run: GridRun) -> dict:
+    # A worker may already hold the next run in its queue when Ctrl-C arrives.
+    if _interrupted:
+        raise KeyboardInterrupt("not started: the grid was interrupted")
+    return worker(run)
+
+
 def _run_local(todo, worker, jobs: int, record) -> None:
-    with ProcessPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(worker, run): run for run in todo}
+    pool = ProcessPoolExecutor(max(1, jobs), initializer=_init_pool_worker)
+    try:
+        futures = {pool.submit(_start_unless_interrupted, worker, run): run for run in todo}
         for future in as_completed(futures):
             run = futures[future]
             try:
@@ -119,6 +142,10 @@ def _run_local(todo, worker, jobs: int, record) -> None:
             except Exception as exc:  # the run's own error, reported, not raised
                 summary = failed_summary(run, exc)
             record(run, summary)
+    except KeyboardInterrupt:  # runs in flight save themselves; queued ones never start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def check_ray_address(address: str) -> None:
@@ -210,10 +237,18 @@ def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path
                 name="grid", storage_path=str(storage_path), verbose=0, callbacks=[Reporter()]
             ),
         )
-        for result in tuner.fit():
-            run = todo[result.config["cell"]]
-            if run not in reported:  # the trial died before reporting (e.g. killed)
-                record(run, failed_summary(run, str(result.error or "trial reported nothing")))
+        by_cell = {r.config["cell"]: r for r in tuner.fit() if r.config}
+        unfinished = 0
+        for cell, run in enumerate(todo):
+            result = by_cell.get(cell)
+            if run in reported:
+                continue
+            if result is not None and result.error is not None:  # e.g. the worker was killed
+                record(run, failed_summary(run, str(result.error)))
+            else:  # Tune stopped before the trial reported: Ctrl-C (Tune catches SIGINT)
+                unfinished += 1
+        if unfinished:
+            raise KeyboardInterrupt(f"{unfinished} runs did not finish")
     finally:
         if started:
             ray.shutdown()

@@ -227,3 +227,48 @@ def test_ray_backend_on_a_running_cluster(tmp_path):
     finally:
         head.terminate()
         head.wait(timeout=60)
+
+
+def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_path):
+    """Ctrl-C: runs in flight save a checkpoint and an `interrupted` summary, queued runs never
+    start, exit code 130; the same command again runs every unfinished cell."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "grid"
+    argv = [
+        "compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0-2",
+        "--total-steps", "2000000", "--set", "n_envs=2", "--jobs", "2", "--out", str(out),
+    ]  # fmt: skip
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"from relax_rl.cli import main; sys.exit(main({argv!r}))"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
+    )  # fmt: skip
+    ckpts = [out / f"a2c-s{s}" / "checkpoints" for s in (0, 1)]
+    for _ in range(600):  # until both running cells have written a checkpoint
+        if all(any(c.glob("*.zip")) for c in ckpts if c.exists()) and all(
+            c.exists() for c in ckpts
+        ):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    for s in (0, 1):
+        summary = json.loads((out / f"a2c-s{s}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
+    assert not (out / "a2c-s2").exists()  # queued: never started
+    # Again (shorter, to keep the test quick): every unfinished cell runs, from scratch.
+    short = [*argv[: argv.index("--total-steps") + 1], "300", *argv[argv.index("--set") :]]
+    assert main(short) == 0
+    for s in (0, 1, 2):
+        assert json.loads((out / f"a2c-s{s}" / "summary.json").read_text())["status"] == (
+            "completed"
+        )
