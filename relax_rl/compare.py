@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import signal
@@ -205,15 +206,19 @@ def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path
                     num_cpus=max(1, jobs),
                     include_dashboard=False,
                     log_to_driver=False,
+                    logging_level=logging.WARNING,
                 )
             else:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except ConnectionError as exc:
             raise UsageError(
                 f"cannot connect to Ray at {address!r}: {exc} (a cluster with token "
                 "authentication also needs RAY_AUTH_MODE=token and its token here)"
             ) from None
 
+    # Tune's notes on its own state and on Tuner.restore do not apply: a grid resumes by
+    # running the same command again.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
     reported: set[GridRun] = set()
 
     class Reporter(tune.Callback):
