@@ -425,11 +425,21 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         description="Run every (algo, seed) into OUT/<algo>-s<seed>/ (finished runs are not "
         "run again), then write OUT/summary.json, report.md, returns.png, grad_variance.png.",
     )
-    p.add_argument("--algos", nargs="+", required=True, metavar="ALGO")
-    p.add_argument("--env", required=True)
+    p.add_argument(
+        "--algos", nargs="+", required=True, metavar="ALGO", help="e.g. reinforce a2c relax"
+    )
+    p.add_argument("--env", required=True, help="a gymnasium env id, e.g. CartPole-v1")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
-    p.add_argument("--total-steps", type=int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--total-steps", type=int, default=None, help="env steps per run (default: the config's)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every algo (repeatable)",
+    )
     p.add_argument(
         "--grad-var-freq",
         type=int,
@@ -450,7 +460,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="a running Ray cluster (host:port, ray://host:port or auto); default: start a "
         "local Ray. OUT must be on storage every node sees.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="(default runs/compare)")
     _add_tracking_args(p)
     p.set_defaults(func=_run_compare)
 
