@@ -475,24 +475,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_run_plot)
 
 
-def _grid_worker(run, settings: dict, tracking) -> dict:
-    """Train one cell of a compare grid (in a worker process)."""
-    import torch
-
+def _grid_spec(run, settings: dict, tracking):
+    """The RunSpec of one cell of a compare grid."""
     from envs import make_env, reward_threshold
     from relax_rl import config as cfg
-    from relax_rl.training import RunSpec, train
+    from relax_rl.training import RunSpec
 
-    torch.set_num_threads(1)
     algo_cls = _algo_class(run.algo)
     run_keys, agent_kwargs = cfg.validate(settings[run.algo], algo_cls)
     if run_keys["threshold"] is None:
         run_keys["threshold"] = reward_threshold(run.env_id)
-    if run.out.exists():  # an unfinished earlier attempt: start it again
-        import shutil
-
-        shutil.rmtree(run.out)
-    spec = RunSpec(
+    return RunSpec(
         run.algo,
         algo_cls,
         run.env_id,
@@ -504,7 +497,45 @@ def _grid_worker(run, settings: dict, tracking) -> dict:
         progress=False,
         tracking=tracking,
     )
+
+
+def _grid_worker(run, settings: dict, tracking) -> dict:
+    """Train one cell of a compare grid (in a worker process)."""
+    import shutil
+
+    import torch
+
+    from relax_rl.training import train
+
+    torch.set_num_threads(1)
+    spec = _grid_spec(run, settings, tracking)
+    if run.out.exists():  # an unfinished earlier attempt: start it again
+        shutil.rmtree(run.out)
     return train(spec)
+
+
+def _check_finished_runs_match(runs, settings: dict) -> None:
+    """Refuse to resume into a folder whose finished runs used other settings: the report
+    would mix two experiments."""
+    import yaml
+
+    from relax_rl.compare import is_finished
+    from relax_rl.training import run_config
+
+    for run in runs:
+        if not is_finished(run.out):
+            continue
+        try:
+            old = yaml.safe_load((run.out / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            old = {}
+        new = run_config(_grid_spec(run, settings, None))
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                raise UsageError(
+                    f"{run.out} finished with {key}={old.get(key)!r} but this grid has "
+                    f"{key}={new.get(key)!r}; give a new --out, or the same settings to resume"
+                )
 
 
 def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
@@ -589,6 +620,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         # Named after the output folder, so that a resumed comparison stays in one group.
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     runs = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
+    _check_finished_runs_match(runs, settings)
     worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
 
     def done(run, summary) -> None:

@@ -139,6 +139,17 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     return model, env
 
 
+def run_config(spec: RunSpec) -> dict[str, Any]:
+    """The run's resolved settings as written to its ``config.yaml`` (and sent to wandb)."""
+    return {
+        "algo": spec.algo,
+        "env_id": spec.env_id,
+        "seed": spec.seed,
+        **to_yaml_safe(spec.run),
+        **to_yaml_safe(spec.agent_kwargs),
+    }
+
+
 def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[str, Any]:
     """Train ``model`` (built by :func:`build` if not given) and write the run folder; return
     the summary.
@@ -149,13 +160,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     """
     out = spec.out
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    config = {
-        "algo": spec.algo,
-        "env_id": spec.env_id,
-        "seed": spec.seed,
-        **to_yaml_safe(spec.run),
-        **to_yaml_safe(spec.agent_kwargs),
-    }
+    config = run_config(spec)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run = Run(spec)
     if model is None or env is None:

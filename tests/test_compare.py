@@ -51,6 +51,12 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
     assert main([*GRID, "--out", str(out)]) == 0  # finished runs are not run again
     assert (out / "a2c-s0" / "summary.json").stat().st_mtime_ns == stamp
     assert "seed" not in capsys.readouterr().err
+    # Other settings into the same folder would mix two experiments in one report.
+    other = [*GRID[: GRID.index("--total-steps") + 1], "700", *GRID[GRID.index("--set") :]]
+    assert main([*other, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "finished with total_steps=600 but this grid has total_steps=700" in err
+    assert "\n" not in err
 
     plot_out = tmp_path / "plots"
     assert main(["plot", str(out / "a2c-s0"), str(out / "relax-s1"), "--out", str(plot_out)]) == 0
