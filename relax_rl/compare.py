@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from relax_rl.diagnostics import MIN_GROUPS
 from relax_rl.errors import UsageError
 
 FINISHED = ("completed", "solved")
@@ -383,6 +385,16 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
             )
             + ".",
         ]
+    chunked = list(
+        dict.fromkeys(s["algo"] for s in summaries if s.get("grad_var_groups") == "chunks")
+    )
+    if chunked:
+        lines += [
+            "",
+            f"{', '.join(chunked)}: fewer than {MIN_GROUPS} envs per update, so the gradient "
+            "variance is measured across chunks of steps of the same rollout, not across "
+            "independent envs; compare it with the other agents' with care.",
+        ]
     failures = [s for s in summaries if s.get("status") not in FINISHED]
     if failures:
         lines += ["", "## Failed runs", ""]
@@ -403,7 +415,14 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
         curves["reduction_steps"],
     )
     before = red[at < solved_at] if solved_at is not None else red
+    try:
+        n_envs = int(yaml.safe_load((run_dir / "config.yaml").read_text())["n_envs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        n_envs = None
     return {
+        "grad_var_groups": None
+        if n_envs is None
+        else ("envs" if n_envs >= MIN_GROUPS else "chunks"),
         "mean_grad_log10_var": float(gv.mean()) if gv.size else None,
         "mean_grad_log10_var_reduction": float(red.mean()) if red.size else None,
         "mean_grad_log10_var_reduction_before_solved": (
