@@ -122,12 +122,18 @@ def test_plot_refuses_a_folder_without_summary(tmp_path, capsys):
 
 
 @pytest.mark.ray
-def test_ray_backend_runs_the_same_grid_as_the_local_one(tmp_path, capsys):
+def test_ray_backend_runs_the_same_grid_as_the_local_one(tmp_path, capsys, monkeypatch):
     """Two tiny trials under a local Ray: same run folders and report as the process pool, and
-    the same numbers (seeded runs do not depend on where they run)."""
+    the same numbers (seeded runs do not depend on where they run); tracked runs write their
+    offline wandb files from the Ray workers, in one group."""
     pytest.importorskip("ray.tune")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     grid = [*GRID[: GRID.index("--seeds") + 1], "0", *GRID[GRID.index("--seeds") + 2 :]]
-    assert main([*grid, "--backend", "ray", "--out", str(tmp_path / "ray")]) == 0
+    assert main([*grid, "--backend", "ray", "--track", "--out", str(tmp_path / "ray")]) == 0
+    tracked = sorted((tmp_path / "ray").glob("*-s0/wandb/offline-run-*/run-*.wandb"))
+    assert len(tracked) == 2
+    assert all(b"compare-CartPole-v1-ray" in path.read_bytes() for path in tracked)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     assert main([*grid, "--out", str(tmp_path / "local")]) == 0
     for name in ("a2c-s0", "relax-s0"):
         by_ray = json.loads((tmp_path / "ray" / name / "summary.json").read_text())
