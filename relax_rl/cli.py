@@ -582,22 +582,11 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     )
 
 
-def _require_ray() -> None:
-    """Fail before any run starts when the Ray backend is asked for but not installed."""
-    from relax_rl.compare import RAY_INSTALL
-
-    try:
-        import ray  # noqa: F401
-        from ray import tune  # noqa: F401
-    except ImportError:
-        raise UsageError(f"--backend ray needs Ray Tune; install it with: {RAY_INSTALL}") from None
-
-
 def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
     from envs import check_env_id
-    from relax_rl.compare import BACKENDS, GridRun, check_ray_address, parse_seeds, run_grid
+    from relax_rl.compare import BACKENDS, GridRun, parse_seeds, run_grid
 
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -611,10 +600,6 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     seeds = parse_seeds(args.seeds)
     settings = _grid_settings(args)
-    if args.backend == "ray":
-        _require_ray()
-        if args.ray_address is not None:
-            check_ray_address(args.ray_address)
     tracking = _tracking(args)
     if tracking is not None and tracking.group is None:
         # Named after the output folder, so that a resumed comparison stays in one group.

@@ -8,6 +8,7 @@ figures are drawn from the run folders alone, so ``relax-rl plot`` can redraw th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -16,7 +17,8 @@ import re
 import signal
 import socket
 import statistics
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,6 +174,21 @@ def check_ray_address(address: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: while it retries an address that is not a Ray cluster (~20 s),
+    Ray's C++ client prints a warning a second straight to it; our one-line error follows."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _ray_trial(config: dict, worker: Callable[[GridRun], dict], runs: list[GridRun]) -> None:
     """One Ray Tune trial = one grid cell; its summary travels back as a JSON metric."""
     from ray import tune
@@ -211,7 +228,8 @@ def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path
                     logging_level=logging.WARNING,
                 )
             else:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+                with _quiet_stderr():
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except ConnectionError as exc:
             raise UsageError(
                 f"cannot connect to Ray at {address!r}: {exc} (a cluster with token "
@@ -306,38 +324,31 @@ def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
     return {"median": float(med), "q1": float(q1), "q3": float(q3)}
 
 
-def read_curves(run_dir: Path) -> dict[str, np.ndarray]:
-    """Env steps, mean return (last 100) and grad log10 variance from a run's progress.csv."""
-    steps, ret, gsteps, gvar, bsteps, bvar, rsteps, red = [], [], [], [], [], [], [], []
+# Curves read from a run's progress.csv: name -> SB3 logger key.
+CURVE_KEYS = {
+    "return": "rollout/ep_rew_mean",
+    "grad_log10_var": "grad/log10_var",
+    # the plain advantage estimator on the same batches (agents with a control variate)
+    "grad_log10_var_baseline": "grad/log10_var_baseline",
+    "grad_log10_var_reduction": "grad/log10_var_reduction",
+}
+
+
+def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each of :data:`CURVE_KEYS` as (env steps, values) from a run's progress.csv; a curve the
+    run did not log is two empty arrays."""
+    points: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVE_KEYS}
     path = run_dir / "progress.csv"
     if path.exists():
         with open(path) as fh:
             for row in csv.DictReader(fh):
                 t = row.get("time/total_timesteps")
-                if not t:
-                    continue
-                if row.get("rollout/ep_rew_mean"):
-                    steps.append(float(t))
-                    ret.append(float(row["rollout/ep_rew_mean"]))
-                if row.get("grad/log10_var"):
-                    gsteps.append(float(t))
-                    gvar.append(float(row["grad/log10_var"]))
-                if row.get("grad/log10_var_baseline"):
-                    bsteps.append(float(t))
-                    bvar.append(float(row["grad/log10_var_baseline"]))
-                if row.get("grad/log10_var_reduction"):
-                    rsteps.append(float(t))
-                    red.append(float(row["grad/log10_var_reduction"]))
+                for name, key in CURVE_KEYS.items():
+                    if t and row.get(key):
+                        points[name].append((float(t), float(row[key])))
     return {
-        "steps": np.asarray(steps),
-        "return": np.asarray(ret),
-        "grad_steps": np.asarray(gsteps),
-        "grad_log10_var": np.asarray(gvar),
-        # the plain advantage estimator on the same batches (agents with a control variate)
-        "baseline_steps": np.asarray(bsteps),
-        "grad_log10_var_baseline": np.asarray(bvar),
-        "reduction_steps": np.asarray(rsteps),
-        "grad_log10_var_reduction": np.asarray(red),
+        name: (np.asarray([x for x, _ in xy]), np.asarray([y for _, y in xy]))
+        for name, xy in points.items()
     }
 
 
@@ -409,11 +420,8 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
     threshold was reached (after it, the policy is nearly deterministic, kappa near 0, and the
     reduction near 0). None where not logged."""
     curves = read_curves(run_dir)
-    gv, red, at = (
-        curves["grad_log10_var"],
-        curves["grad_log10_var_reduction"],
-        curves["reduction_steps"],
-    )
+    _, gv = curves["grad_log10_var"]
+    at, red = curves["grad_log10_var_reduction"]
     before = red[at < solved_at] if solved_at is not None else red
     try:
         n_envs = int(yaml.safe_load((run_dir / "config.yaml").read_text())["n_envs"])

@@ -143,7 +143,7 @@ def _band_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray)
 
 
 def plot_compare(
-    curves_by_algo: dict[str, list[dict]],
+    curves_by_algo: dict[str, list[dict[str, tuple[np.ndarray, np.ndarray]]]],
     returns_path: Path,
     grad_path: Path,
     threshold: float | None = None,
@@ -151,11 +151,10 @@ def plot_compare(
     """``returns.png``: mean return (last 100 episodes) against env steps, median line and IQR
     band over seeds per algo; ``grad_variance.png``: grad log10 variance against env steps, with
     (dashed) the plain advantage estimator's on the same batches for agents that measure it."""
-    for path, xkey, ykey, ylabel, title in (
-        (returns_path, "steps", "return", "mean return (last 100 episodes)", "Return"),
+    for path, name, ylabel, title in (
+        (returns_path, "return", "mean return (last 100 episodes)", "Return"),
         (
             grad_path,
-            "grad_steps",
             "grad_log10_var",
             "log10 Var of the policy-gradient estimate",
             "Policy-gradient variance",
@@ -164,23 +163,23 @@ def plot_compare(
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for algo, runs in curves_by_algo.items():
             color = COLORS.get(algo)
-            lines = [(xkey, ykey, "-", f"{algo} (n={len(runs)})")]
-            if ykey == "grad_log10_var":
+            lines = [(name, "-", f"{algo} (n={len(runs)})")]
+            if name == "grad_log10_var":
                 label = f"{algo}: advantage estimator, same batches"
-                lines.append(("baseline_steps", "grad_log10_var_baseline", "--", label))
-            for x_key, y_key, style, label in lines:
-                pairs = [(c[x_key], c[y_key]) for c in runs if x_key in c]
+                lines.append(("grad_log10_var_baseline", "--", label))
+            for curve, style, label in lines:
+                pairs = [c[curve] for c in runs if curve in c]
                 top = max((x.max() for x, _ in pairs if x.size), default=0)
-                band = _band_on_grid(pairs, np.linspace(0, top, 200)) if top > 0 else None
+                grid = np.linspace(0, top, 200)
+                band = _band_on_grid(pairs, grid) if top > 0 else None
                 if band is None:
                     continue
                 lo, med, hi = band
-                grid = np.linspace(0, top, 200)
                 line = ax.plot(grid, med, color=color, ls=style, lw=1.6, label=label)[0]
                 color = line.get_color()
                 if style == "-":
                     ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
-        if threshold is not None and ykey == "return":
+        if threshold is not None and name == "return":
             ax.axhline(threshold, color="0.5", ls=":", lw=1, label=f"threshold {threshold:g}")
         ax.set(xlabel="env steps", ylabel=ylabel, title=f"{title}: median and IQR over seeds")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, 1M
