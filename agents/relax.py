@@ -32,23 +32,30 @@ class RELAX(GumbelOnPolicyAlgorithm):
 
     - ``kappa_mode="learned"`` (the paper's): ``phi = (MLP, tau, kappa)`` descends the variance
       objective (:meth:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm.variance_loss`).
-    - ``kappa_mode="optimal"`` (default): ``kappa`` is the variance-minimising coefficient of a
-      control variate (Eq. 3 of the seed, ``-Cov(g_A2C, h) / Var(h)``), estimated from per-sample
-      logit gradients as an exponential average over *previous* batches (so it is independent of
-      the batch it scales: still unbiased); the MLP and tau maximise the squared correlation of
-      ``h`` with ``g_A2C``, i.e. minimise the variance left at that best ``kappa``. When the MLP
-      has nothing useful to add (late in training, advantages near zero) ``kappa`` goes to 0 and
-      RELAX falls back to A2C instead of adding noise.
+    - ``kappa_mode="optimal"`` (default): ``kappa = -E[g_A2C . h] / E[h . h]``, the coefficient
+      that minimises the variance of ``g_A2C + kappa h`` (Eq. 3 of the seed; ``h`` has mean 0,
+      so these uncentred moments are the covariance and the variance). The moments are those
+      of the *per-sample gradients in logit space* (``dsurrogate_i / dlogits_i``), not of the
+      batch gradient in parameter space, which would need one backward pass per env. They are
+      *cross-fitted* on the current batch: the envs are split in two halves (even and odd
+      index), and each half's ``kappa`` comes from the other half's samples, which are
+      independent of it, so the estimator stays unbiased while ``kappa`` follows the current
+      policy (a running average over earlier batches lags: when the advantages shrink, a stale
+      ``kappa`` adds variance instead of removing it). With one env, the moments are running
+      averages over earlier batches (``kappa_decay``). The MLP and tau maximise the squared
+      correlation of ``h`` with ``g_A2C`` on each batch, i.e. minimise the variance left at the
+      best ``kappa``; when ``h`` has nothing to add, ``kappa`` goes to 0 and RELAX is A2C.
 
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of the MLP (the paper: ``[10, 10]``).
     :param cv_activation: ``relu`` (the paper's), ``tanh`` or ``elu``.
     :param kappa_mode: ``optimal`` or ``learned`` (see above).
     :param kappa_init: initial ``kappa`` (``learned``; ``optimal`` starts at 0, as A2C).
-    :param kappa_decay: decay of the running statistics behind the optimal ``kappa``.
+    :param kappa_decay: decay of the running moments behind the optimal ``kappa`` with one env.
     :param cv_scale_decay: if set, ``c_hat`` is also multiplied by a running RMS of the
-        advantages (an exponential average with this decay), so that it shrinks as they do;
-        ``None`` keeps the paper's form.
+        advantages of *earlier* batches (an exponential average with this decay; the current
+        batch's would make ``c_hat`` depend on the samples it corrects: biased), so that it
+        shrinks as they do; ``None`` keeps the paper's form.
     :param variance_objective: ``per_sample`` by default; ``batch`` is the paper's (and the only
         one for ``learned`` kappa with double backprop through the policy network). Other
         parameters: see :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
@@ -87,7 +94,8 @@ class RELAX(GumbelOnPolicyAlgorithm):
         self.kappa_init = kappa_init
         self.kappa_decay = kappa_decay
         self.cv_scale_decay = cv_scale_decay
-        self._parts: tuple[th.Tensor, th.Tensor] | None = None
+        # Per-sample logit gradients of the plain and the correction term, and the kappa used.
+        self._parts: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
         kwargs.setdefault("use_baseline", True)
         kwargs.setdefault("variance_objective", "per_sample")
         super().__init__(policy, env, **kwargs)
@@ -103,9 +111,9 @@ class RELAX(GumbelOnPolicyAlgorithm):
         )
         if optimal:
             cv.kappa.requires_grad_(False)
-            # Running sums behind kappa = -E[g_A2C . h] / E[h . h] (saved with the model).
-            cv.register_buffer("cov_gh", th.zeros(()))
-            cv.register_buffer("var_h", th.zeros(()))
+            # Running uncentred moments behind the one-env kappa = -mean_gh / mean_hh.
+            cv.register_buffer("mean_gh", th.zeros(()))
+            cv.register_buffer("mean_hh", th.zeros(()))
         return cv
 
     def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
@@ -129,34 +137,52 @@ class RELAX(GumbelOnPolicyAlgorithm):
         plain = reinforce(-advantages, log_prob)
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat (kappa = 1).
         unit = relax(-advantages, log_prob, z, z_tilde, lambda x: -cv.unit(x, obs)) - plain
-        self._parts = (plain, unit)
-        return plain + cv.kappa * unit
+        if self.kappa_mode == "learned":
+            self._parts = None
+            return plain + cv.kappa * unit
+        (g,) = th.autograd.grad(plain.sum(), logits, retain_graph=True)
+        (h,) = th.autograd.grad(unit.sum(), logits, create_graph=True)
+        kappa = self._optimal_kappa(g.detach(), h.detach(), data.env_index)
+        self._parts = (g.detach(), h, kappa)
+        return plain + kappa * unit
+
+    def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
+        """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
+        one env, from the running moments of earlier batches); constant in theta and phi."""
+        gh, hh = (g * h).sum(-1), h.pow(2).sum(-1)
+        if self.n_envs >= 2:
+            odd = (env_index % 2).bool()
+            tiny = th.finfo(hh.dtype).tiny
+            from_even = -gh[~odd].sum() / hh[~odd].sum().clamp_min(tiny)
+            from_odd = -gh[odd].sum() / hh[odd].sum().clamp_min(tiny)
+            return th.where(odd, from_even, from_odd)
+        cv = self.control_variate
+        kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
+        return kappa.expand_as(gh)
 
     def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
         if self.kappa_mode == "learned":
             return super().variance_loss(losses)
         assert self._parts is not None
-        plain, unit = self._parts
-        (g,) = th.autograd.grad(plain.sum(), losses.logits, retain_graph=True)
-        (h,) = th.autograd.grad(unit.sum(), losses.logits, create_graph=True)
-        g = g.detach()
+        g, h, _ = self._parts
         gh, hh, gg = (g * h).sum(), h.pow(2).sum(), g.pow(2).sum()
         # The variance left at the best kappa is gg - gh^2 / hh: maximise gh^2 / (hh gg).
-        loss = -gh.pow(2) / (hh * gg).clamp_min(1e-12)
-        cv, d, n = self.control_variate, self.kappa_decay, g.shape[0]
-        with th.no_grad():  # statistics for the kappa of the NEXT batches
-            cv.cov_gh.mul_(d).add_((1 - d) * gh / n)
-            cv.var_h.mul_(d).add_((1 - d) * hh / n)
-        return loss, None
+        return -gh.pow(2) / (hh * gg).clamp_min(1e-12), None
 
-    def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
+    def _after_update(self, data: GumbelRolloutSamples, losses: Losses) -> None:
+        """Statistics for LATER batches only: the one-env kappa's moments and c_hat's scale."""
         cv = self.control_variate
-        if self.kappa_mode == "optimal" and float(cv.var_h) > 0:
-            cv.kappa.data.fill_(float(-cv.cov_gh / cv.var_h))
-        if self.cv_scale_decay is not None:
-            rms = data.advantages.pow(2).mean().sqrt()
-            d = self.cv_scale_decay
-            cv.scale.copy_(rms if self.n_updates == 0 else d * cv.scale + (1 - d) * rms)
+        with th.no_grad():
+            if self._parts is not None:
+                g, h, kappa = self._parts
+                d, n = self.kappa_decay, g.shape[0]
+                cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
+                cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
+                cv.kappa.fill_(kappa.mean())  # the kappa this update used (logged, saved)
+            if self.cv_scale_decay is not None:
+                rms = data.advantages.pow(2).mean().sqrt()
+                d = self.cv_scale_decay
+                cv.scale.copy_(rms if self.n_updates == 0 else d * cv.scale + (1 - d) * rms)
 
     def record_control_variate_stats(self) -> None:
         self.logger.record("train/kappa", self.control_variate.kappa.item())

@@ -2,29 +2,39 @@
 
 Importing this package registers ``relax_rl/BernoulliToy-v0`` (the seed's toy problem as a
 one-step bandit; ``gym.make("relax_rl/BernoulliToy-v0", target=0.45)`` overrides t) and
-``relax_rl/Chain-v0`` (a short chain whose exact policy gradient is a finite sum).
+``relax_rl/Chain-v0`` (a short chain whose exact policy gradient is a finite sum) and
+``relax_rl/ContextualBandit{2,10,50}-v0`` (8 one-hot contexts, that many arms, fixed N(0, 1)
+rewards: the ladder on which an action-dependent control variate is measured).
 """
 
 from gymnasium.envs.registration import register, registry
 
+from envs.bandit import ContextualBanditEnv
 from envs.chain import ChainEnv
 from envs.toy import BernoulliToyEnv
 
 TOY_ENV_ID = "relax_rl/BernoulliToy-v0"
 CHAIN_ENV_ID = "relax_rl/Chain-v0"
+BANDIT_ARMS = (2, 10, 50)
+BANDIT_ENV_IDS = {n: f"relax_rl/ContextualBandit{n}-v0" for n in BANDIT_ARMS}
 
 if TOY_ENV_ID not in registry:
     register(id=TOY_ENV_ID, entry_point="envs.toy:BernoulliToyEnv")
 if CHAIN_ENV_ID not in registry:
     register(id=CHAIN_ENV_ID, entry_point="envs.chain:ChainEnv")
+for _arms, _id in BANDIT_ENV_IDS.items():
+    if _id not in registry:
+        register(id=_id, entry_point="envs.bandit:ContextualBanditEnv", kwargs={"n_actions": _arms})
 
 from envs.factory import check_env_id, make_env, reward_threshold  # noqa: E402
 
 __all__ = [
+    "BANDIT_ENV_IDS",
     "CHAIN_ENV_ID",
     "TOY_ENV_ID",
     "BernoulliToyEnv",
     "ChainEnv",
+    "ContextualBanditEnv",
     "check_env_id",
     "make_env",
     "reward_threshold",

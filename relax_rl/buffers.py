@@ -3,9 +3,9 @@
 :class:`GumbelRolloutBuffer` is SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer`
 with two more fields, the Gumbel-max noise ``u`` and the conditional noise ``v`` drawn when
 acting (one uniform per action per step), so that RELAX can rebuild ``z`` and ``z~`` from the
-current logits at training time. Its arrays are preallocated torch tensors written in place (no
-per-step numpy copies), and it may be filled partially: a whole-episode rollout ends when its
-episode does.
+current logits at training time. Its arrays are preallocated torch tensors on the agent's
+device, written in place (no per-step numpy copies), and it may be filled partially: a
+whole-episode rollout ends when its episode does.
 """
 
 from __future__ import annotations
@@ -87,17 +87,17 @@ class GumbelRolloutBuffer(RolloutBuffer):
         )
 
     def reset(self) -> None:
-        shape = (self.buffer_size, self.n_envs)
-        self.observations = th.zeros((*shape, *self.obs_shape), dtype=th.float32)
-        self.actions = th.zeros(shape, dtype=th.long)
-        self.rewards = th.zeros(shape)
-        self.returns = th.zeros(shape)
-        self.episode_starts = th.zeros(shape)
-        self.values = th.zeros(shape)
-        self.log_probs = th.zeros(shape)
-        self.advantages = th.zeros(shape)
-        self.noise_u = th.zeros((*shape, self.n_actions))
-        self.noise_v = th.zeros((*shape, self.n_actions))
+        shape, dev = (self.buffer_size, self.n_envs), self.device
+        self.observations = th.zeros((*shape, *self.obs_shape), dtype=th.float32, device=dev)
+        self.actions = th.zeros(shape, dtype=th.long, device=dev)
+        self.rewards = th.zeros(shape, device=dev)
+        self.returns = th.zeros(shape, device=dev)
+        self.episode_starts = th.zeros(shape, device=dev)
+        self.values = th.zeros(shape, device=dev)
+        self.log_probs = th.zeros(shape, device=dev)
+        self.advantages = th.zeros(shape, device=dev)
+        self.noise_u = th.zeros((*shape, self.n_actions), device=dev)
+        self.noise_v = th.zeros((*shape, self.n_actions), device=dev)
         self.pos, self.full, self.generator_ready = 0, False, False
 
     def add(  # type: ignore[override]
@@ -129,7 +129,8 @@ class GumbelRolloutBuffer(RolloutBuffer):
     ) -> None:
         """Advantages and returns of the filled part, by :func:`compute_gae`."""
         n = self.pos
-        dones_t = th.as_tensor(np.asarray(dones), dtype=th.float32).reshape(self.n_envs)
+        dones_t = th.as_tensor(np.asarray(dones), dtype=th.float32, device=self.device)
+        dones_t = dones_t.reshape(self.n_envs)
         adv, ret = compute_gae(
             self.rewards[:n],
             self.values[:n],
@@ -145,15 +146,14 @@ class GumbelRolloutBuffer(RolloutBuffer):
         """The filled part as one batch (A2C-style algorithms train on all of it at once)."""
         n = self.pos
         flat = lambda x: x[:n].reshape(n * self.n_envs, *x.shape[2:])  # noqa: E731
-        env_index = th.arange(self.n_envs).repeat(n)
         return GumbelRolloutSamples(
-            flat(self.observations).to(self.device),
-            flat(self.actions).to(self.device),
-            flat(self.values).to(self.device),
-            flat(self.log_probs).to(self.device),
-            flat(self.advantages).to(self.device),
-            flat(self.returns).to(self.device),
-            flat(self.noise_u).to(self.device),
-            flat(self.noise_v).to(self.device),
-            env_index.to(self.device),
+            flat(self.observations),
+            flat(self.actions),
+            flat(self.values),
+            flat(self.log_probs),
+            flat(self.advantages),
+            flat(self.returns),
+            flat(self.noise_u),
+            flat(self.noise_v),
+            th.arange(self.n_envs, device=self.device).repeat(n),
         )

@@ -396,15 +396,14 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
             )
             + ".",
         ]
-    chunked = list(
-        dict.fromkeys(s["algo"] for s in summaries if s.get("grad_var_groups") == "chunks")
+    unmeasured = list(
+        dict.fromkeys(s["algo"] for s in summaries if s.get("grad_var_groups") == "none")
     )
-    if chunked:
+    if unmeasured:
         lines += [
             "",
-            f"{', '.join(chunked)}: fewer than {MIN_GROUPS} envs per update, so the gradient "
-            "variance is measured across chunks of steps of the same rollout, not across "
-            "independent envs; compare it with the other agents' with care.",
+            f"{', '.join(unmeasured)}: fewer than {MIN_GROUPS} envs per update, so the gradient "
+            "variance is not measured (it needs independent envs within one batch).",
         ]
     failures = [s for s in summaries if s.get("status") not in FINISHED]
     if failures:
@@ -428,9 +427,7 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         n_envs = None
     return {
-        "grad_var_groups": None
-        if n_envs is None
-        else ("envs" if n_envs >= MIN_GROUPS else "chunks"),
+        "grad_var_groups": None if n_envs is None else ("envs" if n_envs >= MIN_GROUPS else "none"),
         "mean_grad_log10_var": float(gv.mean()) if gv.size else None,
         "mean_grad_log10_var_reduction": float(red.mean()) if red.size else None,
         "mean_grad_log10_var_reduction_before_solved": (

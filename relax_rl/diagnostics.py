@@ -1,38 +1,33 @@
 """Gradient-variance diagnostics, the same for every agent.
 
 The variance of the policy-gradient estimator is what RELAX minimises; here it is estimated
-from the batch itself: the rollout is split into groups (one per env; with a single env, into
-contiguous chunks of steps), each group gives its own estimate of the actor's gradient, and the
-spread between groups estimates the per-parameter variance of the batch estimate. For an agent
-with a control variate the plain advantage estimator ``A_t dlog pi`` is measured on the SAME
-batch, so that the reduction is paired rather than read off two noisy runs.
+from the batch itself: each env's part of the rollout gives its own estimate of the actor's
+gradient (the envs are independent given the policy), and the spread between envs estimates
+the variance of the batch estimate. For an agent with a control variate the plain advantage
+estimator ``A_t dlog pi`` is measured on the SAME batch, so that the reduction is paired rather
+than read off two noisy runs.
+
+One convention everywhere (here, the toy and the VAE): :func:`log10_total_variance`, log10 of
+the variance summed over parameters (the trace of the estimate's covariance, i.e.
+``E||g - E g||^2``). With fewer than :data:`MIN_GROUPS` envs nothing is measured: a single
+rollout's steps are neither independent nor alike, so chunks of it would not give a variance
+comparable with independent envs'.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import TYPE_CHECKING
 
 import torch as th
 
 from relax_rl.buffers import GumbelRolloutSamples
-from relax_rl.estimators import reinforce
+from relax_rl.estimators import log10_total_variance, reinforce
 
 if TYPE_CHECKING:
     from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 
 MIN_GROUPS = 4
-
-
-def _groups(data: GumbelRolloutSamples, n_envs: int) -> list[th.Tensor]:
-    if n_envs >= MIN_GROUPS:
-        return [data.env_index == e for e in range(n_envs)]
-    n = data.actions.shape[0]
-    k = min(8, n)
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    idx = th.arange(n)
-    return [(idx >= lo) & (idx < hi) for lo, hi in itertools.pairwise(bounds)]
 
 
 def _group_gradients(
@@ -46,27 +41,21 @@ def _group_gradients(
     grads = th.autograd.grad(
         means,
         params,
-        grad_outputs=th.eye(means.numel(), dtype=means.dtype),
+        grad_outputs=th.eye(means.numel(), dtype=means.dtype, device=means.device),
         retain_graph=True,
         allow_unused=True,
         is_grads_batched=True,
     )
     rows = th.cat(
         [
-            th.zeros(means.numel(), p.numel()) if g is None else g.reshape(means.numel(), -1)
+            th.zeros(means.numel(), p.numel(), device=means.device)
+            if g is None
+            else g.reshape(means.numel(), -1)
             for p, g in zip(params, grads, strict=True)
         ],
         dim=1,
     )
     return list(rows.split(len(groups)))
-
-
-def _log10_var_of_batch_estimate(rows: th.Tensor) -> float:
-    """Mean over parameters of log10 of the variance of the batch-mean estimate."""
-    rows = rows.double()
-    # (written out: Tensor.var over dim 0 of a short, wide matrix is ~30x slower on CPU)
-    var = (rows - rows.mean(0)).pow(2).sum(0) / ((rows.shape[0] - 1) * rows.shape[0])
-    return float(th.log10(var.clamp_min(1e-30)).mean())
 
 
 class _LossesOf(th.nn.Module):
@@ -84,15 +73,23 @@ class _LossesOf(th.nn.Module):
 def gradient_variance(
     model: GumbelOnPolicyAlgorithm, data: GumbelRolloutSamples
 ) -> dict[str, float]:
-    """``grad/log10_var``, ``grad/norm`` and, for agents with a control variate,
-    ``grad/log10_var_baseline`` (the plain advantage estimator on the same batch).
+    """``grad/log10_var`` (:func:`log10_total_variance` of the batch estimate), ``grad/norm``
+    (the batch estimate's norm) and, for agents with a control variate,
+    ``grad/log10_var_baseline`` (the plain advantage estimator on the same batch) and
+    ``grad/log10_var_reduction`` (baseline minus agent: > 0 when the control variate helps).
+    Empty with fewer than :data:`MIN_GROUPS` envs.
+
+    Call it where the update's estimator is fixed (phi, kappa and scales as the update will use
+    them): it evaluates ``model.losses``, the very surrogate of the update.
 
     The gradients are taken w.r.t. detached copies of the actor's parameters, swapped in with
     ``torch.func.functional_call``: hooks on the real parameters (e.g. ``wandb.watch`` from
     SB3's ``WandbCallback``) see only the training update's gradients.
     """
-    groups = [g for g in _groups(data, model.n_envs) if bool(g.any())]
-    if len(groups) < 2:
+    if model.n_envs < MIN_GROUPS:
+        return {}
+    groups = [data.env_index == e for e in range(model.n_envs)]
+    if any(not bool(g.any()) for g in groups):
         return {}
     policy = model.policy
     actor_ids = {id(p) for p in policy.actor_parameters()}
@@ -111,11 +108,10 @@ def gradient_variance(
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
         per_sample.append(reinforce(-losses.advantages, log_prob))
     rows, *base = _group_gradients(per_sample, groups, actor)
-    out = {
-        "grad/log10_var": _log10_var_of_batch_estimate(rows),
-        "grad/norm": float(rows.mean(0).norm()),
-    }
+    n = len(groups)
+    out = {"grad/log10_var": log10_total_variance(rows, n), "grad/norm": float(rows.mean(0).norm())}
     if base:
-        out["grad/log10_var_baseline"] = _log10_var_of_batch_estimate(base[0])
-        out["grad/log10_var_reduction"] = out["grad/log10_var_baseline"] - out["grad/log10_var"]
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+        out["grad/log10_var_baseline"] = log10_total_variance(base[0], n)
+        if out["grad/log10_var"] is not None and out["grad/log10_var_baseline"] is not None:
+            out["grad/log10_var_reduction"] = out["grad/log10_var_baseline"] - out["grad/log10_var"]
+    return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}

@@ -21,6 +21,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
@@ -60,7 +61,15 @@ class Losses(NamedTuple):
 
 
 class TrainingDivergedError(RuntimeError):
-    """A loss or gradient became NaN/inf; parameters were left as they were before the update."""
+    """A loss or gradient became NaN/inf; the policy, the control variate, both optimizers and
+    the control variate's statistics were left as they were before the update."""
+
+
+def _total_norm(params: list[nn.Parameter]) -> th.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return th.zeros(())
+    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(g) for g in grads]))
 
 
 class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -77,15 +86,16 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param vf_coef: weight of the value loss.
     :param max_grad_norm: clip of the policy's gradient norm (``None``: no clipping).
     :param use_baseline: learn V(s) and use it as a baseline and for bootstrapping at cuts and
-        time-limit truncations. Without it, advantages are the plain (discounted) returns.
+        time-limit truncations. Without it, advantages are the plain (discounted) returns, which
+        needs whole episodes (``n_steps=0``).
     :param normalize_advantage: standardise advantages per batch.
     :param optimizer: ``"rmsprop"`` (SB3 A2C's) or ``"adam"``; ``optimizer_kwargs`` override.
     :param max_episode_steps: buffer capacity for ``n_steps=0`` when the env has no time limit.
     :param variance_objective: for agents with a control variate, ``batch`` (the paper's) or
         ``per_sample``; see :meth:`variance_loss`.
-    :param grad_var_freq: every this many updates, log the policy-gradient variance
-        (:mod:`relax_rl.diagnostics`) before the update; 0 turns it off. The default, 50, costs
-        about 1% of throughput on CartPole (``bench/diagnostics_overhead.py``).
+    :param grad_var_freq: every this many updates, log the variance of the policy-gradient
+        estimator used for that update (:mod:`relax_rl.diagnostics`); 0 turns it off. The
+        default, 50, costs about 1% of throughput on CartPole (``bench/diagnostics_overhead.py``).
     """
 
     policy_aliases: ClassVar[dict[str, type[GumbelPolicy]]] = {"MlpPolicy": GumbelPolicy}
@@ -127,6 +137,12 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
+        if not use_baseline and n_steps > 0:
+            # Without V(s) a cut rollout would bootstrap with 0: silently truncated returns.
+            raise ValueError(
+                f"use_baseline=False needs whole-episode returns (n_steps=0), got "
+                f"n_steps={n_steps}; set n_steps=0 or use_baseline=True"
+            )
         policy_kwargs = dict(policy_kwargs or {})
         if "optimizer_class" not in policy_kwargs:
             opt_class, opt_kwargs = OPTIMIZERS[optimizer]
@@ -260,28 +276,30 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_envs, n_actions = env.num_envs, rollout_buffer.n_actions
         eps = th.finfo(th.float32).eps
         for n_steps in range(1, capacity + 1):
-            obs_t = th.as_tensor(self._last_obs, device=self.device)
+            obs_t = obs_as_tensor(self._last_obs, self.device)
+            # Drawn on the CPU generator (saved with the model), so runs repeat on any device.
             noise = th.rand((2, n_envs, n_actions), generator=self._noise_gen).clamp_(eps, 1 - eps)
+            noise = noise.to(self.device)
             with th.no_grad():
                 logits, values = self.policy.logits_and_values(obs_t)
                 log_p = th.log_softmax(logits, -1)
                 actions = (log_p - th.log(-th.log(noise[0]))).argmax(-1)
                 log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            new_obs, rewards, dones, infos = env.step(actions.numpy())
+            new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
             self.num_timesteps += n_envs
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            rewards_t = th.as_tensor(rewards, dtype=th.float32)
+            rewards_t = th.as_tensor(rewards, dtype=th.float32, device=self.device)
             if self.use_baseline:
                 self._bootstrap_truncations(rewards_t, dones, infos)
             rollout_buffer.add(
                 obs_t,
                 actions,
                 rewards_t,
-                th.as_tensor(self._last_episode_starts, dtype=th.float32),
-                values if self.use_baseline else th.zeros(n_envs),
+                th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device),
+                values if self.use_baseline else th.zeros(n_envs, device=self.device),
                 log_probs,
                 noise[0],
                 noise[1],
@@ -291,9 +309,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 break
         with th.no_grad():
             if self.use_baseline:
-                last_values = self.policy.logits_and_values(th.as_tensor(new_obs))[1]
+                last_values = self.policy.logits_and_values(obs_as_tensor(new_obs, self.device))[1]
             else:
-                last_values = th.zeros(n_envs)
+                last_values = th.zeros(n_envs, device=self.device)
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -315,7 +333,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             return
         terminal = np.stack([infos[i]["terminal_observation"] for i in idx])
         with th.no_grad():
-            values = self.policy.logits_and_values(th.as_tensor(terminal))[1]
+            values = self.policy.logits_and_values(obs_as_tensor(terminal, self.device))[1]
         rewards[idx] += self.gamma * values
 
     # ---------------------------------------------------------------- train
@@ -341,7 +359,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         surrogate = self.policy_surrogate(data, logits, log_prob, advantages)
-        value_loss = F.mse_loss(values, data.returns) if self.use_baseline else th.zeros(())
+        value_loss = (
+            F.mse_loss(values, data.returns)
+            if self.use_baseline
+            else th.zeros((), device=values.device)
+        )
         return Losses(surrogate, logits, value_loss, entropy, advantages)
 
     def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
@@ -370,10 +392,10 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.get_all()
         if self.grad_var_freq and self.n_updates % self.grad_var_freq == 0:
+            # The estimator is fixed before this point (phi, kappa's statistics and scales come
+            # from earlier batches only), so this measures the very estimator of this update.
             for key, value in gradient_variance(self, data).items():
                 self.logger.record(key, value)
-        if self.control_variate is not None:
-            self._adapt_control_variate(data)
         losses = self.losses(data)
         pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
         other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
@@ -394,16 +416,20 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             cv_loss, grads = self.variance_loss(losses)
             self._check_finite(cv_loss=cv_loss)
             self.cv_optimizer.zero_grad(set_to_none=True)
-            cv_loss.backward(
-                inputs=[p for p in self.control_variate.parameters() if p.requires_grad]
-            )
-            self.cv_optimizer.step()
+            cv_params = [p for p in self.control_variate.parameters() if p.requires_grad]
+            cv_loss.backward(inputs=cv_params)
+            self._check_finite(cv_grad_norm=_total_norm(cv_params))
             if grads is not None:
                 for p, g in zip(self.policy.actor_parameters(), grads, strict=True):
                     p.grad = g.detach() if p.grad is None else p.grad + g.detach()
             self._phase("variance objective")
         grad_norm = self._clip_and_check()
+        # Every check has passed: only now does any parameter or statistic change, so that a
+        # TrainingDivergedError leaves the model exactly as it was before this update.
         self.policy.optimizer.step()
+        if self.cv_optimizer is not None:
+            self.cv_optimizer.step()
+            self._after_update(data, losses)
         self.n_updates += 1
         self._phase("clip + optimizer step")
 
@@ -419,8 +445,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def record_control_variate_stats(self) -> None:
         """Log the control variate's own scalars (an agent may add more)."""
 
-    def _adapt_control_variate(self, data: GumbelRolloutSamples) -> None:
-        """Hook before the losses of an update (e.g. to track the scale of the advantages)."""
+    def _after_update(self, data: GumbelRolloutSamples, losses: Losses) -> None:
+        """Hook after a successful update of an agent with a control variate: the place to
+        update statistics that later batches' estimators use (never the current batch's)."""
 
     def _phase(self, name: str) -> None:
         """Add the time since the previous mark to ``phase_seconds[name]`` when profiling."""

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from stable_baselines3.common.logger import Logger
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 # Small networks: one thread is faster than two contending ones, and the numbers repeat.
@@ -12,3 +13,33 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def run_updates(model, n_updates: int) -> tuple[torch.Tensor, list[dict]]:
+    """Drive the real update path (``learn()``: collect, then ``train()``) for ``n_updates``
+    updates. Returns ``(n_updates, P)``: the actor gradient each update handed to the policy's
+    optimizer (after clipping, as ``step()`` sees it), and per update the values it logged."""
+    actor = model.policy.actor_parameters()
+    grads: list[torch.Tensor] = []
+    records: list[dict] = []
+    pending: dict = {}
+
+    def on_step(*_):
+        flat = [torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in actor]
+        grads.append(torch.cat(flat).detach().cpu().clone())
+        records.append(dict(pending))
+        pending.clear()
+
+    class Recorder(Logger):
+        def record(self, key, value, exclude=None):
+            pending[key] = value
+            super().record(key, value, exclude)
+
+    model.set_logger(Recorder(folder=None, output_formats=[]))
+    handle = model.policy.optimizer.register_step_pre_hook(on_step)
+    try:
+        for _ in range(n_updates):
+            model.learn(1, reset_num_timesteps=False)  # one rollout, one update
+    finally:
+        handle.remove()
+    return torch.stack(grads), records

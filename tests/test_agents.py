@@ -24,8 +24,12 @@ TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 ALL = sorted(ALGOS)
 
 
-def _model(name, n_envs=4, seed=0, **kwargs):
-    kwargs.setdefault("n_steps", 8)
+def _model(name, n_envs=None, seed=0, **kwargs):
+    # REINFORCE without a baseline learns from whole episodes of one env; the others from
+    # 8-step rollouts of 4 envs.
+    whole = name == "reinforce" and not kwargs.get("use_baseline")
+    n_envs = n_envs if n_envs is not None else (1 if whole else 4)
+    kwargs.setdefault("n_steps", 0 if whole else 8)
     return ALGOS[name](
         "MlpPolicy", make_env("CartPole-v1", n_envs, seed), seed=seed, policy_kwargs=TINY, **kwargs
     )
@@ -242,7 +246,9 @@ def test_ctrl_c_saves_checkpoint_and_summary(tmp_path):
 
 
 def test_run_folder_contents(tmp_path):
-    summary = train(_spec(tmp_path, "reinforce", total_steps=1_500))
+    spec = _spec(tmp_path, "reinforce", total_steps=1_500, n_envs=1)
+    spec.agent_kwargs["n_steps"] = 0
+    summary = train(spec)
     run = tmp_path / "run"
     for f in ("config.yaml", "progress.csv", "model.zip", "summary.json"):
         assert (run / f).exists(), f

@@ -24,7 +24,7 @@ GRID = [
     "--total-steps",
     "600",
     "--set",
-    "n_envs=2",
+    "n_envs=4",
     "--set",
     "policy_kwargs.net_arch=[8]",
     "--grad-var-freq",

@@ -1,26 +1,28 @@
 """Gradient-variance diagnostics: same keys for every agent, paired baseline for RELAX."""
 
 import csv
+import math
 
 import pytest
 import torch as th
+from conftest import run_updates
 from stable_baselines3.common.logger import configure
 
 from agents import ALGOS
 from envs import make_env
-from relax_rl.diagnostics import gradient_variance
+from relax_rl.diagnostics import gradient_variance, log10_total_variance
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 
 
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_grad_variance_logged_for_every_agent(name, tmp_path):
-    n_envs, n_steps = (1, 0) if name == "reinforce" else (4, 8)
     model = ALGOS[name](
         "MlpPolicy",
-        make_env("CartPole-v1", n_envs, 0),
+        make_env("CartPole-v1", 4, 0),
         seed=0,
-        n_steps=n_steps,
+        n_steps=8,
+        use_baseline=True,
         grad_var_freq=2,
         policy_kwargs=TINY,
     )
@@ -35,12 +37,66 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
         assert all(r.get("grad/log10_var_baseline") for r in logged)
 
 
+def test_one_env_is_not_measured():
+    """A single rollout's steps are neither independent nor alike: no figure from chunks."""
+    model = ALGOS["reinforce"](
+        "MlpPolicy", make_env("CartPole-v1", 1, 0), seed=0, grad_var_freq=1, policy_kwargs=TINY
+    )
+    _, records = run_updates(model, 3)
+    assert not any(k.startswith("grad/") for r in records for k in r)
+
+
+def test_log10_total_variance_is_log_of_the_summed_variance():
+    rows = th.tensor([[1.0, 5.0, 0.0], [3.0, 5.0, 0.0], [2.0, 5.0, 0.0]])
+    # var of column 0 is 1; the constant columns (dead units) add nothing, not -30 each
+    assert log10_total_variance(rows) == pytest.approx(0.0)
+    assert log10_total_variance(rows, batch=10) == pytest.approx(-1.0)
+    assert log10_total_variance(th.zeros(3, 2)) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "a2c"},
+        {"name": "relax"},
+        {"name": "relax", "cv_scale_decay": 0.5},
+        {"name": "relax", "kappa_mode": "learned", "kappa_init": 1.0},
+        {"name": "relax", "kappa_mode": "learned", "variance_objective": "batch"},
+    ],
+    ids=str,
+)
+def test_diagnostics_measure_the_estimator_of_their_update(kwargs):
+    """The logged batch gradient is the very gradient its update applies (same kappa, scale and
+    phi), so the variance logged beside it is that estimator's."""
+    kwargs = dict(kwargs)
+    name = kwargs.pop("name")
+    model = ALGOS[name](
+        "MlpPolicy",
+        make_env("CartPole-v1", 4, 0),
+        seed=0,
+        n_steps=8,
+        ent_coef=0.0,
+        max_grad_norm=None,
+        grad_var_freq=1,
+        policy_kwargs=TINY,
+        **kwargs,
+    )
+    grads, records = run_updates(model, 6)
+    for g, rec in zip(grads, records, strict=True):
+        assert rec["grad/norm"] == pytest.approx(float(g.norm()), rel=1e-4)
+
+
 def test_relax_variance_matches_a2c_when_kappa_is_zero():
     """With kappa = 0 RELAX is A2C: the paired measurement must report no reduction."""
     model = ALGOS["relax"](
-        "MlpPolicy", make_env("CartPole-v1", 8, 0), seed=0, n_steps=16, policy_kwargs=TINY
+        "MlpPolicy",
+        make_env("CartPole-v1", 8, 0),
+        seed=0,
+        n_steps=16,
+        policy_kwargs=TINY,
+        kappa_mode="learned",
+        kappa_init=0.0,
     )
-    assert model.control_variate.kappa.item() == 0.0  # optimal kappa starts at 0
     _, callback = model._setup_learn(10**6, None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     out = gradient_variance(model, model.rollout_buffer.get_all())
@@ -62,7 +118,7 @@ def test_grad_variance_equals_per_env_gradients_one_by_one(name):
         surrogate = model.losses(data).surrogate[data.env_index == env].mean()
         rows.append(th.cat([g.reshape(-1) for g in th.autograd.grad(surrogate, actor)]))
     g = th.stack(rows).double()
-    expected = th.log10((g.var(0) / 4).clamp_min(1e-30)).mean()
+    expected = math.log10(float(g.var(0).sum() / 4))
     assert out["grad/log10_var"] == pytest.approx(float(expected), abs=1e-4)
     assert out["grad/norm"] == pytest.approx(float(g.mean(0).norm()), rel=1e-4)
 

@@ -1,4 +1,6 @@
-"""The agents' batch policy-gradient estimates against exact gradients on small envs.
+"""The agents' policy gradients against exact gradients on small envs, read from the real
+update path: the gradient ``train()`` hands to the optimizer (``conftest.run_updates``), with the
+policy held fixed (learning rate 0) while everything else (V, phi, kappa, scales) runs as usual.
 
 Bandit: the seed's toy as a one-step env. Chain: 3 cells, 3 steps, 8 action sequences. With
 gamma = 1, episodes that end exactly at the rollout end, and ``pg_loss`` the batch mean over
@@ -11,58 +13,53 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from conftest import run_updates
 
 from agents import A2C, REINFORCE, RELAX
 from envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
 
 TINY = {"net_arch": [8], "activation_fn": th.nn.Tanh}
-
-
 TARGET = 0.2  # a bandit with a resolvable gradient (t = 0.499 hides it in noise by design)
+HORIZON = {TOY_ENV_ID: 1, CHAIN_ENV_ID: 3}
 
 
-def _agent(cls, env_id, n_envs, horizon, seed=0, **kwargs):
+def _agent(cls, env_id, n_envs, seed=0, **kwargs):
+    """An agent whose policy does not move (lr 0), without clipping or entropy bonus, so that
+    each update's gradient is one draw of its batch estimator at a fixed policy. Without a
+    baseline, whole episodes of one env; with one, rollouts of exactly one episode per env."""
     env_kwargs = {"target": TARGET} if env_id == TOY_ENV_ID else None
-    env = make_env(env_id, n_envs, seed, env_kwargs=env_kwargs)
-    kwargs.setdefault("use_baseline", False)
-    return cls(
+    kwargs.setdefault("use_baseline", cls is not REINFORCE)
+    n_steps = HORIZON[env_id] if kwargs["use_baseline"] else 0
+    model = cls(
         "MlpPolicy",
-        env,
-        n_steps=horizon,
+        make_env(env_id, n_envs, seed, env_kwargs=env_kwargs),
+        n_steps=n_steps,
         gamma=1.0,
         gae_lambda=1.0,
+        ent_coef=0.0,
+        max_grad_norm=None,
+        learning_rate=0.0,
         seed=seed,
         policy_kwargs=TINY,
         **kwargs,
     )
+    if env_id == TOY_ENV_ID:  # a policy away from uniform, so that the gradient is large
+        with th.no_grad():
+            model.policy.action_net.bias.copy_(th.tensor([0.8, -0.8]))
+    return model
 
 
 def _flat(grads):
     return th.cat([g.reshape(-1) for g in grads])
 
 
-def batch_gradients(model, k: int) -> th.Tensor:
-    """``k`` independent batch estimates of ``grad pg_loss`` at fixed policy, ``(k, P)``."""
-    _, callback = model._setup_learn(10**9, None)
+def exact_gradient(model, env_id) -> th.Tensor:
+    """``grad pg_loss`` in expectation: ``-grad J / horizon``."""
     actor = model.policy.actor_parameters()
-    out = []
-    for _ in range(k):
-        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
-        pg_loss = model.losses(model.rollout_buffer.get_all()).pg_loss
-        out.append(_flat(th.autograd.grad(pg_loss, actor)).detach())
-    return th.stack(out)
-
-
-def exact_bandit_gradient(model, target: float) -> th.Tensor:
-    obs = th.ones(1, 1)
-    logits, _ = model.policy.logits_and_values(obs)
-    probs = th.softmax(logits, -1)[0]
-    rewards = -((th.tensor([0.0, 1.0]) - target) ** 2)
-    actor = model.policy.actor_parameters()
-    return _flat(th.autograd.grad((probs * rewards).sum(), actor))
-
-
-def exact_chain_gradient(model) -> th.Tensor:
+    if env_id == TOY_ENV_ID:
+        logits, _ = model.policy.logits_and_values(th.ones(1, 1))
+        rewards = -((th.tensor([0.0, 1.0]) - TARGET) ** 2)
+        return -_flat(th.autograd.grad((th.softmax(logits, -1)[0] * rewards).sum(), actor))
     env = ChainEnv()
     total = th.zeros(())
     for actions in itertools.product([0, 1], repeat=env.horizon):
@@ -74,7 +71,7 @@ def exact_chain_gradient(model) -> th.Tensor:
             pos, r = env.transition(pos, a)
             ret += r
         total = total + log_p.exp() * ret
-    return _flat(th.autograd.grad(total, model.policy.actor_parameters()))
+    return -_flat(th.autograd.grad(total, actor)) / env.horizon
 
 
 def _assert_unbiased(estimates: th.Tensor, expected: th.Tensor) -> None:
@@ -85,68 +82,89 @@ def _assert_unbiased(estimates: th.Tensor, expected: th.Tensor) -> None:
     assert resolved.any(), "the test cannot tell the gradient from zero"
 
 
-@pytest.mark.parametrize("cls", [REINFORCE, A2C, RELAX])
-def test_bandit_batch_gradient_unbiased(cls):
-    model = _agent(cls, TOY_ENV_ID, n_envs=16, horizon=1, use_baseline=cls is A2C)
-    with th.no_grad():  # a policy away from uniform, so that the gradient is large
-        model.policy.action_net.bias.copy_(th.tensor([0.8, -0.8]))
-    est = batch_gradients(model, 600)
-    _assert_unbiased(est, -exact_bandit_gradient(model, TARGET))
+# (agent, n_envs, updates): one env learns from one episode per update, so it needs more.
+AGENTS = [(REINFORCE, 1, 3000), (A2C, 16, 600), (RELAX, 16, 600)]
 
 
-@pytest.mark.parametrize("cls", [REINFORCE, A2C, RELAX])
-def test_chain_batch_gradient_unbiased(cls):
-    model = _agent(cls, CHAIN_ENV_ID, n_envs=16, horizon=3, use_baseline=cls is A2C)
-    est = batch_gradients(model, 600)
-    _assert_unbiased(est, -exact_chain_gradient(model) / 3)
-
-
+@pytest.mark.parametrize("env_id", [TOY_ENV_ID, CHAIN_ENV_ID])
 @pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(kappa_mode="learned", variance_objective="batch"),
-        dict(kappa_mode="learned", variance_objective="per_sample", cv_scale_decay=0.9),
-        dict(kappa_mode="optimal", use_baseline=True),
-    ],
+    ("cls", "n_envs", "updates"), AGENTS, ids=lambda x: getattr(x, "__name__", None)
 )
-def test_relax_variants_unbiased_with_trained_control_variate(kwargs):
-    """Every RELAX variant stays unbiased after phi (and kappa) have trained: the policy is held
-    fixed (lr 0) while the control variate learns for 200 updates."""
+def test_update_gradient_unbiased(cls, n_envs, updates, env_id):
+    model = _agent(cls, env_id, n_envs)
+    grads, _ = run_updates(model, updates)
+    _assert_unbiased(grads, exact_gradient(model, env_id))
+
+
+RELAX_VARIANTS = {
+    "optimal, cross-fitted": dict(n_envs=16),
+    "optimal, one env": dict(n_envs=1, use_baseline=False),
+    "optimal, scale decay 0.9": dict(n_envs=16, cv_scale_decay=0.9),
+    "learned, batch": dict(n_envs=16, kappa_mode="learned", variance_objective="batch"),
+    "learned, per-sample, scale decay 0": dict(
+        n_envs=16, kappa_mode="learned", variance_objective="per_sample", cv_scale_decay=0.0
+    ),
+    "paper": dict(n_envs=1, use_baseline=False, kappa_mode="learned", variance_objective="batch"),
+}
+
+
+@pytest.mark.parametrize("env_id", [TOY_ENV_ID, CHAIN_ENV_ID])
+@pytest.mark.parametrize("variant", list(RELAX_VARIANTS))
+def test_relax_variants_unbiased_with_trained_control_variate(variant, env_id):
+    """Every RELAX option stays unbiased while phi, kappa and the scale train: 200 updates of
+    the control variate alone (policy lr 0), then the next updates' gradients."""
+    kwargs = dict(RELAX_VARIANTS[variant])
+    n_envs = kwargs.pop("n_envs")
+    model = _agent(RELAX, env_id, n_envs, seed=3, cv_learning_rate=3e-3, **kwargs)
+    run_updates(model, 200)
+    assert abs(model.control_variate.kappa.item()) > 0  # the control variate is in use
+    grads, _ = run_updates(model, 3000 if n_envs == 1 else 600)
+    _assert_unbiased(grads, exact_gradient(model, env_id))
+
+
+def test_scale_from_the_current_batch_would_be_detected():
+    """The check above has the power to see the bias of a c_hat scaled by the current batch's
+    advantages (the review's bug): on two pulls of the bandit it lies far outside 4.5 SE."""
     model = _agent(
         RELAX,
-        CHAIN_ENV_ID,
-        n_envs=16,
-        horizon=3,
-        learning_rate=0.0,
+        TOY_ENV_ID,
+        2,
+        kappa_mode="learned",
+        variance_objective="per_sample",
+        cv_scale_decay=0.0,
         cv_learning_rate=3e-3,
-        seed=3,
-        **kwargs,
     )
-    model.learn(3 * 16 * 200)
-    assert abs(model.control_variate.kappa.item()) > 0  # the control variate is in use
-    _assert_unbiased(batch_gradients(model, 600), -exact_chain_gradient(model) / 3)
+    original = model.losses
+
+    def current_batch_scale(data):
+        model.control_variate.scale.copy_(data.advantages.pow(2).mean().sqrt())
+        return original(data)
+
+    model.losses = current_batch_scale
+    run_updates(model, 200)
+    grads, _ = run_updates(model, 600)
+    with pytest.raises(AssertionError):
+        _assert_unbiased(grads, exact_gradient(model, TOY_ENV_ID))
 
 
-def test_relax_after_training_phi_has_lower_variance_than_reinforce():
-    """Train only phi (policy lr 0) on the chain, then compare batch-gradient variance with
-    REINFORCE's at the very same policy (summed over actor coordinates)."""
-    relax = _agent(
-        RELAX, CHAIN_ENV_ID, n_envs=16, horizon=3, learning_rate=0.0, cv_learning_rate=3e-3, seed=1
+def test_relax_after_training_phi_has_lower_variance_than_a2c():
+    """Train only phi (policy lr 0) on the chain, then compare the variance of the update's
+    gradient with A2C's at the very same policy and critic (summed over actor coordinates)."""
+    relax = _agent(RELAX, CHAIN_ENV_ID, 16, seed=1, cv_learning_rate=3e-3)
+    run_updates(relax, 600)
+    after, _ = run_updates(relax, 300)
+    a2c = _agent(A2C, CHAIN_ENV_ID, 16, seed=2)
+    a2c.policy.load_state_dict(relax.policy.state_dict())
+    baseline, _ = run_updates(a2c, 300)
+    assert after.var(0).sum() < 0.8 * baseline.var(0).sum(), (
+        after.var(0).sum(),
+        baseline.var(0).sum(),
     )
-    before = batch_gradients(relax, 300).var(0).sum().item()
-    relax.learn(3 * 16 * 600)  # 600 updates of phi; the policy does not move (lr 0)
-    after = batch_gradients(relax, 300).var(0).sum().item()
-    reinforce = _agent(REINFORCE, CHAIN_ENV_ID, n_envs=16, horizon=3, seed=2)
-    reinforce.policy.load_state_dict(relax.policy.state_dict())
-    baseline = batch_gradients(reinforce, 300).var(0).sum().item()
-    assert after < before
-    assert after < 0.7 * baseline, (after, baseline)
-    # Unbiased still, with the trained c_phi.
-    _assert_unbiased(batch_gradients(relax, 600), -exact_chain_gradient(relax) / 3)
+    _assert_unbiased(after, exact_gradient(relax, CHAIN_ENV_ID))
 
 
 def test_stored_noise_rebuilds_the_taken_actions():
-    model = _agent(RELAX, "CartPole-v1", n_envs=4, horizon=16)
+    model = RELAX("MlpPolicy", make_env("CartPole-v1", 4, 0), n_steps=16, policy_kwargs=TINY)
     _, callback = model._setup_learn(10**6, None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     data = model.rollout_buffer.get_all()

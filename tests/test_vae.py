@@ -53,9 +53,9 @@ def test_encoder_gradient_unbiased_by_enumeration(digits, estimator):
     x = digits["train"][:1]
     n = 40_000
     xs = x.expand(n, -1)
-    us, vs = tr._noise(n), tr._noise(n)
+    us, vs = tr._noise(n, tr.gen), tr._noise(n, tr.gen)
     _, leaves, surrogates, _, _ = tr.surrogates(xs, us, vs)
-    (g,) = th.autograd.grad(surrogates[0].sum(), leaves[0])
+    (g,) = tr.logit_gradients(leaves, surrogates)  # what step() applies, per example
     exact = _exact_logit_gradient(tr, x)[0]
     se = g.std(0) / math.sqrt(n)
     z = (g.mean(0) - exact) / se
@@ -67,11 +67,55 @@ def test_concrete_is_biased_here(digits):
     tr = _trainer(digits, "concrete")
     x = digits["train"][:1]
     n = 40_000
-    us, vs = tr._noise(n), tr._noise(n)
+    us, vs = tr._noise(n, tr.gen), tr._noise(n, tr.gen)
     _, leaves, surrogates, _, _ = tr.surrogates(x.expand(n, -1), us, vs)
     (g,) = th.autograd.grad(surrogates[0].sum(), leaves[0])
     z = (g.mean(0) - _exact_logit_gradient(tr, x)[0]) / (g.std(0) / math.sqrt(n))
     assert z.abs().max() > 10
+
+
+def _applied_encoder_gradients(tr, x):
+    """The encoder gradients one ``step()`` hands to the optimizer."""
+    seen = []
+    enc = [p for layer in range(tr.model.n_layers) for p in tr.model.encoder_parameters(layer)]
+    handle = tr.opt.register_step_pre_hook(lambda *_: seen.append([p.grad.clone() for p in enc]))
+    tr.step(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("model", ["linear1", "linear2"])
+def test_concrete_step_descends_the_batch_mean_relaxed_objective(digits, model):
+    """Each layer's encoder gradient is d/dtheta of the batch mean of that layer's relaxed
+    loss: not divided by the batch size twice, nor by the number of layers."""
+    tr = _trainer(digits, "concrete", model=model, latents=6)
+    m, x = tr.model, digits["train"][:6]
+    state = tr.gen.get_state()
+    us = tr._noise(len(x), tr.gen)
+    logits, _, bs = m.sample(x, us)
+    expected = []
+    for layer in range(m.n_layers):
+        z = logits[layer] + th.logit(us[layer])
+        temp = tr.cv.log_temperature[layer].exp().detach()
+        loss = m.relaxed_loss(x, bs, logits, layer, z, us, temp).mean()
+        expected += th.autograd.grad(loss, m.encoder_parameters(layer), retain_graph=True)
+    tr.gen.set_state(state)
+    applied = _applied_encoder_gradients(tr, x)
+    for got, want in zip(applied, expected, strict=True):
+        assert th.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_measuring_variance_does_not_change_training(digits, estimator):
+    cfg = VAEConfig(dataset="digits", latents=8, seed=2, var_samples=3)
+    plain, measured = VAETrainer(cfg, estimator, digits), VAETrainer(cfg, estimator, digits)
+    x = digits["train"][:24]
+    for _ in range(3):
+        plain.step(x)
+        measured.step(x)
+        assert measured.log10_variance(x) is not None
+    for p, q in zip(plain.model.parameters(), measured.model.parameters(), strict=True):
+        assert th.equal(p, q)
 
 
 def test_iwae_bounds_order(digits):

@@ -28,7 +28,11 @@ from relax_rl.estimators.estimators import (
     relax,
     straight_through,
 )
-from relax_rl.estimators.variance import assign_gradients, estimate_with_variance_loss
+from relax_rl.estimators.variance import (
+    assign_gradients,
+    estimate_with_variance_loss,
+    log10_total_variance,
+)
 
 __all__ = [
     "BERNOULLI",
@@ -50,6 +54,7 @@ __all__ = [
     "gaussian_log_prob",
     "gaussian_sample",
     "lax",
+    "log10_total_variance",
     "rebar",
     "reinforce",
     "relax",

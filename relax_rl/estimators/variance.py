@@ -7,6 +7,7 @@ only, on phi's own optimizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,3 +34,16 @@ def assign_gradients(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
     """Store detached estimates in ``.grad`` so that any torch optimizer can step on them."""
     for p, g in zip(params, grads, strict=True):
         p.grad = g.detach().clone()
+
+
+def log10_total_variance(rows: Tensor, batch: int = 1) -> float | None:
+    """The project's one variance figure: log10 of ``sum_p Var(g_p)``, the variance summed over
+    parameters (the trace of the covariance, ``E||g - E g||^2``), of the mean of ``batch``
+    independent estimates, from ``rows`` ``(K, P)``: K >= 2 independent draws of one estimate.
+    Coordinates that never vary (dead units) add nothing. None if K < 2 or the sum is 0."""
+    if rows.shape[0] < 2:
+        return None
+    rows = rows.double()
+    # (written out: Tensor.var over dim 0 of a short, wide matrix is ~30x slower on CPU)
+    total = float((rows - rows.mean(0)).pow(2).sum() / ((rows.shape[0] - 1) * batch))
+    return math.log10(total) if total > 0 else None

@@ -33,6 +33,7 @@ from relax_rl.estimators import (
     bernoulli_sample,
     concrete,
     estimate_with_variance_loss,
+    log10_total_variance,
     rebar,
     reinforce,
     relax,
@@ -182,8 +183,8 @@ def _noise(seeds: list[int], steps: int) -> tuple[Tensor, Tensor]:
 
 
 def _log10_var(grads: Tensor) -> list[float | None]:
-    var = grads.double().var(dim=0)
-    return [math.log10(x) if x > 0 else None for x in var.tolist()]
+    """Per replica (column), the project's variance figure of the single-sample estimate."""
+    return [log10_total_variance(grads[:, r : r + 1]) for r in range(grads.shape[1])]
 
 
 @dataclass

@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from relax_rl.estimators import BernoulliFamily, reinforce, relax, uniform_noise
+from relax_rl.estimators import (
+    BernoulliFamily,
+    log10_total_variance,
+    reinforce,
+    relax,
+    uniform_noise,
+)
 
 MODELS = ("linear1", "linear2", "nonlinear")
 ESTIMATORS = ("reinforce", "concrete", "rebar", "relax")
@@ -270,10 +276,13 @@ class VAETrainer:
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.cv_opt = th.optim.Adam(self.cv.parameters(), lr=cfg.cv_lr)
         self.gen = th.Generator().manual_seed(cfg.seed)
+        # The variance measurement draws its own noise, so that measuring (how often, or at
+        # all) never changes the training run.
+        self.measure_gen = th.Generator().manual_seed(cfg.seed + 7919)
 
-    def _noise(self, n: int) -> list[Tensor]:
+    def _noise(self, n: int, gen: th.Generator) -> list[Tensor]:
         k = self.cfg.latents
-        return [uniform_noise((n, k), self.gen) for _ in range(self.model.n_layers)]
+        return [uniform_noise((n, k), gen) for _ in range(self.model.n_layers)]
 
     def surrogates(
         self, x: Tensor, us: list[Tensor], vs: list[Tensor]
@@ -312,52 +321,61 @@ class VAETrainer:
             surrogates.append(surrogate)
         return logits, leaves, surrogates, decoder_loss, extra
 
+    @staticmethod
+    def logit_gradients(
+        leaves: list[Tensor], surrogates: list[Tensor], create_graph: bool = False
+    ) -> list[Tensor]:
+        """Per layer, each example's estimate of ``d f / d logits`` (the estimator's gradient
+        of its own surrogate); the encoder's batch gradient is their mean, pulled back."""
+        return [
+            th.autograd.grad(s.sum(), lg, create_graph=create_graph, retain_graph=True)[0]
+            for lg, s in zip(leaves, surrogates, strict=True)
+        ]
+
+    def encoder_gradients(self, logits: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """The batch-mean encoder gradient of every layer, flattened: what :meth:`step` applies."""
+        n, m, flat = grads[0].shape[0], self.model, []
+        for layer, g in enumerate(grads):
+            enc = m.encoder_parameters(layer)
+            pg = th.autograd.grad(logits[layer], enc, g.detach() / n, retain_graph=True)
+            flat += [t.reshape(-1) for t in pg]
+        return flat
+
     def step(self, x: Tensor) -> None:
+        """One update. Every estimator's encoder gradient is the batch mean of its per-example
+        estimates; the decoder and the prior get their exact gradient at the hard samples, the
+        same for every estimator (Concrete included: only its encoder sees the relaxation)."""
         n = x.shape[0]
-        us, vs = self._noise(n), self._noise(n)
+        us, vs = self._noise(n, self.gen), self._noise(n, self.gen)
         m = self.model
         self.opt.zero_grad(set_to_none=True)
         self.cv_opt.zero_grad(set_to_none=True)
         logits, leaves, surrogates, decoder_loss, extra = self.surrogates(x, us, vs)
-        if self.estimator == "concrete":
-            # The relaxed objective trains everything by reparameterisation.
-            m_loss = sum(s.mean() for s in surrogates) / len(surrogates)
-            grads = th.autograd.grad(m_loss, leaves, retain_graph=True)
-            decoder_loss.backward(inputs=m.decoder_parameters())
-        else:
-            grads, var_loss = [], th.zeros(())
-            for lg, s in zip(leaves, surrogates, strict=True):
-                (g,) = th.autograd.grad(s.sum(), lg, create_graph=self.estimator != "reinforce")
-                grads.append(g)
-                var_loss = var_loss + g.pow(2).sum() / n
-            decoder_loss.backward(inputs=m.decoder_parameters(), retain_graph=True)
-            if self.estimator in ("rebar", "relax"):
-                var_loss.backward(inputs=[p for p in self.cv.parameters() if p.requires_grad])
-            if extra:
-                sum(extra).backward(inputs=list(self.cv.baseline.parameters()))
-        # Encoder: the per-example logit gradients, averaged over the batch, into theta.
+        trains_cv = self.estimator in ("rebar", "relax")
+        grads = self.logit_gradients(leaves, surrogates, create_graph=trains_cv)
+        decoder_loss.backward(inputs=m.decoder_parameters(), retain_graph=True)
+        if trains_cv:
+            var_loss = sum(g.pow(2).sum() for g in grads) / n
+            var_loss.backward(inputs=[p for p in self.cv.parameters() if p.requires_grad])
+        if extra:
+            sum(extra).backward(inputs=list(self.cv.baseline.parameters()))
         for layer, g in enumerate(grads):
             logits[layer].backward(g.detach() / n, inputs=m.encoder_parameters(layer))
         self.opt.step()
         self.cv_opt.step()
 
     def log10_variance(self, x: Tensor) -> float | None:
-        """Mean over encoder parameters of log10 Var of the batch gradient estimate, from
-        ``var_samples`` independent noise draws on the same batch ``x``."""
-        m, rows = self.model, []
+        """:func:`~relax_rl.estimators.log10_total_variance` of the encoder's batch gradient
+        (the one :meth:`step` applies) over ``var_samples`` independent noise draws on the same
+        batch ``x``, from the measurement's own noise stream."""
+        rows = []
         for _ in range(self.cfg.var_samples):
-            us, vs = self._noise(x.shape[0]), self._noise(x.shape[0])
+            us = self._noise(x.shape[0], self.measure_gen)
+            vs = self._noise(x.shape[0], self.measure_gen)
             logits, leaves, surrogates, _, _ = self.surrogates(x, us, vs)
-            flat = []
-            for layer, (lg, s) in enumerate(zip(leaves, surrogates, strict=True)):
-                (g,) = th.autograd.grad(s.sum(), lg)
-                enc = m.encoder_parameters(layer)
-                pg = th.autograd.grad(logits[layer], enc, g / x.shape[0], retain_graph=True)
-                flat += [t.reshape(-1) for t in pg]
-            rows.append(th.cat(flat))
-        var = th.stack(rows).double().var(0)
-        var = var[var > 0]
-        return float(th.log10(var).mean()) if var.numel() else None
+            grads = self.logit_gradients(leaves, surrogates)
+            rows.append(th.cat(self.encoder_gradients(logits, grads)).detach())
+        return log10_total_variance(th.stack(rows))
 
     def mean_elbo(self, split: str, chunk: int = 1000) -> float:
         x = self.data[split]
