@@ -18,6 +18,22 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "el
 KAPPA_MODES = ("optimal", "learned")
 
 
+def _shrunk_ratio(gh: th.Tensor, hh: th.Tensor) -> th.Tensor:
+    """``kappa = -sum gh / sum hh`` from per-sample moments, shrunk towards 0 by its own noise:
+    ``kappa * max(0, 1 - se^2 / kappa^2)`` (positive-part James-Stein), with ``se`` the
+    jackknife's (leave one sample out), which sees what a delta-method error misses: a ratio
+    carried by one rare sample (an exploratory action of a near-deterministic policy). An
+    estimated kappa adds ``(kappa - kappa*)^2 E[h.h]`` of variance; where ``h`` does not help,
+    shrinking it cuts that cost, so that RELAX falls back to its baseline estimator."""
+    m, total_gh, total_hh = gh.numel(), gh.sum(), hh.sum()
+    if m < 2 or float(total_hh) <= 0:
+        return th.zeros((), dtype=hh.dtype, device=hh.device)
+    kappa = -total_gh / total_hh
+    loo = -(total_gh - gh) / (total_hh - hh).clamp_min(th.finfo(hh.dtype).tiny)
+    se2 = (m - 1) / m * (loo - loo.mean()).pow(2).sum()
+    return kappa * (1 - se2 / kappa.pow(2).clamp_min(th.finfo(hh.dtype).tiny)).clamp_min(0)
+
+
 class RELAX(GumbelOnPolicyAlgorithm):
     """Policy gradient with RELAX's action-dependent control variate (paper Eq. 10):
 
@@ -41,10 +57,12 @@ class RELAX(GumbelOnPolicyAlgorithm):
       index), and each half's ``kappa`` comes from the other half's samples, which are
       independent of it, so the estimator stays unbiased while ``kappa`` follows the current
       policy (a running average over earlier batches lags: when the advantages shrink, a stale
-      ``kappa`` adds variance instead of removing it). With one env, the moments are running
-      averages over earlier batches (``kappa_decay``). The MLP and tau maximise the squared
-      correlation of ``h`` with ``g_A2C`` on each batch, i.e. minimise the variance left at the
-      best ``kappa``; when ``h`` has nothing to add, ``kappa`` goes to 0 and RELAX is A2C.
+      ``kappa`` adds variance instead of removing it), and shrunk towards 0 by its own
+      (jackknife) standard error, so that a noisy estimate of a useless ``kappa`` costs
+      little. With one env, the moments are running averages over earlier batches
+      (``kappa_decay``). The MLP and tau maximise the squared correlation of ``h`` with
+      ``g_A2C`` on each batch, i.e. minimise the variance left at the best ``kappa``; when
+      ``h`` has nothing to add, ``kappa`` goes to 0 and RELAX is A2C.
 
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of the MLP (the paper: ``[10, 10]``).
@@ -152,10 +170,7 @@ class RELAX(GumbelOnPolicyAlgorithm):
         gh, hh = (g * h).sum(-1), h.pow(2).sum(-1)
         if self.n_envs >= 2:
             odd = (env_index % 2).bool()
-            tiny = th.finfo(hh.dtype).tiny
-            from_even = -gh[~odd].sum() / hh[~odd].sum().clamp_min(tiny)
-            from_odd = -gh[odd].sum() / hh[odd].sum().clamp_min(tiny)
-            return th.where(odd, from_even, from_odd)
+            return th.where(odd, _shrunk_ratio(gh[~odd], hh[~odd]), _shrunk_ratio(gh[odd], hh[odd]))
         cv = self.control_variate
         kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
         return kappa.expand_as(gh)

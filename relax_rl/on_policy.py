@@ -250,7 +250,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     @classmethod
     def load(cls: type[SelfAlgo], *args: Any, **kwargs: Any) -> SelfAlgo:  # type: ignore[override]
         model = super().load(*args, **kwargs)
-        model._noise_gen.set_state(model.noise_rng_state.to(th.uint8))
+        # The generator lives on the CPU whatever the device (SB3 loads tensors onto it).
+        model._noise_gen.set_state(model.noise_rng_state.to("cpu", th.uint8))
         return model
 
     # ---------------------------------------------------------------- collect

@@ -1,6 +1,7 @@
 """Every agent, SB3-style: learning smoke tests with tiny nets, SB3 callbacks as is,
 reproducibility, save/load, bad spaces, NaN and Ctrl-C handling."""
 
+import copy
 import json
 
 import gymnasium as gym
@@ -139,6 +140,52 @@ def test_save_load_continue_equals_straight(name, tmp_path):
 def test_box_action_space_is_refused(name):
     with pytest.raises(ValueError, match="Discrete action space"):
         ALGOS[name]("MlpPolicy", make_env("Pendulum-v1", 1, 0))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_returns_without_baseline_need_whole_episodes(name):
+    """A cut rollout without V(s) would bootstrap with 0: refused in one line, before any work."""
+    with pytest.raises(ValueError, match=r"use_baseline=False needs .*n_steps=5") as err:
+        _model(name, n_envs=2, n_steps=5, use_baseline=False)
+    assert "\n" not in str(err.value)
+
+
+def _state(model):
+    """Everything an update may change: parameters, optimizer states, statistics."""
+    parts = [model.policy.state_dict(), model.policy.optimizer.state_dict()]
+    if model.control_variate is not None:
+        parts += [model.control_variate.state_dict(), model.cv_optimizer.state_dict()]
+    return copy.deepcopy(parts)
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, th.Tensor):
+        return th.equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"name": "a2c"}, {"name": "relax"}, {"name": "relax", "kappa_mode": "learned"}],
+    ids=str,
+)
+def test_divergence_leaves_the_model_as_before_the_update(kwargs):
+    """A NaN gradient found at the norm check: the policy, phi, both optimizers and kappa's
+    statistics are exactly as before that update (as TrainingDivergedError says)."""
+    kwargs = dict(kwargs)
+    model = _model(kwargs.pop("name"), **kwargs)
+    model.learn(320)
+    before = _state(model)
+    bias = model.policy.action_net.bias
+    handle = bias.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(TrainingDivergedError, match="grad_norm is nan"):
+        model.learn(32, reset_num_timesteps=False)
+    handle.remove()
+    assert _same(_state(model), before)
 
 
 def test_gae_matches_sb3_rollout_buffer():

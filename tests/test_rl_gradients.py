@@ -117,8 +117,9 @@ def test_relax_variants_unbiased_with_trained_control_variate(variant, env_id):
     n_envs = kwargs.pop("n_envs")
     model = _agent(RELAX, env_id, n_envs, seed=3, cv_learning_rate=3e-3, **kwargs)
     run_updates(model, 200)
-    assert abs(model.control_variate.kappa.item()) > 0  # the control variate is in use
-    grads, _ = run_updates(model, 3000 if n_envs == 1 else 600)
+    grads, records = run_updates(model, 3000 if n_envs == 1 else 600)
+    kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
+    assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
     _assert_unbiased(grads, exact_gradient(model, env_id))
 
 

@@ -1,0 +1,66 @@
+"""Agents on a CUDA device give the CPU's numbers (skipped where no CUDA device exists; run on
+a GPU machine with ``pytest tests/test_device.py``). What CPU alone can check of device handling
+(noise from the CPU generator, buffers on the agent's device) is covered by every other test."""
+
+import pytest
+import torch as th
+
+from agents import ALGOS
+from envs import make_env
+from relax_rl.diagnostics import gradient_variance
+
+TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
+DEVICE = "cuda"
+
+needs_cuda = pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
+
+CASES = {
+    "a2c": ("a2c", dict(n_envs=4, n_steps=8)),
+    "relax": ("relax", dict(n_envs=4, n_steps=8)),
+    "relax-learned-batch": (
+        "relax",
+        dict(n_envs=4, n_steps=8, kappa_mode="learned", variance_objective="batch"),
+    ),
+    "reinforce-whole-episodes": ("reinforce", dict(n_envs=1, n_steps=0)),
+}
+
+
+def _model(name, device, n_envs, **kwargs):
+    return ALGOS[name](
+        "MlpPolicy",
+        make_env("CartPole-v1", n_envs, 0),
+        seed=0,
+        grad_var_freq=2,
+        policy_kwargs=TINY,
+        device=device,
+        **kwargs,
+    )
+
+
+def _params(model):
+    return th.cat([p.detach().cpu().reshape(-1) for p in model.policy.parameters()])
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", list(CASES))
+def test_device_run_matches_cpu(case, tmp_path):
+    name, kwargs = CASES[case]
+    cpu, dev = _model(name, "cpu", **kwargs), _model(name, DEVICE, **kwargs)
+    for model in (cpu, dev):
+        model.learn(400)
+    assert dev.policy.device.type == th.device(DEVICE).type
+    assert [e["r"] for e in cpu.ep_info_buffer] == [e["r"] for e in dev.ep_info_buffer]
+    assert th.allclose(_params(cpu), _params(dev), atol=1e-4)
+    data = dev.rollout_buffer.get_all()
+    assert data.noise_u.device.type == th.device(DEVICE).type
+    if kwargs["n_envs"] >= 4:
+        out = gradient_variance(dev, data)
+        assert out["grad/log10_var"] == pytest.approx(
+            gradient_variance(cpu, cpu.rollout_buffer.get_all())["grad/log10_var"], abs=1e-3
+        )
+    action, _ = dev.predict(dev.env.reset(), deterministic=True)
+    assert action.shape == (kwargs["n_envs"],)
+    dev.save(tmp_path / "m")
+    loaded = ALGOS[name].load(tmp_path / "m", env=dev.env, device=DEVICE)
+    loaded.learn(100)
+    assert all(th.isfinite(p).all() for p in loaded.policy.parameters())
