@@ -1,9 +1,9 @@
 """RL agents: thin subclasses of :class:`relax_rl.on_policy.GumbelOnPolicyAlgorithm` that differ
 only in their policy-gradient surrogate (and RELAX in its control variate)."""
 
-from agents.a2c import A2C
-from agents.reinforce import REINFORCE
-from agents.relax import RELAX
+from relax_rl.agents.a2c import A2C
+from relax_rl.agents.reinforce import REINFORCE
+from relax_rl.agents.relax import RELAX
 
 ALGOS = {"reinforce": REINFORCE, "a2c": A2C, "relax": RELAX}
 

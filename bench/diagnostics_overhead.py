@@ -27,8 +27,9 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 
 
 def _make(algo: str, grad_var_freq: int, seed: int):
-    from agents import ALGOS
-    from envs import make_env
+    from relax_rl.agents import ALGOS
+    from relax_rl.envs import make_env
+
     from relax_rl import config as cfg
 
     path = CONFIGS / f"{algo}.yaml"

@@ -58,11 +58,11 @@ def run_one(
     import torch
 
     torch.set_num_threads(1)
+    from relax_rl.agents import ALGOS
+    from relax_rl.envs import make_env
     from stable_baselines3 import A2C as SB3A2C
     from stable_baselines3 import PPO as SB3PPO
 
-    from agents import ALGOS
-    from envs import make_env
     from relax_rl import config as cfg
     from relax_rl.callbacks import EpisodeTracker
 
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all runs here")
     args = parser.parse_args()
 
-    from envs import reward_threshold
+    from relax_rl.envs import reward_threshold
 
     threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
     seeds = range(args.first_seed, args.first_seed + args.seeds)

@@ -25,10 +25,9 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 
 
 def _make(name: str, seed: int):
+    from relax_rl.agents import A2C, RELAX
+    from relax_rl.envs import make_env
     from stable_baselines3 import A2C as SB3A2C
-
-    from agents import A2C, RELAX
-    from envs import make_env
 
     env = make_env("CartPole-v1", 8, seed)
     if name == "sb3-a2c":

@@ -8,10 +8,9 @@ rewards: the ladder on which an action-dependent control variate is measured).
 """
 
 from gymnasium.envs.registration import register, registry
-
-from envs.bandit import ContextualBanditEnv
-from envs.chain import ChainEnv
-from envs.toy import BernoulliToyEnv
+from relax_rl.envs.bandit import ContextualBanditEnv
+from relax_rl.envs.chain import ChainEnv
+from relax_rl.envs.toy import BernoulliToyEnv
 
 TOY_ENV_ID = "relax_rl/BernoulliToy-v0"
 CHAIN_ENV_ID = "relax_rl/Chain-v0"
@@ -19,14 +18,18 @@ BANDIT_ARMS = (2, 10, 50)
 BANDIT_ENV_IDS = {n: f"relax_rl/ContextualBandit{n}-v0" for n in BANDIT_ARMS}
 
 if TOY_ENV_ID not in registry:
-    register(id=TOY_ENV_ID, entry_point="envs.toy:BernoulliToyEnv")
+    register(id=TOY_ENV_ID, entry_point="relax_rl.envs.toy:BernoulliToyEnv")
 if CHAIN_ENV_ID not in registry:
-    register(id=CHAIN_ENV_ID, entry_point="envs.chain:ChainEnv")
+    register(id=CHAIN_ENV_ID, entry_point="relax_rl.envs.chain:ChainEnv")
 for _arms, _id in BANDIT_ENV_IDS.items():
     if _id not in registry:
-        register(id=_id, entry_point="envs.bandit:ContextualBanditEnv", kwargs={"n_actions": _arms})
+        register(
+            id=_id,
+            entry_point="relax_rl.envs.bandit:ContextualBanditEnv",
+            kwargs={"n_actions": _arms},
+        )
 
-from envs.factory import check_env_id, make_env, reward_threshold  # noqa: E402
+from relax_rl.envs.factory import check_env_id, make_env, reward_threshold  # noqa: E402
 
 __all__ = [
     "BANDIT_ENV_IDS",

@@ -10,8 +10,6 @@ from gymnasium.error import DependencyNotInstalled, Error
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-import envs  # noqa: F401  (registers the project's own envs)
-
 EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "mujoco"}
 
 

@@ -200,7 +200,7 @@ def _tracking(args: argparse.Namespace):
 
 
 def _algo_class(name: str) -> type:
-    from agents import ALGOS
+    from relax_rl.agents import ALGOS
 
     if name not in ALGOS:
         raise UsageError(f"unknown algo {name!r}; valid: {', '.join(ALGOS)}")
@@ -231,7 +231,7 @@ def resolve_settings(args: argparse.Namespace, algo_cls: type) -> tuple[dict, di
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from envs import check_env_id, make_env, reward_threshold
+    from relax_rl.envs import check_env_id, make_env, reward_threshold
     from relax_rl.on_policy import TrainingDivergedError
     from relax_rl.training import RunSpec, build, train
 
@@ -294,7 +294,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from envs import make_env
+    from relax_rl.envs import make_env
     from relax_rl.evaluation import evaluate
 
     run_dir: Path = args.run_dir
@@ -477,8 +477,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _grid_spec(run, settings: dict, tracking):
     """The RunSpec of one cell of a compare grid."""
-    from envs import make_env, reward_threshold
     from relax_rl import config as cfg
+    from relax_rl.envs import make_env, reward_threshold
     from relax_rl.training import RunSpec
 
     algo_cls = _algo_class(run.algo)
@@ -585,8 +585,8 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
 def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
-    from envs import check_env_id
     from relax_rl.compare import BACKENDS, GridRun, parse_seeds, run_grid
+    from relax_rl.envs import check_env_id
 
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch as th
 from conftest import run_updates
+from relax_rl.agents import ALGOS
+from relax_rl.envs import make_env
 from stable_baselines3.common.logger import configure
 
-from agents import ALGOS
-from envs import make_env
 from relax_rl.diagnostics import gradient_variance, log10_total_variance
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}

@@ -1,7 +1,6 @@
 import gymnasium as gym
 import pytest
-
-from envs import TOY_ENV_ID
+from relax_rl.envs import TOY_ENV_ID
 
 
 @pytest.mark.parametrize("target", [0.499, 0.45])

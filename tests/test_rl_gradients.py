@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import run_updates
-
-from agents import A2C, REINFORCE, RELAX
-from envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
+from relax_rl.agents import A2C, REINFORCE, RELAX
+from relax_rl.envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
 
 TINY = {"net_arch": [8], "activation_fn": th.nn.Tanh}
 TARGET = 0.2  # a bandit with a resolvable gradient (t = 0.499 hides it in noise by design)

@@ -1,0 +1,98 @@
+"""Packaging and module structure: one namespace, no import cycles."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Source folder -> the package it is installed as (pyproject's package-dir).
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+PACKAGES = {"relax_rl": "relax_rl", "agents": "relax_rl.agents", "envs": "relax_rl.envs"}
+
+
+def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
+    subprocess.run(
+        [*PIP_WHEEL, "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("relax_rl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"relax_rl"}
+    assert "relax_rl/agents/relax.py" in names and "relax_rl/envs/factory.py" in names
+
+
+@pytest.mark.parametrize(
+    ("code", "ok"),
+    [
+        ("import relax_rl.agents, relax_rl.envs", True),
+        ("import agents", False),
+        ("import envs", False),
+    ],
+)
+def test_only_the_namespace_imports_from_another_folder(tmp_path, code, ok):
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True)
+    assert (result.returncode == 0) == ok, result.stderr
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def _imports(tree: ast.Module, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """Modules of the project imported at module level (not under ``if TYPE_CHECKING``, not
+    inside functions: those run later and cannot form a cycle at import time)."""
+    found: set[str] = set()
+    base = name if is_package else name.rpartition(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                pkg = base
+                for _ in range(node.level - 1):
+                    pkg = pkg.rpartition(".")[0]
+                mod = f"{pkg}.{mod}" if mod else pkg
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {
+        name: _imports(ast.parse(path.read_text()), name, path.name == "__init__.py", set(modules))
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
