@@ -1,21 +1,28 @@
-"""RELAX for discrete actions (Grathwohl et al. 2018, Sec. 3.3 and 6.3)."""
+"""RELAX for discrete actions (Grathwohl et al. 2018, Sec. 3.3 and 6.3): A2C whose score term
+gets RELAX's learned, action-dependent control variate. The whole update lives here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch as th
+from relax_rl.agents.a2c import A2C
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from torch import nn
 
 from relax_rl.buffers import GumbelRolloutSamples
-from relax_rl.estimators import categorical_conditional, categorical_sample, reinforce, relax
-from relax_rl.on_policy import GumbelOnPolicyAlgorithm, Losses
-from relax_rl.policies import StateActionControlVariate
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
-
+from relax_rl.estimators import (
+    categorical_conditional,
+    categorical_sample,
+    estimate_with_variance_loss,
+    reinforce,
+    relax,
+)
+from relax_rl.on_policy import Losses
+from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVariate
 
 KAPPA_MODES = ("optimal", "learned")
+VARIANCE_OBJECTIVES = ("per_sample", "batch")
 
 
 def _shrunk_ratio(gh: th.Tensor, hh: th.Tensor) -> th.Tensor:
@@ -34,7 +41,14 @@ def _shrunk_ratio(gh: th.Tensor, hh: th.Tensor) -> th.Tensor:
     return kappa * (1 - se2 / kappa.pow(2).clamp_min(th.finfo(hh.dtype).tiny)).clamp_min(0)
 
 
-class RELAX(GumbelOnPolicyAlgorithm):
+def _total_norm(params: list[nn.Parameter]) -> th.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return th.zeros(())
+    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(g) for g in grads]))
+
+
+class RELAX(A2C):
     """Policy gradient with RELAX's action-dependent control variate (paper Eq. 10):
 
     ``g = sum_t [A_t - c_hat(z~_t, s_t)] dlog pi(a_t|s_t) + dc_hat(z_t, s_t) - dc_hat(z~_t, s_t)``
@@ -42,12 +56,13 @@ class RELAX(GumbelOnPolicyAlgorithm):
     where ``A_t = R_t - V(s_t)`` (with ``use_baseline``; the paper's discrete agent has no V and
     uses ``R_t``), ``z_t = log pi(.|s_t) + G(u_t)`` is rebuilt from the stored Gumbel noise,
     ``z~_t ~ p(z | a_t, s_t)`` from the stored ``v_t``, and
-    ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. Unbiased for any ``c_hat``.
+    ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. Unbiased for any ``c_hat``. The update
+    (:meth:`train`) also steps phi on its own Adam optimizer.
 
     The estimator is affine in ``kappa``: ``g = g_A2C + kappa * h``. Two ways to set it:
 
     - ``kappa_mode="learned"`` (the paper's): ``phi = (MLP, tau, kappa)`` descends the variance
-      objective (:meth:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm.variance_loss`).
+      objective (:meth:`variance_loss`).
     - ``kappa_mode="optimal"`` (default): ``kappa = -E[g_A2C . h] / E[h . h]``, the coefficient
       that minimises the variance of ``g_A2C + kappa h`` (Eq. 3 of the seed; ``h`` has mean 0,
       so these uncentred moments are the covariance and the variance). The moments are those
@@ -74,17 +89,30 @@ class RELAX(GumbelOnPolicyAlgorithm):
         advantages of *earlier* batches (an exponential average with this decay; the current
         batch's would make ``c_hat`` depend on the samples it corrects: biased), so that it
         shrinks as they do; ``None`` keeps the paper's form.
-    :param variance_objective: ``per_sample`` by default; ``batch`` is the paper's (and the only
-        one for ``learned`` kappa with double backprop through the policy network). Other
-        parameters: see :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`.
+    :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
+        default) or ``batch`` (the paper's; ``learned`` kappa only).
+    The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
     """
 
+    paired_baseline = True
     control_variate: StateActionControlVariate
 
     def __init__(
         self,
-        policy: Any,
-        env: Any,
+        policy: str | type[GumbelPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        use_baseline: bool = True,
+        normalize_advantage: bool = False,
+        optimizer: str = "rmsprop",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        max_episode_steps: int = 10_000,
         cv_learning_rate: float | None = None,
         cv_net_arch: list[int] | None = None,
         cv_activation: str = "relu",
@@ -92,7 +120,14 @@ class RELAX(GumbelOnPolicyAlgorithm):
         kappa_init: float = 1.0,
         kappa_decay: float = 0.95,
         cv_scale_decay: float | None = None,
-        **kwargs: Any,
+        variance_objective: str = "per_sample",
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "cpu",
+        _init_setup_model: bool = True,
     ) -> None:
         if cv_activation not in ACTIVATIONS:
             raise ValueError(
@@ -100,7 +135,12 @@ class RELAX(GumbelOnPolicyAlgorithm):
             )
         if kappa_mode not in KAPPA_MODES:
             raise ValueError(f"unknown kappa_mode {kappa_mode!r}; valid: {', '.join(KAPPA_MODES)}")
-        if kappa_mode == "optimal" and kwargs.get("variance_objective") == "batch":
+        if variance_objective not in VARIANCE_OBJECTIVES:
+            raise ValueError(
+                f"unknown variance_objective {variance_objective!r}; "
+                f"valid: {', '.join(VARIANCE_OBJECTIVES)}"
+            )
+        if kappa_mode == "optimal" and variance_objective == "batch":
             raise ValueError(
                 "kappa_mode='optimal' works on per-sample gradients; "
                 "use variance_objective='per_sample' or kappa_mode='learned'"
@@ -112,13 +152,37 @@ class RELAX(GumbelOnPolicyAlgorithm):
         self.kappa_init = kappa_init
         self.kappa_decay = kappa_decay
         self.cv_scale_decay = cv_scale_decay
-        # Per-sample logit gradients of the plain and the correction term, and the kappa used.
-        self._parts: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
-        kwargs.setdefault("use_baseline", True)
-        kwargs.setdefault("variance_objective", "per_sample")
-        super().__init__(policy, env, **kwargs)
+        self.variance_objective = variance_objective
+        # Optimal kappa: per-sample logit gradients of the score term (g) and of the
+        # correction (h, with its graph to phi), and the kappa each sample got.
+        self._kappa_terms: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_baseline=use_baseline,
+            normalize_advantage=normalize_advantage,
+            optimizer=optimizer,
+            optimizer_kwargs=optimizer_kwargs,
+            max_episode_steps=max_episode_steps,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
 
-    def make_control_variate(self) -> nn.Module:
+    # ---------------------------------------------------------------- set-up and save/load
+    def _setup_model(self) -> None:
+        super()._setup_model()
         optimal = self.kappa_mode == "optimal"
         cv = StateActionControlVariate(
             int(self.policy.features_dim),
@@ -132,13 +196,16 @@ class RELAX(GumbelOnPolicyAlgorithm):
             # Running uncentred moments behind the one-env kappa = -mean_gh / mean_hh.
             cv.register_buffer("mean_gh", th.zeros(()))
             cv.register_buffer("mean_hh", th.zeros(()))
-        return cv
-
-    def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
+        self.control_variate = cv.to(self.device)
         lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
-        params = [p for p in control_variate.parameters() if p.requires_grad]
-        return th.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
+        params = [p for p in cv.parameters() if p.requires_grad]
+        self.cv_optimizer = th.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
 
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, tensors = super()._get_torch_save_params()
+        return [*state_dicts, "control_variate", "cv_optimizer"], tensors
+
+    # ---------------------------------------------------------------- the estimator
     def policy_surrogate(
         self,
         data: GumbelRolloutSamples,
@@ -152,17 +219,18 @@ class RELAX(GumbelOnPolicyAlgorithm):
         obs = self.policy.extract_features(data.observations)
         obs = (obs if self.policy.share_features_extractor else obs[0]).detach()
         cv = self.control_variate
-        plain = reinforce(-advantages, log_prob)
-        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat (kappa = 1).
-        unit = relax(-advantages, log_prob, z, z_tilde, lambda x: -cv.unit(x, obs)) - plain
+        score = reinforce(-advantages, log_prob)  # A2C's term
+        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa, so
+        # `correction` is what kappa multiplies: RELAX's surrogate minus A2C's.
+        correction = relax(-advantages, log_prob, z, z_tilde, lambda x: -cv.shape(x, obs)) - score
         if self.kappa_mode == "learned":
-            self._parts = None
-            return plain + cv.kappa * unit
-        (g,) = th.autograd.grad(plain.sum(), logits, retain_graph=True)
-        (h,) = th.autograd.grad(unit.sum(), logits, create_graph=True)
+            self._kappa_terms = None
+            return score + cv.kappa * correction
+        (g,) = th.autograd.grad(score.sum(), logits, retain_graph=True)
+        (h,) = th.autograd.grad(correction.sum(), logits, create_graph=True)
         kappa = self._optimal_kappa(g.detach(), h.detach(), data.env_index)
-        self._parts = (g.detach(), h, kappa)
-        return plain + kappa * unit
+        self._kappa_terms = (g.detach(), h, kappa)
+        return score + kappa * correction
 
     def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
@@ -170,26 +238,85 @@ class RELAX(GumbelOnPolicyAlgorithm):
         gh, hh = (g * h).sum(-1), h.pow(2).sum(-1)
         if self.n_envs >= 2:
             odd = (env_index % 2).bool()
-            return th.where(odd, _shrunk_ratio(gh[~odd], hh[~odd]), _shrunk_ratio(gh[odd], hh[odd]))
+            from_even, from_odd = _shrunk_ratio(gh[~odd], hh[~odd]), _shrunk_ratio(gh[odd], hh[odd])
+            return th.where(odd, from_even, from_odd)
         cv = self.control_variate
         kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
         return kappa.expand_as(gh)
 
+    # ---------------------------------------------------------------- the update
     def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
-        if self.kappa_mode == "learned":
-            return super().variance_loss(losses)
-        assert self._parts is not None
-        g, h, _ = self._parts
+        """phi's objective (Grathwohl et al. 2018, Eq. 11: ``d Var(g)/dphi = E[d g^2/dphi]``),
+        and for ``batch`` the actor's gradient estimate computed on the way.
+
+        - ``batch`` (the paper's): ``||g||^2`` with ``g`` the batch policy gradient w.r.t. the
+          actor's parameters (double backward through the policy network).
+        - ``per_sample``, learned kappa: the mean over samples of ``||dsurrogate_i/dlogits_i||^2``
+          (each sample's estimate in logit space: no cross terms between samples, no double
+          backward through the network).
+        - ``per_sample``, optimal kappa: the MLP and tau maximise the squared correlation of
+          ``h`` with ``g`` (the variance left at the best kappa is ``gg - gh^2 / hh``).
+
+        Any phi keeps the estimator unbiased; phi is trained on this batch and used on later
+        ones.
+        """
+        if self.variance_objective == "batch":
+            grads, loss = estimate_with_variance_loss(
+                losses.pg_loss, self.policy.actor_parameters()
+            )
+            return loss, grads
+        if self._kappa_terms is None:
+            (g_logits,) = th.autograd.grad(losses.surrogate.sum(), losses.logits, create_graph=True)
+            return g_logits.pow(2).sum(-1).mean(), None
+        g, h, _ = self._kappa_terms
         gh, hh, gg = (g * h).sum(), h.pow(2).sum(), g.pow(2).sum()
-        # The variance left at the best kappa is gg - gh^2 / hh: maximise gh^2 / (hh gg).
         return -gh.pow(2) / (hh * gg).clamp_min(1e-12), None
 
-    def _after_update(self, data: GumbelRolloutSamples, losses: Losses) -> None:
-        """Statistics for LATER batches only: the one-env kappa's moments and c_hat's scale."""
+    def train(self) -> None:
+        """One update: A2C's (policy gradient with RELAX's surrogate, value loss, entropy) and
+        one step of phi on :meth:`variance_loss`. Every finiteness check comes before any
+        parameter, optimizer state or statistic changes."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        data = self.rollout_buffer.get_all()
+        losses = self.losses(data)
+        self._check_finite(
+            pg_loss=losses.pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
+        )
+        critic_and_entropy = self.vf_coef * losses.value_loss - self.ent_coef * losses.entropy
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        if self.variance_objective == "batch":  # the actor's gradient comes with phi's loss
+            critic_and_entropy.backward(retain_graph=True)
+        else:
+            (losses.pg_loss + critic_and_entropy).backward(retain_graph=True)
+        cv_loss, actor_grads = self.variance_loss(losses)
+        self._check_finite(cv_loss=cv_loss)
+        self.cv_optimizer.zero_grad(set_to_none=True)
+        cv_params = [p for p in self.control_variate.parameters() if p.requires_grad]
+        cv_loss.backward(inputs=cv_params)
+        self._check_finite(cv_grad_norm=_total_norm(cv_params))
+        if actor_grads is not None:
+            for p, g in zip(self.policy.actor_parameters(), actor_grads, strict=True):
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+        grad_norm = self._clip_and_check()
+        self.policy.optimizer.step()
+        self.cv_optimizer.step()
+        self._update_statistics(data)
+        self.n_updates += 1
+        self._record_update(losses, grad_norm)
+        cv = self.control_variate
+        self.logger.record("train/cv_loss", cv_loss.item())
+        self.logger.record("train/kappa", cv.kappa.item())
+        self.logger.record("train/tau", cv.log_tau.exp().item())
+        self.logger.record("train/cv_scale", cv.scale.item())
+
+    def _update_statistics(self, data: GumbelRolloutSamples) -> None:
+        """After a successful update, statistics for LATER batches only: the one-env kappa's
+        moments and c_hat's scale (the current batch's would bias the estimator)."""
         cv = self.control_variate
         with th.no_grad():
-            if self._parts is not None:
-                g, h, kappa = self._parts
+            if self._kappa_terms is not None:
+                g, h, kappa = self._kappa_terms
                 d, n = self.kappa_decay, g.shape[0]
                 cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
                 cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
@@ -198,8 +325,3 @@ class RELAX(GumbelOnPolicyAlgorithm):
                 rms = data.advantages.pow(2).mean().sqrt()
                 d = self.cv_scale_decay
                 cv.scale.copy_(rms if self.n_updates == 0 else d * cv.scale + (1 - d) * rms)
-
-    def record_control_variate_stats(self) -> None:
-        self.logger.record("train/kappa", self.control_variate.kappa.item())
-        self.logger.record("train/tau", self.control_variate.log_tau.exp().item())
-        self.logger.record("train/cv_scale", self.control_variate.scale.item())

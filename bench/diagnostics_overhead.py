@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch as th
 
+from relax_rl.diagnostics import GradientVarianceCallback
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -26,7 +28,7 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
     return f"{statistics.median(xs):,.{digits}f} ({min(xs):,.{digits}f}-{max(xs):,.{digits}f})"
 
 
-def _make(algo: str, grad_var_freq: int, seed: int):
+def _make(algo: str, seed: int):
     from relax_rl.agents import ALGOS
     from relax_rl.envs import make_env
 
@@ -34,7 +36,6 @@ def _make(algo: str, grad_var_freq: int, seed: int):
 
     path = CONFIGS / f"{algo}.yaml"
     settings = cfg.select(cfg.load_config_file(path), "CartPole-v1", path)
-    settings["grad_var_freq"] = grad_var_freq
     run, agent_kwargs = cfg.validate(settings, ALGOS[algo])
     env = make_env("CartPole-v1", run["n_envs"], seed)
     return ALGOS[algo]("MlpPolicy", env, seed=seed, **agent_kwargs)
@@ -57,9 +58,9 @@ def main() -> None:
         for a in args.algos:
             this = {}
             for f in freqs:
-                model = _make(a, f, seed=r)
+                model = _make(a, seed=r)
                 start = time.perf_counter()
-                model.learn(args.steps)
+                model.learn(args.steps, callback=GradientVarianceCallback(f))
                 this[f] = model.num_timesteps / (time.perf_counter() - start)
                 fps[a, f].append(this[f])
                 if f == 0:

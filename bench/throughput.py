@@ -44,20 +44,44 @@ def _make(name: str, seed: int):
     return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
 
 
+def _time_calls(obj: object, method: str, seconds: dict[str, float], phase: str) -> None:
+    """Wrap ``obj.method`` (on this instance only) to add its wall time to ``seconds[phase]``."""
+    inner = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+    setattr(obj, method, timed)
+
+
 def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
-    """Microseconds per update in each phase: the agent's own collect_rollouts and train(),
-    the latter split by its built-in phase timer (``phase_seconds``)."""
+    """Microseconds per update in each phase, timed from outside the agent (no instrumentation
+    in the algorithm): collect_rollouts; within train(), the forward pass (``losses``), phi's
+    objective (``variance_loss``, RELAX), the optimizers' steps, and the rest of train() (the
+    backward passes, clipping and checks)."""
     model = _make(name, 0)
     model.learn(2_000)
     _, callback = model._setup_learn(10**9, None)
-    collect = 0.0
-    model.phase_seconds = {}
+    seconds: dict[str, float] = {}
+    _time_calls(model, "losses", seconds, "forward")
+    if hasattr(model, "variance_loss"):
+        _time_calls(model, "variance_loss", seconds, "variance objective")
+    for opt in (model.policy.optimizer, getattr(model, "cv_optimizer", None)):
+        if opt is not None:
+            _time_calls(opt, "step", seconds, "optimizer steps")
+    collect = train = 0.0
     for _ in range(n_updates):
         t0 = time.perf_counter()
         model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
-        collect += time.perf_counter() - t0
+        t1 = time.perf_counter()
         model.train()
-    phases = {"collect 5x8 steps": collect, **model.phase_seconds}
+        collect, train = collect + t1 - t0, train + time.perf_counter() - t1
+    phases = {"collect 5x8 steps": collect, **seconds}
+    phases["backward, clip, checks"] = train - sum(seconds.values())
     return {k: 1e6 * v / n_updates for k, v in phases.items()}
 
 

@@ -15,14 +15,16 @@ and values of the wrong type are refused with a one-line message naming them.
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
 
 from relax_rl.errors import UsageError
+from relax_rl.policies import ACTIVATIONS
 
 #: Settings of the run rather than of the agent, with their types and defaults.
 RUN_KEYS: dict[str, tuple[type, Any]] = {
@@ -33,12 +35,8 @@ RUN_KEYS: dict[str, tuple[type, Any]] = {
     "checkpoint_freq": (int, 50_000),
     "eval_episodes": (int, 10),
     "vec_env": (str, "dummy"),
-}
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
+    # every this many updates, the variance of the update's gradient estimator (0: off)
+    "grad_var_freq": (int, 50),
 }
 POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
 NOT_CONFIGURABLE = {
@@ -56,16 +54,14 @@ NOT_CONFIGURABLE = {
 
 
 def algo_parameters(algo_cls: type) -> dict[str, inspect.Parameter]:
-    """Constructor parameters of ``algo_cls`` and of its bases (agents pass ``**kwargs`` up)."""
-    params: dict[str, inspect.Parameter] = {}
-    for cls in reversed(algo_cls.__mro__):
-        init = cls.__dict__.get("__init__")
-        if init is None or cls.__module__.startswith("stable_baselines3"):
-            continue
-        for name, p in inspect.signature(init).parameters.items():
-            if name not in NOT_CONFIGURABLE and p.kind is not p.VAR_KEYWORD:
-                params[name] = p
-    return params
+    """The configurable parameters of the agent's constructor (an explicit, typed signature),
+    with their annotations evaluated."""
+    signature = inspect.signature(algo_cls.__init__, eval_str=True)
+    return {
+        name: p
+        for name, p in signature.parameters.items()
+        if name not in NOT_CONFIGURABLE and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -129,20 +125,20 @@ def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _annotation_types(param: inspect.Parameter) -> tuple[Any, ...]:
+    ann = param.annotation
+    return (
+        typing.get_args(ann)
+        if typing.get_origin(ann) in (typing.Union, types.UnionType)
+        else (ann,)
+    )
+
+
 def _expected_type(param: inspect.Parameter) -> type | None:
-    default = param.default
-    if isinstance(default, bool):
-        return bool
-    if isinstance(default, (int, float)):
-        return float if isinstance(default, float) else int
-    if isinstance(default, str):
-        return str
-    ann = str(param.annotation)
-    if "float" in ann:
-        return float
-    if ann.startswith("int"):
-        return int
-    return None
+    """The scalar type a config value must have (``float | Schedule`` takes a float), or None
+    for anything else (lists, mappings: checked elsewhere or by the agent)."""
+    types_ = _annotation_types(param)
+    return next((t for t in (bool, float, int, str) if t in types_), None)
 
 
 def _check_type(key: str, value: Any, expected: type | None, optional: bool) -> Any:
@@ -176,7 +172,7 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             agent[key] = _policy_kwargs(value)
         elif key in params:
             p = params[key]
-            optional = p.default is None or "None" in str(p.annotation)
+            optional = type(None) in _annotation_types(p)
             agent[key] = _check_type(key, value, _expected_type(p), optional)
         else:
             valid = sorted({*RUN_KEYS, *params, "policy_kwargs"})

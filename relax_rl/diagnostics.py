@@ -20,6 +20,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import log10_total_variance, reinforce
@@ -58,7 +59,7 @@ def _group_gradients(
     return list(rows.split(len(groups)))
 
 
-class _LossesOf(th.nn.Module):
+class _BatchLosses(th.nn.Module):
     """``model.losses`` as a module whose ``policy`` parameters ``functional_call`` can swap."""
 
     def __init__(self, model: GumbelOnPolicyAlgorithm) -> None:
@@ -100,10 +101,10 @@ def gradient_variance(
     }
     actor = list(copies.values())
     losses = th.func.functional_call(
-        _LossesOf(model), {f"policy.{k}": v for k, v in copies.items()}, (data,), strict=False
+        _BatchLosses(model), {f"policy.{k}": v for k, v in copies.items()}, (data,), strict=False
     )
     per_sample = [losses.surrogate]
-    if model.control_variate is not None:
+    if model.paired_baseline:
         log_p = th.log_softmax(losses.logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
         per_sample.append(reinforce(-losses.advantages, log_prob))
@@ -115,3 +116,27 @@ def gradient_variance(
         if out["grad/log10_var"] is not None and out["grad/log10_var_baseline"] is not None:
             out["grad/log10_var_reduction"] = out["grad/log10_var_baseline"] - out["grad/log10_var"]
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+class GradientVarianceCallback(BaseCallback):
+    """Logs :func:`gradient_variance` every ``freq`` updates (SB3 callback protocol).
+
+    It measures at the end of each rollout, just before ``train()`` uses it: by then every
+    agent's estimator for that update is fixed (RELAX's kappa comes from the batch itself, its
+    scale and phi from earlier batches), so the figure is of the very estimator of the update.
+
+    :param freq: measure before every ``freq``-th update (0 or less: never).
+    """
+
+    def __init__(self, freq: int = 50) -> None:
+        super().__init__()
+        self.freq = freq
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        model = self.model
+        if self.freq > 0 and model.n_updates % self.freq == 0:
+            for key, value in gradient_variance(model, model.rollout_buffer.get_all()).items():
+                self.logger.record(key, value)

@@ -1,16 +1,16 @@
 """The one on-policy base that every agent shares (an SB3 ``OnPolicyAlgorithm``).
 
-It owns the collect loop (Gumbel-max from stored noise), the rollout buffer, the returns
-(:func:`relax_rl.buffers.compute_gae`), the entropy bonus, the value loss, gradient clipping,
-the variance objective for agents with a control variate, logging and save/load. An agent only
-says how its policy-gradient surrogate is built (``policy_surrogate``) and, if it has one, what
-its control variate is (``make_control_variate``).
+It owns what every agent shares: the collect loop (Gumbel-max from stored noise), the rollout
+buffer, the returns (:func:`relax_rl.buffers.compute_gae`), a batch's forward pass
+(:meth:`~GumbelOnPolicyAlgorithm.losses`: log-probs, entropy, value loss and the agent's
+surrogate), the finiteness checks, gradient clipping, logging and save/load. Each algorithm owns
+its update (``train``, SB3's pattern) and says how its policy-gradient surrogate is built
+(``policy_surrogate``); the base never asks which agent it is running.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from abc import abstractmethod
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -23,11 +23,9 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
-from relax_rl.diagnostics import gradient_variance
-from relax_rl.estimators import estimate_with_variance_loss
+from relax_rl.errors import TrainingDivergedError
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
@@ -41,9 +39,6 @@ OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
     ),
     "adam": (th.optim.Adam, {"eps": 1e-5, "foreach": True}),
 }
-
-
-VARIANCE_OBJECTIVES = ("batch", "per_sample")
 
 
 class Losses(NamedTuple):
@@ -60,20 +55,9 @@ class Losses(NamedTuple):
         return self.surrogate.mean()
 
 
-class TrainingDivergedError(RuntimeError):
-    """A loss or gradient became NaN/inf; the policy, the control variate, both optimizers and
-    the control variate's statistics were left as they were before the update."""
-
-
-def _total_norm(params: list[nn.Parameter]) -> th.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return th.zeros(())
-    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(g) for g in grads]))
-
-
 class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
-    """Shared base of REINFORCE, A2C and RELAX for ``Discrete`` action spaces.
+    """Shared base of REINFORCE, A2C and RELAX for ``Discrete`` action spaces (abstract: an
+    algorithm adds its ``policy_surrogate`` and its ``train``).
 
     :param policy: ``"MlpPolicy"`` (a :class:`~relax_rl.policies.GumbelPolicy`) or a subclass.
     :param env: a gymnasium env, a VecEnv or an env id.
@@ -91,14 +75,12 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param normalize_advantage: standardise advantages per batch.
     :param optimizer: ``"rmsprop"`` (SB3 A2C's) or ``"adam"``; ``optimizer_kwargs`` override.
     :param max_episode_steps: buffer capacity for ``n_steps=0`` when the env has no time limit.
-    :param variance_objective: for agents with a control variate, ``batch`` (the paper's) or
-        ``per_sample``; see :meth:`variance_loss`.
-    :param grad_var_freq: every this many updates, log the variance of the policy-gradient
-        estimator used for that update (:mod:`relax_rl.diagnostics`); 0 turns it off. The
-        default, 50, costs about 1% of throughput on CartPole (``bench/diagnostics_overhead.py``).
     """
 
     policy_aliases: ClassVar[dict[str, type[GumbelPolicy]]] = {"MlpPolicy": GumbelPolicy}
+    #: Whether the gradient-variance diagnostics should also measure the plain advantage
+    #: estimator on the same batch (agents whose estimator adds a control variate to it).
+    paired_baseline: ClassVar[bool] = False
     policy: GumbelPolicy
     rollout_buffer: GumbelRolloutBuffer
 
@@ -118,8 +100,6 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         optimizer: str = "rmsprop",
         optimizer_kwargs: dict[str, Any] | None = None,
         max_episode_steps: int = 10_000,
-        variance_objective: str = "batch",
-        grad_var_freq: int = 50,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -130,11 +110,6 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if variance_objective not in VARIANCE_OBJECTIVES:
-            raise ValueError(
-                f"unknown variance_objective {variance_objective!r}; "
-                f"valid: {', '.join(VARIANCE_OBJECTIVES)}"
-            )
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
         if not use_baseline and n_steps > 0:
@@ -152,13 +127,6 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.optimizer = optimizer
         self.max_episode_steps = max_episode_steps
-        self.variance_objective = variance_objective
-        self.grad_var_freq = grad_var_freq
-        # Set to {} to accumulate the wall time of each phase of train() (bench/throughput.py).
-        self.phase_seconds: dict[str, float] | None = None
-        self._phase_t = 0.0
-        self.control_variate: nn.Module | None = None
-        self.cv_optimizer: th.optim.Optimizer | None = None
         super().__init__(
             policy,
             env,
@@ -218,27 +186,10 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             int(self.seed) if self.seed is not None else int(th.randint(0, 2**31, ()).item())
         )
         self.noise_rng_state = self._noise_gen.get_state()
-        self.control_variate = self.make_control_variate()
-        if self.control_variate is not None:
-            self.control_variate.to(self.device)
-            self.cv_optimizer = self.make_cv_optimizer(self.control_variate)
         self.n_updates = 0
 
-    def make_control_variate(self) -> nn.Module | None:
-        """The agent's control variate ``c_phi`` (trained on the variance objective), if any."""
-        return None
-
-    def make_cv_optimizer(self, control_variate: nn.Module) -> th.optim.Optimizer:
-        """phi's own optimizer (Adam unless an agent says otherwise)."""
-        return th.optim.Adam(
-            control_variate.parameters(), lr=self.lr_schedule(1), eps=1e-5, foreach=True
-        )
-
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts = ["policy", "policy.optimizer"]
-        if self.control_variate is not None:
-            state_dicts += ["control_variate", "cv_optimizer"]
-        return state_dicts, ["noise_rng_state"]
+        return ["policy", "policy.optimizer"], ["noise_rng_state"]
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_noise_gen"]
@@ -367,95 +318,13 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         )
         return Losses(surrogate, logits, value_loss, entropy, advantages)
 
-    def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
-        """phi's objective, and (for ``batch``) the actor's gradient estimate computed on the way.
-
-        ``batch``: ``||g||^2`` with ``g`` the batch policy gradient w.r.t. the actor's
-        parameters (the paper's; double backward through the policy network).
-        ``per_sample``: the mean over samples of ``||dsurrogate_i / dlogits_i||^2``, each sample's
-        estimate in logit space; no cross terms between samples in phi's gradient (less noise)
-        and no double backward through the policy network (cheaper). Either keeps the estimator
-        unbiased: any phi does.
-        """
-        if self.variance_objective == "batch":
-            grads, loss = estimate_with_variance_loss(
-                losses.pg_loss, self.policy.actor_parameters()
-            )
-            return loss, grads
-        (g_logits,) = th.autograd.grad(losses.surrogate.sum(), losses.logits, create_graph=True)
-        return g_logits.pow(2).sum(-1).mean(), None
-
-    def train(self) -> None:
-        """One update on the whole rollout: policy gradient (+ entropy), value loss and, for an
-        agent with a control variate, one step of phi on the variance objective."""
-        self._phase_t = time.perf_counter()
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        data = self.rollout_buffer.get_all()
-        if self.grad_var_freq and self.n_updates % self.grad_var_freq == 0:
-            # The estimator is fixed before this point (phi, kappa's statistics and scales come
-            # from earlier batches only), so this measures the very estimator of this update.
-            for key, value in gradient_variance(self, data).items():
-                self.logger.record(key, value)
-        losses = self.losses(data)
-        pg_loss, value_loss, entropy = losses.pg_loss, losses.value_loss, losses.entropy
-        other_loss = self.vf_coef * value_loss - self.ent_coef * entropy
-        self._check_finite(pg_loss=pg_loss, value_loss=value_loss, entropy=entropy)
-        self._phase("forward")
-
-        self.policy.optimizer.zero_grad(set_to_none=True)
-        cv_loss = None
-        if self.control_variate is None:
-            (pg_loss + other_loss).backward()
-            self._phase("backward")
-        else:
-            if self.variance_objective == "batch":
-                other_loss.backward(retain_graph=True)
-            else:
-                (pg_loss + other_loss).backward(retain_graph=True)
-            self._phase("backward")
-            cv_loss, grads = self.variance_loss(losses)
-            self._check_finite(cv_loss=cv_loss)
-            self.cv_optimizer.zero_grad(set_to_none=True)
-            cv_params = [p for p in self.control_variate.parameters() if p.requires_grad]
-            cv_loss.backward(inputs=cv_params)
-            self._check_finite(cv_grad_norm=_total_norm(cv_params))
-            if grads is not None:
-                for p, g in zip(self.policy.actor_parameters(), grads, strict=True):
-                    p.grad = g.detach() if p.grad is None else p.grad + g.detach()
-            self._phase("variance objective")
-        grad_norm = self._clip_and_check()
-        # Every check has passed: only now does any parameter or statistic change, so that a
-        # TrainingDivergedError leaves the model exactly as it was before this update.
-        self.policy.optimizer.step()
-        if self.cv_optimizer is not None:
-            self.cv_optimizer.step()
-            self._after_update(data, losses)
-        self.n_updates += 1
-        self._phase("clip + optimizer step")
-
+    def _record_update(self, losses: Losses, grad_norm: float) -> None:
+        """Log what every update has (an algorithm adds its own keys)."""
         self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
-        self.logger.record("train/policy_loss", pg_loss.item())
-        self.logger.record("train/value_loss", value_loss.item())
-        self.logger.record("train/entropy", entropy.item())
+        self.logger.record("train/policy_loss", losses.pg_loss.item())
+        self.logger.record("train/value_loss", losses.value_loss.item())
+        self.logger.record("train/entropy", losses.entropy.item())
         self.logger.record("train/grad_norm", grad_norm)
-        if cv_loss is not None:
-            self.logger.record("train/cv_loss", cv_loss.item())
-            self.record_control_variate_stats()
-
-    def record_control_variate_stats(self) -> None:
-        """Log the control variate's own scalars (an agent may add more)."""
-
-    def _after_update(self, data: GumbelRolloutSamples, losses: Losses) -> None:
-        """Hook after a successful update of an agent with a control variate: the place to
-        update statistics that later batches' estimators use (never the current batch's)."""
-
-    def _phase(self, name: str) -> None:
-        """Add the time since the previous mark to ``phase_seconds[name]`` when profiling."""
-        if self.phase_seconds is not None:
-            now = time.perf_counter()
-            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + now - self._phase_t
-            self._phase_t = now
 
     def _check_finite(self, **losses: th.Tensor) -> None:
         for name, value in losses.items():
@@ -477,4 +346,4 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return super().learn(*args, **kwargs)
 
 
-__all__ = ["GumbelOnPolicyAlgorithm", "TrainingDivergedError"]
+__all__ = ["GumbelOnPolicyAlgorithm", "Losses", "TrainingDivergedError"]

@@ -18,6 +18,14 @@ from torch import nn
 
 from relax_rl.estimators import categorical_sample, uniform_noise
 
+#: Hidden activations by name (configs, ``policy_kwargs.activation_fn``, RELAX's ``cv_activation``).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
 
 class GumbelPolicy(ActorCriticPolicy):
     """Categorical actor (logits) and critic V(s) over SB3's MLP extractor."""
@@ -107,7 +115,7 @@ class StateActionControlVariate(nn.Module):
         # Output scale set from outside (RELAX's running advantage scale); 1 = the paper's form.
         self.register_buffer("scale", th.ones(()))
 
-    def unit(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+    def shape(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat / kappa`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened
         ``(N, obs_dim)``."""
         relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
@@ -115,4 +123,4 @@ class StateActionControlVariate(nn.Module):
 
     def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat(z, s) = kappa * scale * MLP([s, softmax(z / tau)])`` per sample."""
-        return self.kappa * self.unit(z, obs)
+        return self.kappa * self.shape(z, obs)

@@ -20,7 +20,8 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
-from relax_rl.config import to_yaml_safe
+from relax_rl.config import RUN_KEYS, to_yaml_safe
+from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.evaluation import evaluate
 from relax_rl.on_policy import TrainingDivergedError
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
@@ -187,6 +188,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         run.tracker,
         checkpoint,
         PeriodicCallback(spec.run["checkpoint_freq"], run.write_summary),
+        GradientVarianceCallback(spec.run.get("grad_var_freq", RUN_KEYS["grad_var_freq"][1])),
         *spec.extra_callbacks,
     ]
     if spec.progress:

@@ -15,10 +15,11 @@ def _deterministic():
     yield
 
 
-def run_updates(model, n_updates: int) -> tuple[torch.Tensor, list[dict]]:
+def run_updates(model, n_updates: int, callback=None) -> tuple[torch.Tensor, list[dict]]:
     """Drive the real update path (``learn()``: collect, then ``train()``) for ``n_updates``
-    updates. Returns ``(n_updates, P)``: the actor gradient each update handed to the policy's
-    optimizer (after clipping, as ``step()`` sees it), and per update the values it logged."""
+    updates, with ``callback`` as ``learn`` takes it. Returns ``(n_updates, P)``: the actor
+    gradient each update handed to the policy's optimizer (after clipping, as ``step()`` sees
+    it), and per update the values it logged."""
     actor = model.policy.actor_parameters()
     grads: list[torch.Tensor] = []
     records: list[dict] = []
@@ -39,7 +40,7 @@ def run_updates(model, n_updates: int) -> tuple[torch.Tensor, list[dict]]:
     handle = model.policy.optimizer.register_step_pre_hook(on_step)
     try:
         for _ in range(n_updates):
-            model.learn(1, reset_num_timesteps=False)  # one rollout, one update
+            model.learn(1, reset_num_timesteps=False, callback=callback)  # one update
     finally:
         handle.remove()
     return torch.stack(grads), records

@@ -30,7 +30,6 @@ def _model(name, device, n_envs, **kwargs):
         "MlpPolicy",
         make_env("CartPole-v1", n_envs, 0),
         seed=0,
-        grad_var_freq=2,
         policy_kwargs=TINY,
         device=device,
         **kwargs,

@@ -10,7 +10,11 @@ from relax_rl.agents import ALGOS
 from relax_rl.envs import make_env
 from stable_baselines3.common.logger import configure
 
-from relax_rl.diagnostics import gradient_variance, log10_total_variance
+from relax_rl.diagnostics import (
+    GradientVarianceCallback,
+    gradient_variance,
+    log10_total_variance,
+)
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 
@@ -23,11 +27,10 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
         seed=0,
         n_steps=8,
         use_baseline=True,
-        grad_var_freq=2,
         policy_kwargs=TINY,
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(1_500)
+    model.learn(1_500, callback=GradientVarianceCallback(2))
     with open(tmp_path / "progress.csv") as fh:
         rows = list(csv.DictReader(fh))
     logged = [r for r in rows if r.get("grad/log10_var")]
@@ -40,9 +43,9 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
 def test_one_env_is_not_measured():
     """A single rollout's steps are neither independent nor alike: no figure from chunks."""
     model = ALGOS["reinforce"](
-        "MlpPolicy", make_env("CartPole-v1", 1, 0), seed=0, grad_var_freq=1, policy_kwargs=TINY
+        "MlpPolicy", make_env("CartPole-v1", 1, 0), seed=0, policy_kwargs=TINY
     )
-    _, records = run_updates(model, 3)
+    _, records = run_updates(model, 3, GradientVarianceCallback(1))
     assert not any(k.startswith("grad/") for r in records for k in r)
 
 
@@ -77,11 +80,10 @@ def test_diagnostics_measure_the_estimator_of_their_update(kwargs):
         n_steps=8,
         ent_coef=0.0,
         max_grad_norm=None,
-        grad_var_freq=1,
         policy_kwargs=TINY,
         **kwargs,
     )
-    grads, records = run_updates(model, 6)
+    grads, records = run_updates(model, 6, GradientVarianceCallback(1))
     for g, rec in zip(grads, records, strict=True):
         assert rec["grad/norm"] == pytest.approx(float(g.norm()), rel=1e-4)
 
