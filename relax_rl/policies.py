@@ -36,7 +36,7 @@ class GumbelPolicy(ActorCriticPolicy):
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(
                 f"this agent needs a Discrete action space, got {action_space}; "
-                "continuous (Box) actions need a LAX agent"
+                "continuous (Box) actions are not supported yet"
             )
         super().__init__(observation_space, action_space, *args, **kwargs)
 

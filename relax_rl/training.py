@@ -22,24 +22,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
 from relax_rl.config import RUN_KEYS, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
+from relax_rl.errors import TrainingDivergedError
 from relax_rl.evaluation import evaluate
-from relax_rl.on_policy import TrainingDivergedError
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
-
-SUMMARY_KEYS = (
-    "algo",
-    "env_id",
-    "seed",
-    "status",
-    "total_env_steps",
-    "episodes",
-    "wall_s",
-    "env_steps_per_s",
-    "threshold",
-    "solved_at_env_steps",
-    "solved_at_episodes",
-    "final_mean_return_100",
-)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Packaging and module structure: one namespace, no import cycles."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,14 @@ PACKAGES = {"relax_rl": "relax_rl", "agents": "relax_rl.agents", "envs": "relax_
 
 
 def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
+    src = tmp_path / "src"  # a copy: building writes build/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in PACKAGES:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [*PIP_WHEEL, "-w", str(tmp_path), str(ROOT)],
+        [*PIP_WHEEL, "-w", str(tmp_path), str(src)],
         check=True,
         capture_output=True,
     )

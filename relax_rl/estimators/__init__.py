@@ -29,7 +29,6 @@ from relax_rl.estimators.estimators import (
     straight_through,
 )
 from relax_rl.estimators.variance import (
-    assign_gradients,
     estimate_with_variance_loss,
     log10_total_variance,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "DiscreteFamily",
     "RebarControlVariate",
     "RelaxToyControlVariate",
-    "assign_gradients",
     "bernoulli_conditional",
     "bernoulli_log_prob",
     "bernoulli_sample",

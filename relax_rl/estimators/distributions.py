@@ -132,8 +132,6 @@ class DiscreteFamily(Protocol):
         """``b`` in the same continuous representation as :meth:`relax` returns."""
         ...
 
-    def noise_shape(self, logits: Tensor) -> torch.Size: ...
-
 
 @dataclass(frozen=True)
 class BernoulliFamily:
@@ -158,9 +156,6 @@ class BernoulliFamily:
     def hard(self, b: Tensor, like: Tensor) -> Tensor:
         return b.to(like.dtype)
 
-    def noise_shape(self, logits: Tensor) -> torch.Size:
-        return logits.shape
-
 
 @dataclass(frozen=True)
 class CategoricalFamily:
@@ -182,9 +177,6 @@ class CategoricalFamily:
 
     def hard(self, b: Tensor, like: Tensor) -> Tensor:
         return F.one_hot(b.long(), like.shape[-1]).to(like.dtype)
-
-    def noise_shape(self, logits: Tensor) -> torch.Size:
-        return logits.shape
 
 
 BERNOULLI = BernoulliFamily()

@@ -30,12 +30,6 @@ def estimate_with_variance_loss(
     return grads, loss  # type: ignore[return-value]
 
 
-def assign_gradients(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-    """Store detached estimates in ``.grad`` so that any torch optimizer can step on them."""
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g.detach().clone()
-
-
 def log10_total_variance(rows: Tensor, batch: int = 1) -> float | None:
     """The project's one variance figure: log10 of ``sum_p Var(g_p)``, the variance summed over
     parameters (the trace of the covariance, ``E||g - E g||^2``), of the mean of ``batch``

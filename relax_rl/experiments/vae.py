@@ -268,11 +268,12 @@ class VAETrainer:
     """One estimator training one model."""
 
     def __init__(self, cfg: VAEConfig, estimator: str, data: dict[str, Tensor]) -> None:
-        th.manual_seed(cfg.seed)
         self.cfg, self.estimator, self.data = cfg, estimator, data
         x_dim = data["train"].shape[1]
-        self.model = DiscreteVAE(x_dim, cfg.model, cfg.latents, data["train"].mean(0))
-        self.cv = ControlVariates(estimator, self.model.n_layers, cfg.latents, x_dim)
+        with th.random.fork_rng():  # seeded initial weights, the caller's global RNG untouched
+            th.manual_seed(cfg.seed)
+            self.model = DiscreteVAE(x_dim, cfg.model, cfg.latents, data["train"].mean(0))
+            self.cv = ControlVariates(estimator, self.model.n_layers, cfg.latents, x_dim)
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.cv_opt = th.optim.Adam(self.cv.parameters(), lr=cfg.cv_lr)
         self.gen = th.Generator().manual_seed(cfg.seed)
