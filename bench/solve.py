@@ -15,13 +15,16 @@ solved seeds) and training env-steps/s (median, min-max). SB3's agents use rl-zo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import statistics
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+from relax_rl.runner import GridRun, run_grid
 
 SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
     ("sb3-a2c", "CartPole-v1"): dict(n_envs=8, kwargs=dict(ent_coef=0.0)),
@@ -46,15 +49,14 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
 
 
 def run_one(
-    agent: str,
-    env_id: str,
-    seed: int,
+    cell: GridRun,
     max_steps: int,
     threshold: float,
     preset: str | None,
     overrides: list[str],
 ) -> dict:
-    """Train one agent on one seed until solved; return its numbers (runs in a worker)."""
+    """Train one agent on one seed until solved; return its numbers (a grid worker)."""
+    agent, env_id, seed = cell.algo, cell.env_id, cell.seed
     import torch
 
     torch.set_num_threads(1)
@@ -166,25 +168,35 @@ def main() -> None:
         flush=True,
     )
     results = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [
-            pool.submit(run_one, a, args.env, s, args.max_steps, threshold, args.preset, args.set)
-            for a, s in jobs
-        ]
-        for future in as_completed(futures):  # each run as it ends: long grids show progress
-            r = future.result()
-            results.append(r)
-            print(
-                f"  {r['agent']} seed {r['seed']}: solved at {r['solved_at_env_steps']} env "
-                f"steps ({r['solved_at_episodes']} episodes), {r['env_steps_per_s']:,.0f} "
-                f"steps/s, last-100 mean {r['final_mean_return_100']}",
-                flush=True,
-            )
+
+    def report(cell: GridRun, r: dict) -> None:  # each run as it ends: long grids show progress
+        if r.get("status") == "failed":
+            print(f"  {cell.algo} seed {cell.seed}: failed: {r['error']}", flush=True)
+            return
+        results.append(r)
+        print(
+            f"  {r['agent']} seed {r['seed']}: solved at {r['solved_at_env_steps']} env "
+            f"steps ({r['solved_at_episodes']} episodes), {r['env_steps_per_s']:,.0f} "
+            f"steps/s, last-100 mean {r['final_mean_return_100']}",
+            flush=True,
+        )
+
+    # The project's grid runner (process pool); no run folders: results come back as dicts.
+    with tempfile.TemporaryDirectory() as scratch:
+        cells = [GridRun(a, args.env, s, Path(scratch) / f"{a}-s{s}") for a, s in jobs]
+        worker = functools.partial(
+            run_one,
+            max_steps=args.max_steps,
+            threshold=threshold,
+            preset=args.preset,
+            overrides=args.set,
+        )
+        run_grid(cells, worker, jobs=args.jobs, on_done=report)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     head = (
         f"{'agent':<11}{'solved':>8}{'env steps to solve':>28}{'episodes to solve':>24}"
-        f"{'env-steps/s':>22}"
+        f"{'env-steps/s':>26}"
     )
     print(head)
     for agent in args.agents:
@@ -194,7 +206,7 @@ def main() -> None:
             f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
             f"{_fmt([r['solved_at_env_steps'] for r in solved]):>28}"
             f"{_fmt([r['solved_at_episodes'] for r in solved]):>24}"
-            f"{_fmt([r['env_steps_per_s'] for r in rs]):>22}"
+            f"{_fmt([r['env_steps_per_s'] for r in rs]):>26}"
         )
     if args.paired and len(args.agents) >= 2:
         a, b = args.agents[:2]

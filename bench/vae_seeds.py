@@ -86,7 +86,7 @@ def main() -> None:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        from relax_rl.compare import parse_seeds
+        from relax_rl.runner import parse_seeds
 
         cells = list(itertools.product(args.models, args.estimators, parse_seeds(args.seeds)))
         with ProcessPoolExecutor(args.jobs) as pool:

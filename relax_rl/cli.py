@@ -519,7 +519,7 @@ def _check_finished_runs_match(runs, settings: dict) -> None:
     would mix two experiments."""
     import yaml
 
-    from relax_rl.compare import is_finished
+    from relax_rl.runner import is_finished
     from relax_rl.training import run_config
 
     for run in runs:
@@ -559,8 +559,8 @@ def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
-    from relax_rl.compare import aggregate, grad_variance_stats, read_curves, write_report
     from relax_rl.plotting import plot_compare
+    from relax_rl.report import aggregate, grad_variance_stats, read_curves, write_report
 
     for d, s in zip(run_dirs, summaries, strict=True):
         s.update(grad_variance_stats(d, s.get("solved_at_env_steps")))
@@ -585,8 +585,8 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
 def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
-    from relax_rl.compare import BACKENDS, GridRun, parse_seeds, run_grid
     from relax_rl.envs import check_env_id
+    from relax_rl.runner import BACKENDS, GridRun, parse_seeds, run_grid
 
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")

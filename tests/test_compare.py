@@ -10,7 +10,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from relax_rl.cli import main
-from relax_rl.compare import parse_seeds
+from relax_rl.runner import parse_seeds
 
 GRID = [
     "compare",
