@@ -26,6 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
+from relax_rl.estimators import categorical_log_prob, categorical_sample, uniform_noise
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
@@ -226,17 +227,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         capacity = rollout_buffer.buffer_size
         whole_episode = self.n_steps == 0
         n_envs, n_actions = env.num_envs, rollout_buffer.n_actions
-        eps = th.finfo(th.float32).eps
         for n_steps in range(1, capacity + 1):
             obs_t = obs_as_tensor(self._last_obs, self.device)
             # Drawn on the CPU generator (saved with the model), so runs repeat on any device.
-            noise = th.rand((2, n_envs, n_actions), generator=self._noise_gen).clamp_(eps, 1 - eps)
-            noise = noise.to(self.device)
+            noise = uniform_noise((2, n_envs, n_actions), self._noise_gen).to(self.device)
             with th.no_grad():
                 logits, values = self.policy.logits_and_values(obs_t)
-                log_p = th.log_softmax(logits, -1)
-                actions = (log_p - th.log(-th.log(noise[0]))).argmax(-1)
-                log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+                _, actions = categorical_sample(logits, noise[0])
+                log_probs = categorical_log_prob(logits, actions)
             new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
             self.num_timesteps += n_envs
             callback.update_locals(locals())
@@ -298,7 +296,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         advantages: th.Tensor,
     ) -> th.Tensor:
         """Per-sample surrogate to *minimise*; its gradient w.r.t. the actor is minus the
-        policy-gradient estimate. The one thing an agent defines."""
+        policy-gradient estimate (with its ``train``, what each algorithm defines)."""
 
     def losses(self, data: GumbelRolloutSamples) -> Losses:
         """The losses of a batch; ``pg_loss`` (the batch mean of the agent's surrogate) has
