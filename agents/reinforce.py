@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
-from relax_rl.agents.a2c import A2C
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from relax_rl.agents.a2c import A2C
 from relax_rl.policies import GumbelPolicy
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
-from relax_rl.agents.a2c import A2C
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from torch import nn
 
+from relax_rl.agents.a2c import A2C
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import (
     categorical_conditional,

@@ -29,10 +29,9 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 
 
 def _make(algo: str, seed: int):
+    from relax_rl import config as cfg
     from relax_rl.agents import ALGOS
     from relax_rl.envs import make_env
-
-    from relax_rl import config as cfg
 
     path = CONFIGS / f"{algo}.yaml"
     settings = cfg.select(cfg.load_config_file(path), "CartPole-v1", path)

@@ -60,13 +60,13 @@ def run_one(
     import torch
 
     torch.set_num_threads(1)
-    from relax_rl.agents import ALGOS
-    from relax_rl.envs import make_env
     from stable_baselines3 import A2C as SB3A2C
     from stable_baselines3 import PPO as SB3PPO
 
     from relax_rl import config as cfg
+    from relax_rl.agents import ALGOS
     from relax_rl.callbacks import EpisodeTracker
+    from relax_rl.envs import make_env
 
     if agent.startswith("sb3-"):
         zoo = SB3_ZOO[(agent, env_id)]

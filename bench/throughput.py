@@ -3,10 +3,11 @@
 CartPole-v1, 8 envs in a DummyVecEnv, n_steps 5 (rl-zoo3's A2C settings), one torch thread
 (``--threads``). ``relax`` is RELAX with its defaults (optimal kappa, per-sample objective),
 ``relax-batch`` with the paper's batch objective and learned kappa (double backward through the
-policy network). Each repeat trains every agent for ``--steps`` env steps, in turn, from a
-fresh model; the table gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as
-median (min-max) over ``--repeats``. Then the cost split of one update (collect, forward,
-backward, the variance objective, optimizer steps) in microseconds.
+policy network); ``NAME@envpool`` the same agent on ``vec_env: envpool`` (where installed).
+Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh model; the table
+gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as median (min-max) over
+``--repeats``. Then the cost split of one update (collect, forward, the variance objective,
+optimizer steps, the rest of train) in microseconds.
 
     python bench/throughput.py [--steps 50000] [--repeats 5]
 """
@@ -19,17 +20,21 @@ import time
 
 import torch as th
 
+from relax_rl.envs.envpool_vec import envpool_ids
+
 
 def _fmt(xs: list[float], digits: int = 0) -> str:
     return f"{statistics.median(xs):,.{digits}f} ({min(xs):,.{digits}f}-{max(xs):,.{digits}f})"
 
 
 def _make(name: str, seed: int):
-    from relax_rl.agents import A2C, RELAX
-    from relax_rl.envs import make_env
     from stable_baselines3 import A2C as SB3A2C
 
-    env = make_env("CartPole-v1", 8, seed)
+    from relax_rl.agents import A2C, RELAX
+    from relax_rl.envs import make_env
+
+    name, _, vec = name.partition("@")  # "a2c@envpool": the same agent on envpool's pool
+    env = make_env("CartPole-v1", 8, seed, vec_env=vec or "dummy")
     if name == "sb3-a2c":
         return SB3A2C("MlpPolicy", env, seed=seed, ent_coef=0.0, device="cpu")
     if name == "relax-batch":  # the paper's variance objective: double backward through the net
@@ -93,6 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     agents = ["sb3-a2c", "a2c", "relax", "relax-batch"]
+    if envpool_ids():
+        agents += ["a2c@envpool", "relax@envpool"]
     fps: dict[str, list[float]] = {a: [] for a in agents}
     ratio: dict[str, list[float]] = {a: [] for a in agents}
     for r in range(args.repeats):

@@ -8,6 +8,7 @@ rewards: the ladder on which an action-dependent control variate is measured).
 """
 
 from gymnasium.envs.registration import register, registry
+
 from relax_rl.envs.bandit import ContextualBanditEnv
 from relax_rl.envs.chain import ChainEnv
 from relax_rl.envs.toy import BernoulliToyEnv

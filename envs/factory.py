@@ -8,8 +8,11 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.error import DependencyNotInstalled, Error
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
+from relax_rl.envs.envpool_vec import EnvpoolVecEnv
+
+VEC_ENVS = ("dummy", "subproc", "envpool")
 EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "mujoco"}
 
 
@@ -35,14 +38,22 @@ def make_env(
     vec_env: str = "dummy",
     env_kwargs: dict[str, Any] | None = None,
 ) -> VecEnv:
-    """``n_envs`` copies of ``env_id`` in a VecEnv, each in SB3's ``Monitor`` (episode returns for
-    the logger and callbacks), seeded ``seed, seed + 1, ...``."""
+    """``n_envs`` copies of ``env_id`` in a VecEnv with episode statistics for the logger and
+    callbacks (SB3's ``Monitor``, or ``VecMonitor`` over envpool), seeded ``seed, seed + 1, ...``.
+
+    :param vec_env: ``dummy`` (one process), ``subproc`` (a process per env) or ``envpool``
+        (envpool's C++ pool; its own env ids only, no ``env_kwargs``).
+    """
     check_env_id(env_id)
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if vec_env == "envpool":
+        if env_kwargs:
+            raise ValueError("vec_env envpool takes no env_kwargs; use dummy or subproc")
+        return VecMonitor(EnvpoolVecEnv(env_id, n_envs, seed))
     vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
     if vec_cls is None:
-        raise ValueError(f"unknown vec_env {vec_env!r}; valid: dummy, subproc")
+        raise ValueError(f"unknown vec_env {vec_env!r}; valid: {', '.join(VEC_ENVS)}")
     try:
         return make_vec_env(
             env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, env_kwargs=env_kwargs

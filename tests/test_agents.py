@@ -8,8 +8,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from relax_rl.agents import ALGOS
-from relax_rl.envs import make_env
 from stable_baselines3.common.callbacks import (
     CallbackList,
     CheckpointCallback,
@@ -17,7 +15,9 @@ from stable_baselines3.common.callbacks import (
     StopTrainingOnRewardThreshold,
 )
 
+from relax_rl.agents import ALGOS
 from relax_rl.buffers import GumbelRolloutBuffer, compute_gae
+from relax_rl.envs import make_env
 from relax_rl.on_policy import TrainingDivergedError
 from relax_rl.training import RunSpec, train
 

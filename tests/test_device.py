@@ -4,10 +4,10 @@ a GPU machine with ``pytest tests/test_device.py``). What CPU alone can check of
 
 import pytest
 import torch as th
-from relax_rl.agents import ALGOS
-from relax_rl.envs import make_env
 
+from relax_rl.agents import ALGOS
 from relax_rl.diagnostics import gradient_variance
+from relax_rl.envs import make_env
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 DEVICE = "cuda"

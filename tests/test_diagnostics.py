@@ -6,15 +6,15 @@ import math
 import pytest
 import torch as th
 from conftest import run_updates
-from relax_rl.agents import ALGOS
-from relax_rl.envs import make_env
 from stable_baselines3.common.logger import configure
 
+from relax_rl.agents import ALGOS
 from relax_rl.diagnostics import (
     GradientVarianceCallback,
     gradient_variance,
     log10_total_variance,
 )
+from relax_rl.envs import make_env
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 

@@ -1,5 +1,6 @@
 import gymnasium as gym
 import pytest
+
 from relax_rl.envs import TOY_ENV_ID
 
 

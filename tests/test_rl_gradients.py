@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import run_updates
+
 from relax_rl.agents import A2C, REINFORCE, RELAX
 from relax_rl.envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
 

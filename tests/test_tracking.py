@@ -98,10 +98,10 @@ def test_sb3_wandb_callback_works_when_passed(name, tmp_path, monkeypatch, no_ne
     hyperparameters, logs gradient histograms through ``wandb.watch`` (RELAX's double backward
     included) and saves the model."""
     import wandb
-    from relax_rl.agents import ALGOS
-    from relax_rl.envs import make_env
     from wandb.integration.sb3 import WandbCallback
 
+    from relax_rl.agents import ALGOS
+    from relax_rl.envs import make_env
     from relax_rl.tracking import TrackingConfig
     from relax_rl.training import RunSpec, train
 
@@ -152,9 +152,10 @@ def test_sb3_wandb_callback_works_when_passed(name, tmp_path, monkeypatch, no_ne
 def test_sb3_wandb_callback_with_a_users_own_wandb_run(tmp_path, monkeypatch, no_network):
     """The SB3 docs' recipe, unchanged: wandb.init, then learn(callback=WandbCallback())."""
     import wandb
+    from wandb.integration.sb3 import WandbCallback
+
     from relax_rl.agents import RELAX
     from relax_rl.envs import make_env
-    from wandb.integration.sb3 import WandbCallback
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = wandb.init(project="p", mode="offline", dir=str(tmp_path), sync_tensorboard=False)
