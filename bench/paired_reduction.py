@@ -70,10 +70,11 @@ def main() -> None:
         summaries = json.loads((out / "summary.json").read_text())
         summaries = summaries.get("runs", summaries) if isinstance(summaries, dict) else summaries
         solved = {(s["algo"], s["seed"]): s.get("solved_at_env_steps") for s in summaries}
+        threshold = summaries[0].get("threshold")
         print(f"\n{env_id} (grad_var_freq {freq})")
         print(
             f"{'seed':>4} {'reduction, run':>18} {'reduction, 1st half':>20} "
-            f"{'a2c steps':>10} {'relax steps':>12}"
+            f"{'env steps to the threshold (a2c, relax)':>40}"
         )
         per_seed = []
         for run_dir in sorted(out.glob("relax-s*")):
@@ -82,10 +83,8 @@ def main() -> None:
             half = [r for s, r in zip(steps, red, strict=True) if s <= steps[-1] / 2]
             per_seed.append(statistics.fmean(red))
             a2c, rlx = solved.get(("a2c", seed)), solved.get(("relax", seed))
-            print(
-                f"{seed:>4} {mean_2se(red):>18} {mean_2se(half):>20} "
-                f"{a2c if a2c else '-':>10} {rlx if rlx else '-':>12}"
-            )
+            to_go = "no threshold" if threshold is None else f"{a2c or '-'}, {rlx or '-'}"
+            print(f"{seed:>4} {mean_2se(red):>18} {mean_2se(half):>20} {to_go:>40}")
         print(
             f"median {statistics.median(per_seed):+.3f} "
             f"(min {min(per_seed):+.3f}, max {max(per_seed):+.3f}) over seeds"

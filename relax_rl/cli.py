@@ -613,7 +613,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         outcome = (
             f"solved at {solved:,} env steps"
             if solved is not None
-            else summary.get("error") or "not solved"
+            else summary.get("error")
+            or ("not solved" if summary.get("threshold") is not None else "no threshold")
         )
         print(f"{run.algo} seed {run.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
 
