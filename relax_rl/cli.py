@@ -475,31 +475,31 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_run_plot)
 
 
-def _grid_spec(run, settings: dict, tracking):
+def _grid_spec(cell, settings: dict, tracking):
     """The RunSpec of one cell of a compare grid."""
     from relax_rl import config as cfg
     from relax_rl.envs import make_env, reward_threshold
     from relax_rl.training import RunSpec
 
-    algo_cls = _algo_class(run.algo)
-    run_keys, agent_kwargs = cfg.validate(settings[run.algo], algo_cls)
+    algo_cls = _algo_class(cell.algo)
+    run_keys, agent_kwargs = cfg.validate(settings[cell.algo], algo_cls)
     if run_keys["threshold"] is None:
-        run_keys["threshold"] = reward_threshold(run.env_id)
+        run_keys["threshold"] = reward_threshold(cell.env_id)
     return RunSpec(
-        run.algo,
+        cell.algo,
         algo_cls,
-        run.env_id,
-        run.seed,
-        run.out,
+        cell.env_id,
+        cell.seed,
+        cell.out,
         run_keys,
         agent_kwargs,
-        lambda n, s: make_env(run.env_id, n, s, vec_env=run_keys["vec_env"]),
+        lambda n, s: make_env(cell.env_id, n, s, vec_env=run_keys["vec_env"]),
         progress=False,
         tracking=tracking,
     )
 
 
-def _grid_worker(run, settings: dict, tracking) -> dict:
+def _grid_worker(cell, settings: dict, tracking) -> dict:
     """Train one cell of a compare grid (in a worker process)."""
     import shutil
 
@@ -508,13 +508,13 @@ def _grid_worker(run, settings: dict, tracking) -> dict:
     from relax_rl.training import train
 
     torch.set_num_threads(1)
-    spec = _grid_spec(run, settings, tracking)
-    if run.out.exists():  # an unfinished earlier attempt: start it again
-        shutil.rmtree(run.out)
+    spec = _grid_spec(cell, settings, tracking)
+    if cell.out.exists():  # an unfinished earlier attempt: start it again
+        shutil.rmtree(cell.out)
     return train(spec)
 
 
-def _check_finished_runs_match(runs, settings: dict) -> None:
+def _check_finished_runs_match(cells, settings: dict) -> None:
     """Refuse to resume into a folder whose finished runs used other settings: the report
     would mix two experiments."""
     import yaml
@@ -522,18 +522,18 @@ def _check_finished_runs_match(runs, settings: dict) -> None:
     from relax_rl.runner import is_finished
     from relax_rl.training import run_config
 
-    for run in runs:
-        if not is_finished(run.out):
+    for cell in cells:
+        if not is_finished(cell.out):
             continue
         try:
-            old = yaml.safe_load((run.out / "config.yaml").read_text()) or {}
+            old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             old = {}
-        new = run_config(_grid_spec(run, settings, None))
+        new = run_config(_grid_spec(cell, settings, None))
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
                 raise UsageError(
-                    f"{run.out} finished with {key}={old.get(key)!r} but this grid has "
+                    f"{cell.out} finished with {key}={old.get(key)!r} but this grid has "
                     f"{key}={new.get(key)!r}; give a new --out, or the same settings to resume"
                 )
 
@@ -604,11 +604,11 @@ def _run_compare(args: argparse.Namespace) -> int:
     if tracking is not None and tracking.group is None:
         # Named after the output folder, so that a resumed comparison stays in one group.
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
-    runs = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
-    _check_finished_runs_match(runs, settings)
+    cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
+    _check_finished_runs_match(cells, settings)
     worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
 
-    def done(run, summary) -> None:
+    def done(cell, summary) -> None:
         solved = summary.get("solved_at_env_steps")
         outcome = (
             f"solved at {solved:,} env steps"
@@ -616,10 +616,10 @@ def _run_compare(args: argparse.Namespace) -> int:
             else summary.get("error")
             or ("not solved" if summary.get("threshold") is not None else "no threshold")
         )
-        print(f"{run.algo} seed {run.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
+        print(f"{cell.algo} seed {cell.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
 
     summaries = run_grid(
-        runs,
+        cells,
         worker,
         jobs=args.jobs,
         on_done=done,
@@ -627,7 +627,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_storage=args.out / "ray",
     )
-    _write_comparison(args.out, [r.out for r in runs], summaries)
+    _write_comparison(args.out, [cell.out for cell in cells], summaries)
     print((args.out / "report.md").read_text())
     return 0
 

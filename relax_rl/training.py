@@ -36,7 +36,7 @@ class RunSpec:
     env_id: str
     seed: int
     out: Path
-    run: dict[str, Any]
+    settings: dict[str, Any]
     agent_kwargs: dict[str, Any]
     make_env: Callable[[int, int], VecEnv]
     progress: bool = True
@@ -45,14 +45,14 @@ class RunSpec:
     tracking: TrackingConfig | None = None
 
 
-class Run:
-    """A training run in progress (see :func:`train`)."""
+class RunFolder:
+    """The run folder of a training run in progress: its status and summary (see :func:`train`)."""
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.out = spec.out
         self.tracker = EpisodeTracker(
-            spec.run["threshold"], stop_when_solved=spec.run["stop_when_solved"]
+            spec.settings["threshold"], stop_when_solved=spec.settings["stop_when_solved"]
         )
         self.start = time.perf_counter()
         self.model: Any = None
@@ -74,7 +74,7 @@ class Run:
             "episodes": self.tracker.episodes,
             "wall_s": round(wall, 3),
             "env_steps_per_s": round(steps / wall, 1) if wall > 0 else None,
-            "threshold": self.spec.run["threshold"],
+            "threshold": self.spec.settings["threshold"],
             "solved_at_env_steps": self.tracker.solved_at_env_steps,
             "solved_at_episodes": self.tracker.solved_at_episodes,
             "final_mean_return_100": self.tracker.mean_return,
@@ -96,11 +96,11 @@ def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
     """The final policy's greedy return on a fresh env (seed + 10000), by the one eval loop."""
     env = spec.make_env(1, spec.seed + 10_000)
     try:
-        result = evaluate(model, env, spec.run["eval_episodes"], deterministic=True)
+        result = evaluate(model, env, spec.settings["eval_episodes"], deterministic=True)
     finally:
         env.close()
     return {
-        "eval_episodes": spec.run["eval_episodes"],
+        "eval_episodes": spec.settings["eval_episodes"],
         "eval_mean_return": result.mean,
         "eval_std_return": result.std,
     }
@@ -114,7 +114,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     """The training env and a new agent for ``spec`` (raises on bad settings or spaces)."""
-    env = spec.make_env(spec.run["n_envs"], spec.seed)
+    env = spec.make_env(spec.settings["n_envs"], spec.seed)
     try:
         model = spec.algo_cls(
             "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
@@ -131,7 +131,7 @@ def run_config(spec: RunSpec) -> dict[str, Any]:
         "algo": spec.algo,
         "env_id": spec.env_id,
         "seed": spec.seed,
-        **to_yaml_safe(spec.run),
+        **to_yaml_safe(spec.settings),
         **to_yaml_safe(spec.agent_kwargs),
     }
 
@@ -148,10 +148,10 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = run_config(spec)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run = Run(spec)
+    folder = RunFolder(spec)
     if model is None or env is None:
         model, env = build(spec)
-    run.model = model
+    folder.model = model
     formats = [
         make_output_format(f, str(out)) for f in (["csv", "stdout"] if spec.verbose else ["csv"])
     ]
@@ -161,48 +161,46 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         wandb_run = start_run(spec.tracking, name, config, out)
         formats.append(WandbOutputFormat(wandb_run))
     model.set_logger(Logger(str(out), formats))
-    run.write_summary()
+    folder.write_summary()
 
-    n_envs = spec.run["n_envs"]
+    n_envs = spec.settings["n_envs"]
     checkpoint = CheckpointCallback(
-        save_freq=max(1, spec.run["checkpoint_freq"] // n_envs),
+        save_freq=max(1, spec.settings["checkpoint_freq"] // n_envs),
         save_path=str(out / "checkpoints"),
         name_prefix="model",
     )
     callbacks: list[BaseCallback] = [
-        run.tracker,
+        folder.tracker,
         checkpoint,
-        PeriodicCallback(spec.run["checkpoint_freq"], run.write_summary),
-        GradientVarianceCallback(spec.run.get("grad_var_freq", RUN_KEYS["grad_var_freq"][1])),
+        PeriodicCallback(spec.settings["checkpoint_freq"], folder.write_summary),
+        GradientVarianceCallback(spec.settings.get("grad_var_freq", RUN_KEYS["grad_var_freq"][1])),
         *spec.extra_callbacks,
     ]
     if spec.progress:
         callbacks.append(ReturnProgressBar())
     try:
-        model.learn(spec.run["total_steps"], callback=CallbackList(callbacks))
-        run.end = time.perf_counter()
-        run.status = (
-            "solved"
-            if (spec.run["stop_when_solved"] and run.tracker.solved_at_env_steps is not None)
-            else "completed"
-        )
-        if spec.run["eval_episodes"] > 0:
-            run.evaluation = _evaluate(spec, model)
+        model.learn(spec.settings["total_steps"], callback=CallbackList(callbacks))
+        folder.end = time.perf_counter()
+        solved = folder.tracker.solved_at_env_steps is not None
+        stopped = spec.settings["stop_when_solved"] and solved
+        folder.status = "solved" if stopped else "completed"
+        if spec.settings["eval_episodes"] > 0:
+            folder.evaluation = _evaluate(spec, model)
     except KeyboardInterrupt:
-        run.status = "interrupted"
+        folder.status = "interrupted"
         model.save(out / "checkpoints" / f"model_interrupted_{model.num_timesteps}_steps")
         raise
     except TrainingDivergedError as exc:
-        run.status, run.error = "diverged", str(exc)
+        folder.status, folder.error = "diverged", str(exc)
         raise
     except Exception as exc:
-        run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+        folder.status, folder.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if run.status != "running":
-            run.save_model()
-            summary = run.write_summary()
+        if folder.status != "running":
+            folder.save_model()
+            summary = folder.write_summary()
             if wandb_run is not None:
                 finish(wandb_run, summary)
         env.close()
-    return run.summary()
+    return folder.summary()

@@ -253,7 +253,7 @@ def _spec(tmp_path, name, total_steps=2_000, **run):
 
 def test_nan_stops_training_and_keeps_checkpoint_and_summary(tmp_path, monkeypatch):
     spec = _spec(tmp_path, "relax")
-    spec.run["grad_var_freq"] = 0  # so that only the update calls the surrogate
+    spec.settings["grad_var_freq"] = 0  # so that only the update calls the surrogate
     cls = spec.algo_cls
     original = cls.policy_surrogate
     calls = {"n": 0}
