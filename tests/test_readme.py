@@ -1,6 +1,7 @@
 """The README's Python examples run as written (in a scratch folder)."""
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,4 +17,7 @@ def test_the_readme_has_python_examples():
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    if "wandb" in sys.modules:  # its settings keep the folder of the process's first run
+        sys.modules["wandb"].teardown()
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})

@@ -8,6 +8,22 @@ import pytest
 from relax_rl.cli import main
 
 
+def wandb_payload(path) -> bytes:
+    """The records of a ``.wandb`` file, unframed. The file is a leveldb-style log: 32 KiB blocks
+    of records, each with a 7-byte header, a record longer than a block's rest split into
+    fragments; searching the raw bytes misses a key that straddles a block boundary."""
+    raw, block, pos, out = path.read_bytes(), 32768, 7, bytearray()
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:  # the block's zero padding
+            pos += left
+            continue
+        length = int.from_bytes(raw[pos + 4 : pos + 6], "little")
+        out += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+    return bytes(out)
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a non-local connection fails the test."""
@@ -54,7 +70,7 @@ def test_track_offline_writes_run_files_with_keys(tmp_path, monkeypatch, no_netw
     assert code == 0
     files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    data = files[0].read_bytes()
+    data = wandb_payload(files[0])
     for key in (
         b"global_step",
         b"train/policy_loss",
@@ -137,7 +153,7 @@ def test_sb3_wandb_callback_works_when_passed(name, tmp_path, monkeypatch, no_ne
     assert wandb.run is user_run  # still open: the user started it
     user_run.finish()
     assert (models / "model.zip").exists()
-    data = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    data = wandb_payload(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     for key in (
         b"gradients/",
         b"gamma",
@@ -162,5 +178,5 @@ def test_sb3_wandb_callback_with_a_users_own_wandb_run(tmp_path, monkeypatch, no
     model = RELAX("MlpPolicy", make_env("CartPole-v1", 2, 0), seed=0, **TINY_AGENT)
     model.learn(400, callback=WandbCallback(gradient_save_freq=5, verbose=0))
     run.finish()
-    data = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    data = wandb_payload(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     assert b"gradients/" in data and b"RELAX" in data
