@@ -98,8 +98,8 @@ class A2C(GumbelOnPolicyAlgorithm):
         logits: th.Tensor,
         log_prob: th.Tensor,
         advantages: th.Tensor,
-    ) -> th.Tensor:
-        return reinforce(-advantages, log_prob)
+    ) -> tuple[th.Tensor, None]:
+        return reinforce(-advantages, log_prob), None
 
     def train(self) -> None:
         """One update on the whole rollout: ``pg_loss + vf_coef * value_loss - ent_coef *
@@ -111,8 +111,12 @@ class A2C(GumbelOnPolicyAlgorithm):
         self._check_finite(
             pg_loss=losses.pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
         )
-        loss = losses.pg_loss + self.vf_coef * losses.value_loss - self.ent_coef * losses.entropy
-        self.policy.optimizer.zero_grad(set_to_none=True)
+        loss = (
+            losses.actor_objective
+            + self.vf_coef * losses.value_loss
+            - self.ent_coef * losses.entropy
+        )
+        self._zero_policy_grads()
         loss.backward()
         grad_norm = self._clip_and_check()
         self.policy.optimizer.step()

@@ -5,47 +5,49 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from torch import nn
 
 from relax_rl.agents.a2c import A2C
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import (
     categorical_conditional,
     categorical_sample,
+    categorical_score,
     estimate_with_variance_loss,
     reinforce,
-    relax,
+    relax_from_values,
 )
-from relax_rl.on_policy import Losses
+from relax_rl.on_policy import Losses, total_grad_norm
 from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVariate
 
 KAPPA_MODES = ("optimal", "learned")
 VARIANCE_OBJECTIVES = ("per_sample", "batch")
 
 
-def _shrunk_ratio(gh: th.Tensor, hh: th.Tensor) -> th.Tensor:
-    """``kappa = -sum gh / sum hh`` from per-sample moments, shrunk towards 0 by its own noise:
+def _cross_fitted_kappa(gh: np.ndarray, hh: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Each sample's ``kappa``: the other half's ``-sum gh / sum hh`` (from per-sample moments;
+    ``half`` is 0 or 1 per sample), shrunk towards 0 by its own noise:
     ``kappa * max(0, 1 - se^2 / kappa^2)`` (positive-part James-Stein), with ``se`` the
     jackknife's (leave one sample out), which sees what a delta-method error misses: a ratio
     carried by one rare sample (an exploratory action of a near-deterministic policy). An
     estimated kappa adds ``(kappa - kappa*)^2 E[h.h]`` of variance; where ``h`` does not help,
-    shrinking it cuts that cost, so that RELAX falls back to its baseline estimator."""
-    m, total_gh, total_hh = gh.numel(), gh.sum(), hh.sum()
-    if m < 2 or float(total_hh) <= 0:
-        return th.zeros((), dtype=hh.dtype, device=hh.device)
-    kappa = -total_gh / total_hh
-    loo = -(total_gh - gh) / (total_hh - hh).clamp_min(th.finfo(hh.dtype).tiny)
-    se2 = (m - 1) / m * (loo - loo.mean()).pow(2).sum()
-    return kappa * (1 - se2 / kappa.pow(2).clamp_min(th.finfo(hh.dtype).tiny)).clamp_min(0)
-
-
-def _total_norm(params: list[nn.Parameter]) -> th.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return th.zeros(())
-    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(g) for g in grads]))
+    shrinking it cuts that cost, so that RELAX falls back to its baseline estimator. A half
+    with fewer than 2 samples or no ``h`` gives 0. In float64 numpy: a statistic of a few
+    hundred numbers, where torch's per-call overhead would cost more than the arithmetic."""
+    tiny = np.finfo(np.float64).tiny
+    kappa = np.zeros(2)
+    for k in (0, 1):
+        g, h = gh[half == k], hh[half == k]
+        m, total_gh, total_hh = g.size, g.sum(), h.sum()
+        if m < 2 or total_hh <= 0:
+            continue
+        ratio = -total_gh / total_hh
+        loo = -(total_gh - g) / np.maximum(total_hh - h, tiny)
+        se2 = (m - 1) / m * np.square(loo - loo.mean()).sum()
+        kappa[k] = ratio * max(0.0, 1 - se2 / max(ratio * ratio, tiny))
+    return kappa[1 - half]
 
 
 class RELAX(A2C):
@@ -199,7 +201,7 @@ class RELAX(A2C):
         self.control_variate = cv.to(self.device)
         lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
         params = [p for p in cv.parameters() if p.requires_grad]
-        self.cv_optimizer = th.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
+        self.cv_optimizer = th.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, tensors = super()._get_torch_save_params()
@@ -212,37 +214,61 @@ class RELAX(A2C):
         logits: th.Tensor,
         log_prob: th.Tensor,
         advantages: th.Tensor,
-    ) -> th.Tensor:
-        z, _ = categorical_sample(logits, data.noise_u)
-        z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
+    ) -> tuple[th.Tensor, th.Tensor | None]:
         # The state enters c_hat as a constant: c may not depend on theta except through z.
         obs = self.policy.extract_features(data.observations)
         obs = (obs if self.policy.share_features_extractor else obs[0]).detach()
         cv = self.control_variate
-        score = reinforce(-advantages, log_prob)  # A2C's term
-        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa, so
-        # `correction` is what kappa multiplies: RELAX's surrogate minus A2C's.
-        correction = relax(-advantages, log_prob, z, z_tilde, lambda x: -cv.shape(x, obs)) - score
-        if self.kappa_mode == "learned":
+        # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa.
+        f_b = -advantages.detach()
+        score = reinforce(f_b, log_prob)  # A2C's term
+        if self.variance_objective == "batch":
+            # phi's objective differentiates the batch surrogate through the network: the
+            # paper's form, with c at z, z~ and the detached z~ in one evaluation of the MLP.
+            z, _ = categorical_sample(logits, data.noise_u)
+            z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
+            points = th.cat([z, z_tilde, z_tilde.detach()])
+            c_z, c_tilde, c_tilde_const = (-cv.shape(points, obs.repeat(3, 1))).chunk(3)
+            correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde_const) - score
             self._kappa_terms = None
-            return score + cv.kappa * correction
-        (g,) = th.autograd.grad(score.sum(), logits, retain_graph=True)
-        (h,) = th.autograd.grad(correction.sum(), logits, create_graph=True)
-        kappa = self._optimal_kappa(g.detach(), h.detach(), data.env_index)
-        self._kappa_terms = (g.detach(), h, kappa)
-        return score + kappa * correction
+            return score + cv.kappa * correction, None
+        # Per-sample logit gradients, from a detached copy of the logits: the update sends them
+        # through the network, and phi's objective (a function of h) gets a graph of its own.
+        logits = logits.detach().requires_grad_()
+        z, _ = categorical_sample(logits, data.noise_u)
+        z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
+        c_z, c_tilde = (-cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1))).chunk(2)
+        # The score terms' in closed form (d log p(b) / d logits = onehot(b) - p), c's through
+        # z and z~ by autograd with the graph to phi. RELAX's correction (what kappa
+        # multiplies) is -c(z~.detach()) log p(b) + c(z) - c(z~); c(z~) stands in for
+        # c(z~.detach()) where only its value and its phi-gradient count.
+        score_dir = categorical_score(logits.detach(), data.actions)
+        g = f_b.unsqueeze(-1) * score_dir
+        (dc,) = th.autograd.grad((c_z - c_tilde).sum(), logits, create_graph=True)
+        h = dc - c_tilde.unsqueeze(-1) * score_dir
+        if self.kappa_mode == "learned":
+            kappa = cv.kappa
+            logit_grad = g + kappa.detach() * h.detach()
+        else:
+            kappa = self._optimal_kappa(g, h.detach(), data.env_index)
+            logit_grad = g + kappa.unsqueeze(-1) * h.detach()
+        self._kappa_terms = (g, h, kappa)
+        with th.no_grad():  # the value (logged); the update differentiates through logit_grad
+            correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde) - score
+            surrogate = score + kappa * correction
+        return surrogate, logit_grad
 
     def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
         one env, from the running moments of earlier batches); constant in theta and phi."""
-        gh, hh = (g * h).sum(-1), h.pow(2).sum(-1)
         if self.n_envs >= 2:
-            odd = (env_index % 2).bool()
-            from_even, from_odd = _shrunk_ratio(gh[~odd], hh[~odd]), _shrunk_ratio(gh[odd], hh[odd])
-            return th.where(odd, from_even, from_odd)
+            g64, h64 = (x.cpu().numpy().astype(np.float64) for x in (g, h))
+            half = (env_index % 2).cpu().numpy()
+            kappa = _cross_fitted_kappa((g64 * h64).sum(-1), np.square(h64).sum(-1), half)
+            return th.from_numpy(kappa).to(device=g.device, dtype=g.dtype)
         cv = self.control_variate
         kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
-        return kappa.expand_as(gh)
+        return kappa.expand(g.shape[0])
 
     # ---------------------------------------------------------------- the update
     def variance_loss(self, losses: Losses) -> tuple[th.Tensor, list[th.Tensor] | None]:
@@ -260,15 +286,14 @@ class RELAX(A2C):
         Any phi keeps the estimator unbiased; phi is trained on this batch and used on later
         ones.
         """
-        if self.variance_objective == "batch":
+        if self._kappa_terms is None:  # batch
             grads, loss = estimate_with_variance_loss(
                 losses.pg_loss, self.policy.actor_parameters()
             )
             return loss, grads
-        if self._kappa_terms is None:
-            (g_logits,) = th.autograd.grad(losses.surrogate.sum(), losses.logits, create_graph=True)
-            return g_logits.pow(2).sum(-1).mean(), None
-        g, h, _ = self._kappa_terms
+        g, h, kappa = self._kappa_terms
+        if self.kappa_mode == "learned":
+            return (g + kappa * h).pow(2).sum(-1).mean(), None
         gh, hh, gg = (g * h).sum(), h.pow(2).sum(), g.pow(2).sum()
         return -gh.pow(2) / (hh * gg).clamp_min(1e-12), None
 
@@ -280,21 +305,24 @@ class RELAX(A2C):
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.get_all()
         losses = self.losses(data)
-        self._check_finite(
-            pg_loss=losses.pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
-        )
         critic_and_entropy = self.vf_coef * losses.value_loss - self.ent_coef * losses.entropy
-        self.policy.optimizer.zero_grad(set_to_none=True)
-        if self.variance_objective == "batch":  # the actor's gradient comes with phi's loss
-            critic_and_entropy.backward(retain_graph=True)
-        else:
-            (losses.pg_loss + critic_and_entropy).backward(retain_graph=True)
         cv_loss, actor_grads = self.variance_loss(losses)
-        self._check_finite(cv_loss=cv_loss)
-        self.cv_optimizer.zero_grad(set_to_none=True)
-        cv_params = [p for p in self.control_variate.parameters() if p.requires_grad]
-        cv_loss.backward(inputs=cv_params)
-        self._check_finite(cv_grad_norm=_total_norm(cv_params))
+        cv_params = [p for group in self.cv_optimizer.param_groups for p in group["params"]]
+        for p in [*self._policy_parameters(), *cv_params]:
+            p.grad = None
+        if actor_grads is None:
+            # theta's loss and phi's have disjoint graphs (see policy_surrogate): one pass.
+            (losses.actor_objective + critic_and_entropy + cv_loss).backward()
+        else:  # batch: the actor's gradient came with phi's loss (a double backward)
+            critic_and_entropy.backward(retain_graph=True)
+            cv_loss.backward(inputs=cv_params)
+        self._check_finite(
+            pg_loss=losses.pg_loss,
+            value_loss=losses.value_loss,
+            entropy=losses.entropy,
+            cv_loss=cv_loss,
+            cv_grad_norm=total_grad_norm([p.grad for p in cv_params if p.grad is not None]),
+        )
         if actor_grads is not None:
             for p, g in zip(self.policy.actor_parameters(), actor_grads, strict=True):
                 p.grad = g.detach() if p.grad is None else p.grad + g.detach()
@@ -303,23 +331,27 @@ class RELAX(A2C):
         self.cv_optimizer.step()
         self._update_statistics(data)
         self.n_updates += 1
-        self._record_update(losses, grad_norm)
         cv = self.control_variate
-        self.logger.record("train/cv_loss", cv_loss.item())
-        self.logger.record("train/kappa", cv.kappa.item())
-        self.logger.record("train/tau", cv.log_tau.exp().item())
-        self.logger.record("train/cv_scale", cv.scale.item())
+        self._record_update(
+            losses,
+            grad_norm,
+            cv_loss=cv_loss,
+            kappa=cv.kappa,
+            tau=cv.log_tau.exp(),
+            cv_scale=cv.scale,
+        )
 
     def _update_statistics(self, data: GumbelRolloutSamples) -> None:
         """After a successful update, statistics for LATER batches only: the one-env kappa's
         moments and c_hat's scale (the current batch's would bias the estimator)."""
         cv = self.control_variate
         with th.no_grad():
-            if self._kappa_terms is not None:
+            if self._kappa_terms is not None and self.kappa_mode == "optimal":
                 g, h, kappa = self._kappa_terms
-                d, n = self.kappa_decay, g.shape[0]
-                cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
-                cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
+                if self.n_envs == 1:
+                    d, n = self.kappa_decay, g.shape[0]
+                    cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
+                    cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
                 cv.kappa.fill_(kappa.mean())  # the kappa this update used (logged, saved)
             if self.cv_scale_decay is not None:
                 rms = data.advantages.pow(2).mean().sqrt()

@@ -95,10 +95,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--agents",
+        nargs="+",
+        default=None,
+        help="agents besides sb3-a2c (default: a2c relax relax-batch, and @envpool rows)",
+    )
+    parser.add_argument("--no-split", action="store_true", help="skip the cost split")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    agents = ["sb3-a2c", "a2c", "relax", "relax-batch"]
-    if envpool_ids():
+    agents = ["sb3-a2c", *(args.agents or ["a2c", "relax", "relax-batch"])]
+    if args.agents is None and envpool_ids():
         agents += ["a2c@envpool", "relax@envpool"]
     fps: dict[str, list[float]] = {a: [] for a in agents}
     ratio: dict[str, list[float]] = {a: [] for a in agents}
@@ -119,7 +126,7 @@ def main() -> None:
     print(f"{'agent':<10}{'env-steps/s':>26}{'x SB3 A2C (same repeat)':>28}")
     for a in agents:
         print(f"{a:<10}{_fmt(fps[a]):>26}{_fmt(ratio[a], 2):>28}")
-    for name in ("a2c", "relax", "relax-batch"):
+    for name in [] if args.no_split else [a for a in agents if a != "sb3-a2c"]:
         split = update_cost_split(name)
         total = sum(split.values())
         print(f"\n{name} update cost split (us per update of 40 steps; total {total:,.0f}):")

@@ -17,6 +17,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
+from relax_rl.estimators import uniform_noise
+
 
 class GumbelRolloutSamples(NamedTuple):
     """A whole rollout, flattened time-major: row ``t * n_envs + e`` is step ``t`` of env ``e``."""
@@ -47,16 +49,15 @@ def compute_gae(
     value ``last_values`` bootstraps (time-limit truncations are bootstrapped by the collect loop,
     which adds ``gamma * V(terminal obs)`` to the last reward, as SB3 does).
     """
-    steps = rewards.shape[0]
-    advantages = th.zeros_like(rewards)
+    # Everything but the recursion at once; next_* are step t+1's (the cut's for the last step).
+    next_non_terminal = 1.0 - th.cat([episode_starts[1:], last_dones.unsqueeze(0)])
+    next_values = th.cat([values[1:], last_values.unsqueeze(0)])
+    deltas = rewards + gamma * next_values * next_non_terminal - values
+    decay = gamma * gae_lambda * next_non_terminal
+    advantages = th.empty_like(rewards)
     last_gae = th.zeros_like(last_values)
-    for t in reversed(range(steps)):
-        if t == steps - 1:
-            next_non_terminal, next_values = 1.0 - last_dones, last_values
-        else:
-            next_non_terminal, next_values = 1.0 - episode_starts[t + 1], values[t + 1]
-        delta = rewards[t] + gamma * next_values * next_non_terminal - values[t]
-        last_gae = delta + gamma * gae_lambda * next_non_terminal * last_gae
+    for t in reversed(range(rewards.shape[0])):
+        last_gae = deltas[t] + decay[t] * last_gae
         advantages[t] = last_gae
     return advantages, advantages + values
 
@@ -100,6 +101,15 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.noise_v = th.zeros((*shape, self.n_actions), device=dev)
         self.pos, self.full, self.generator_ready = 0, False, False
 
+    def draw_noise(self, generator: th.Generator, step: int | None = None) -> None:
+        """Draw and store the noise (``u`` and ``v``) of ``step``, or of every step, from the
+        CPU ``generator`` (so that runs repeat on any device), in one stream order either way:
+        step by step, ``u`` then ``v``, envs, actions."""
+        steps = self.buffer_size if step is None else 1
+        noise = uniform_noise((steps, 2, self.n_envs, self.n_actions), generator).to(self.device)
+        at = slice(None) if step is None else slice(step, step + 1)
+        self.noise_u[at], self.noise_v[at] = noise[:, 0], noise[:, 1]
+
     def add(  # type: ignore[override]
         self,
         obs: th.Tensor,
@@ -108,10 +118,9 @@ class GumbelRolloutBuffer(RolloutBuffer):
         episode_start: th.Tensor,
         value: th.Tensor,
         log_prob: th.Tensor,
-        noise_u: th.Tensor,
-        noise_v: th.Tensor,
     ) -> None:
-        """Write one vectorised step (all arguments have a leading ``n_envs`` dimension)."""
+        """Write one vectorised step (all arguments have a leading ``n_envs`` dimension); the
+        step's noise is drawn by :meth:`draw_noise`."""
         p = self.pos
         self.observations[p] = obs.reshape(self.n_envs, *self.obs_shape)
         self.actions[p] = action
@@ -119,8 +128,6 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.episode_starts[p] = episode_start
         self.values[p] = value
         self.log_probs[p] = log_prob
-        self.noise_u[p] = noise_u
-        self.noise_v[p] = noise_v
         self.pos += 1
         self.full = self.pos == self.buffer_size
 

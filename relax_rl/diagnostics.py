@@ -103,7 +103,7 @@ def gradient_variance(
     losses = th.func.functional_call(
         _BatchLosses(model), {f"policy.{k}": v for k, v in copies.items()}, (data,), strict=False
     )
-    per_sample = [losses.surrogate]
+    per_sample = [losses.per_sample_objective]
     if model.paired_baseline:
         log_prob = categorical_log_prob(losses.logits, data.actions)
         per_sample.append(reinforce(-losses.advantages, log_prob))

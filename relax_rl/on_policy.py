@@ -26,34 +26,64 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
-from relax_rl.estimators import categorical_log_prob, categorical_sample, uniform_noise
+from relax_rl.estimators import gumbel, gumbel_max
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
 
 OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
     # SB3 A2C's RMSprop settings (alpha 0.99, eps 1e-5) and SB3's Adam eps; foreach: one
-    # multi-tensor kernel per step instead of a Python loop over parameters (same numbers).
+    # multi-tensor kernel per operation instead of a Python loop over parameters (same numbers);
+    # fused (Adam only): one kernel for the whole step.
     "rmsprop": (
         th.optim.RMSprop,
         {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0, "foreach": True},
     ),
-    "adam": (th.optim.Adam, {"eps": 1e-5, "foreach": True}),
+    "adam": (th.optim.Adam, {"eps": 1e-5, "fused": True}),
 }
 
 
+def total_grad_norm(grads: list[th.Tensor]) -> th.Tensor:
+    """The global 2-norm of ``grads``: ``get_total_norm``'s number, in three ops (torch's also
+    moves every per-tensor norm to one device: a call per parameter)."""
+    if not grads:
+        return th.zeros(())
+    return th.linalg.vector_norm(th.stack(th._foreach_norm(grads)))
+
+
 class Losses(NamedTuple):
-    """A batch's losses: the per-sample policy surrogate, the logits it was built from."""
+    """A batch's losses: the per-sample policy surrogate, the logits it was built from and,
+    where the agent computed them anyway, its per-sample logit gradients."""
 
     surrogate: th.Tensor
     logits: th.Tensor
     value_loss: th.Tensor
     entropy: th.Tensor
     advantages: th.Tensor
+    #: ``d surrogate_i / d logits_i`` (constant), or None: then autograd differentiates the
+    #: surrogate itself.
+    logit_grad: th.Tensor | None = None
 
     @property
     def pg_loss(self) -> th.Tensor:
+        """The batch mean of the surrogate (its value is what is logged)."""
         return self.surrogate.mean()
+
+    @property
+    def per_sample_objective(self) -> th.Tensor:
+        """Per-sample scalars whose gradients w.r.t. the actor are the per-sample surrogates'
+        (minus the per-sample policy-gradient estimates): ``logits_i . logit_grad_i`` where the
+        logit gradients are known (the chain rule from there on, without a second pass through
+        the surrogate's graph), else the surrogate."""
+        if self.logit_grad is None:
+            return self.surrogate
+        return (self.logits * self.logit_grad).sum(-1)
+
+    @property
+    def actor_objective(self) -> th.Tensor:
+        """A scalar with the gradient of ``pg_loss`` w.r.t. the actor (what the update
+        backpropagates)."""
+        return self.per_sample_objective.mean()
 
 
 class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -226,42 +256,50 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         capacity = rollout_buffer.buffer_size
         whole_episode = self.n_steps == 0
-        n_envs, n_actions = env.num_envs, rollout_buffer.n_actions
+        n_envs, device = env.num_envs, self.device
+        if not whole_episode:
+            rollout_buffer.draw_noise(self._noise_gen)
+            gumbels = gumbel(rollout_buffer.noise_u)
+        no_values = th.zeros(n_envs, device=device)
+        logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
         for n_steps in range(1, capacity + 1):
-            obs_t = obs_as_tensor(self._last_obs, self.device)
-            # Drawn on the CPU generator (saved with the model), so runs repeat on any device.
-            noise = uniform_noise((2, n_envs, n_actions), self._noise_gen).to(self.device)
+            step = n_steps - 1
+            if whole_episode:
+                rollout_buffer.draw_noise(self._noise_gen, step)
+                step_gumbel = gumbel(rollout_buffer.noise_u[step])
+            else:
+                step_gumbel = gumbels[step]
+            obs_t = obs_as_tensor(self._last_obs, device)
             with th.no_grad():
-                logits, values = self.policy.logits_and_values(obs_t)
-                _, actions = categorical_sample(logits, noise[0])
-                log_probs = categorical_log_prob(logits, actions)
+                logits, values = logits_and_values(obs_t)
+                log_p = th.log_softmax(logits, dim=-1)
+                _, actions = gumbel_max(log_p, step_gumbel)
+                log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
             self.num_timesteps += n_envs
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            rewards_t = th.as_tensor(rewards, dtype=th.float32, device=self.device)
+            rewards_t = th.as_tensor(rewards, dtype=th.float32, device=device)
             if self.use_baseline:
                 self._bootstrap_truncations(rewards_t, dones, infos)
             rollout_buffer.add(
                 obs_t,
                 actions,
                 rewards_t,
-                th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device),
-                values if self.use_baseline else th.zeros(n_envs, device=self.device),
+                th.as_tensor(self._last_episode_starts, dtype=th.float32, device=device),
+                values if self.use_baseline else no_values,
                 log_probs,
-                noise[0],
-                noise[1],
             )
             self._last_obs, self._last_episode_starts = new_obs, dones
             if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):
                 break
         with th.no_grad():
             if self.use_baseline:
-                last_values = self.policy.logits_and_values(obs_as_tensor(new_obs, self.device))[1]
+                last_values = logits_and_values(obs_as_tensor(new_obs, device))[1]
             else:
-                last_values = th.zeros(n_envs, device=self.device)
+                last_values = no_values
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -294,13 +332,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         logits: th.Tensor,
         log_prob: th.Tensor,
         advantages: th.Tensor,
-    ) -> th.Tensor:
-        """Per-sample surrogate to *minimise*; its gradient w.r.t. the actor is minus the
-        policy-gradient estimate (with its ``train``, what each algorithm defines)."""
+    ) -> tuple[th.Tensor, th.Tensor | None]:
+        """Per-sample surrogate to *minimise*, whose gradient w.r.t. the actor is minus the
+        policy-gradient estimate, and its per-sample gradients w.r.t. the logits if the agent
+        has them at hand (else None). With its ``train``, what each algorithm defines."""
 
     def losses(self, data: GumbelRolloutSamples) -> Losses:
-        """The losses of a batch; ``pg_loss`` (the batch mean of the agent's surrogate) has
-        minus the policy-gradient estimate as its gradient w.r.t. the actor."""
+        """The losses of a batch; ``actor_objective`` has minus the policy-gradient estimate as
+        its gradient w.r.t. the actor."""
         logits, values = self.policy.logits_and_values(data.observations)
         log_p = th.log_softmax(logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
@@ -308,40 +347,67 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         advantages = data.advantages
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        surrogate = self.policy_surrogate(data, logits, log_prob, advantages)
+        surrogate, logit_grad = self.policy_surrogate(data, logits, log_prob, advantages)
         value_loss = (
             F.mse_loss(values, data.returns)
             if self.use_baseline
             else th.zeros((), device=values.device)
         )
-        return Losses(surrogate, logits, value_loss, entropy, advantages)
+        return Losses(surrogate, logits, value_loss, entropy, advantages, logit_grad)
 
-    def _record_update(self, losses: Losses, grad_norm: float) -> None:
-        """Log what every update has (an algorithm adds its own keys)."""
+    def _record_update(self, losses: Losses, grad_norm: float, **extra: th.Tensor) -> None:
+        """Log what every update has and an algorithm's ``extra`` scalars (``train/<name>``),
+        read from the device in one go."""
+        scalars = {
+            "policy_loss": losses.pg_loss,
+            "value_loss": losses.value_loss,
+            "entropy": losses.entropy,
+            **extra,
+        }
+        values = th.stack([v.detach().reshape(()) for v in scalars.values()]).tolist()
         self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
-        self.logger.record("train/policy_loss", losses.pg_loss.item())
-        self.logger.record("train/value_loss", losses.value_loss.item())
-        self.logger.record("train/entropy", losses.entropy.item())
+        for name, value in zip(scalars, values, strict=True):
+            self.logger.record(f"train/{name}", value)
         self.logger.record("train/grad_norm", grad_norm)
 
-    def _check_finite(self, **losses: th.Tensor) -> None:
-        for name, value in losses.items():
+    def _check_finite(self, **values: th.Tensor) -> None:
+        """Raise :class:`TrainingDivergedError` naming the first of ``values`` (scalars) that is
+        NaN or infinite (one check, one sync, when all are finite)."""
+        if bool(th.isfinite(th.stack(list(values.values()))).all()):
+            return
+        for name, value in values.items():
             if not th.isfinite(value).all():
-                raise TrainingDivergedError(
-                    f"{name} is {value.item()} at update {self.n_updates + 1} "
-                    f"(env step {self.num_timesteps}); parameters left as before this update"
-                )
+                raise self._diverged(name, value.item())
+
+    def _diverged(self, name: str, value: float) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"{name} is {value} at update {self.n_updates + 1} "
+            f"(env step {self.num_timesteps}); parameters left as before this update"
+        )
+
+    def _policy_parameters(self) -> list[th.nn.Parameter]:
+        """What the policy's optimizer steps (a flat list; cheaper than ``parameters()``)."""
+        return [p for group in self.policy.optimizer.param_groups for p in group["params"]]
+
+    def _zero_policy_grads(self) -> None:
+        for p in self._policy_parameters():
+            p.grad = None
 
     def _clip_and_check(self) -> float:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
-        norm = th.nn.utils.clip_grad_norm_(params, max_norm)
-        self._check_finite(grad_norm=norm)
-        return float(norm)
+        """Clip the policy's gradient to ``max_grad_norm`` (``clip_grad_norm_``'s rule) and
+        return its norm before clipping; a NaN/inf norm raises."""
+        grads = [p.grad for p in self._policy_parameters() if p.grad is not None]
+        norm = total_grad_norm(grads)
+        if self.max_grad_norm:
+            th._foreach_mul_(grads, (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+        value = float(norm)
+        if not math.isfinite(value):
+            raise self._diverged("grad_norm", value)
+        return value
 
     def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:
         kwargs.setdefault("tb_log_name", type(self).__name__)
         return super().learn(*args, **kwargs)
 
 
-__all__ = ["GumbelOnPolicyAlgorithm", "Losses", "TrainingDivergedError"]
+__all__ = ["GumbelOnPolicyAlgorithm", "Losses", "TrainingDivergedError", "total_grad_norm"]

@@ -8,11 +8,16 @@ loop: logits and values in one pass, the action ``argmax(log p + G(u))`` from st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch as th
+import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
@@ -41,19 +46,45 @@ class GumbelPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, *args, **kwargs)
 
     def logits_and_values(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass.
+        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass (SB3's ``forward``'s
+        modules and numbers); for many calls with the same parameters, :meth:`forward_function`."""
+        return self.forward_function()(obs)
 
-        Same modules and numbers as SB3's ``forward``, but each layer's ``forward`` is called
-        directly: the per-call machinery of ``nn.Module.__call__`` (hooks) is a large share of
-        a small network's cost in the per-step collect loop.
+    def forward_function(self) -> Callable[[th.Tensor], tuple[th.Tensor, th.Tensor]]:
+        """:meth:`logits_and_values` as a plain function of the parameter tensors as they are
+        (the optimizer updates them in place, so it stays valid while no module is replaced).
+
+        It skips ``nn.Module.__call__`` (hooks) and attribute look-ups, a large share of a small
+        network's cost in the per-step collect loop, which builds one per rollout.
         """
-        features = self.extract_features(obs)
-        pi_features, vf_features = (
-            (features, features) if self.share_features_extractor else features
+        pi_net, vf_net = _plain(self.mlp_extractor.policy_net), _plain(self.mlp_extractor.value_net)
+        action_head, value_head = _plain(self.action_net), _plain(self.value_net)
+        space = self.observation_space
+        flat_box = (
+            self.share_features_extractor
+            and type(self.features_extractor) is FlattenExtractor
+            and isinstance(space, spaces.Box)
+            and not (self.normalize_images and is_image_space(space, check_channels=False))
         )
-        latent_pi = _sequential_forward(self.mlp_extractor.policy_net, pi_features)
-        latent_vf = _sequential_forward(self.mlp_extractor.value_net, vf_features)
-        return self.action_net.forward(latent_pi), self.value_net.forward(latent_vf).squeeze(-1)
+
+        def forward(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+            if flat_box:  # SB3's preprocess_obs and FlattenExtractor for a non-image Box
+                pi_features = vf_features = obs.float().flatten(1)
+            else:
+                features = self.extract_features(obs)
+                pi_features, vf_features = (
+                    (features, features) if self.share_features_extractor else features
+                )
+            logits = action_head(pi_net(pi_features))
+            return logits, value_head(vf_net(vf_features)).squeeze(-1)
+
+        return forward
+
+    def set_training_mode(self, mode: bool) -> None:
+        """SB3's switch, skipped when the policy is already in ``mode``: ``Module.train`` walks
+        every submodule, a cost paid twice per update (collect, then train)."""
+        if mode != self.training:
+            super().set_training_mode(mode)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """theta of the policy-gradient estimator: everything that shapes the logits."""
@@ -77,10 +108,27 @@ class GumbelPolicy(ActorCriticPolicy):
         return categorical_sample(logits, uniform_noise(logits.shape, device=logits.device))[1]
 
 
-def _sequential_forward(seq: nn.Module, x: th.Tensor) -> th.Tensor:
-    for layer in seq if isinstance(seq, nn.Sequential) else (seq,):
-        x = layer.forward(x)
-    return x
+#: Stateless activations as the tensor functions they call.
+_ELEMENTWISE: dict[type[nn.Module], Callable[[th.Tensor], th.Tensor]] = {
+    nn.Tanh: th.tanh,
+    nn.ReLU: th.relu,
+}
+
+
+def _plain(module: nn.Module) -> Callable[[th.Tensor], th.Tensor]:
+    """``module``'s forward bound to its current tensors, without ``nn.Module.__call__``."""
+    if type(module) is nn.Sequential:
+        layers = [_plain(m) for m in module]
+
+        def sequential(x: th.Tensor) -> th.Tensor:
+            for layer in layers:
+                x = layer(x)
+            return x
+
+        return sequential
+    if type(module) is nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return _ELEMENTWISE.get(type(module), module.forward)
 
 
 class StateActionControlVariate(nn.Module):
@@ -119,7 +167,7 @@ class StateActionControlVariate(nn.Module):
         """``c_hat / kappa`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened
         ``(N, obs_dim)``."""
         relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
-        return self.scale * self.net(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+        return self.scale * _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
 
     def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat(z, s) = kappa * scale * MLP([s, softmax(z / tau)])`` per sample."""

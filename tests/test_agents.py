@@ -260,8 +260,10 @@ def test_nan_stops_training_and_keeps_checkpoint_and_summary(tmp_path, monkeypat
 
     def poisoned(self, *args):
         calls["n"] += 1
-        out = original(self, *args)
-        return out * float("nan") if calls["n"] > 80 else out
+        surrogate, logit_grad = original(self, *args)
+        if calls["n"] <= 80:
+            return surrogate, logit_grad
+        return surrogate * float("nan"), None if logit_grad is None else logit_grad * float("nan")
 
     monkeypatch.setattr(cls, "policy_surrogate", poisoned)
     with pytest.raises(TrainingDivergedError, match="pg_loss is nan at update 81"):

@@ -117,8 +117,8 @@ def test_grad_variance_equals_per_env_gradients_one_by_one(name):
     actor = model.policy.actor_parameters()
     rows = []
     for env in range(4):
-        surrogate = model.losses(data).surrogate[data.env_index == env].mean()
-        rows.append(th.cat([g.reshape(-1) for g in th.autograd.grad(surrogate, actor)]))
+        objective = model.losses(data).per_sample_objective[data.env_index == env].mean()
+        rows.append(th.cat([g.reshape(-1) for g in th.autograd.grad(objective, actor)]))
     g = th.stack(rows).double()
     expected = math.log10(float(g.var(0).sum() / 4))
     assert out["grad/log10_var"] == pytest.approx(float(expected), abs=1e-4)

@@ -16,8 +16,11 @@ from relax_rl.estimators.distributions import (
     categorical_conditional,
     categorical_log_prob,
     categorical_sample,
+    categorical_score,
     gaussian_log_prob,
     gaussian_sample,
+    gumbel,
+    gumbel_max,
     uniform_noise,
 )
 from relax_rl.estimators.estimators import (
@@ -26,6 +29,7 @@ from relax_rl.estimators.estimators import (
     rebar,
     reinforce,
     relax,
+    relax_from_values,
     straight_through,
 )
 from relax_rl.estimators.variance import (
@@ -47,15 +51,19 @@ __all__ = [
     "categorical_conditional",
     "categorical_log_prob",
     "categorical_sample",
+    "categorical_score",
     "concrete",
     "estimate_with_variance_loss",
     "gaussian_log_prob",
     "gaussian_sample",
+    "gumbel",
+    "gumbel_max",
     "lax",
     "log10_total_variance",
     "rebar",
     "reinforce",
     "relax",
+    "relax_from_values",
     "straight_through",
     "uniform_noise",
 ]

@@ -64,10 +64,21 @@ def bernoulli_log_prob(logits: Tensor, b: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------
 # Categorical over the last dimension, log p = log_softmax(logits)
 # ------------------------------------------------------------------------------------------
-def categorical_sample(logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Gumbel-max: ``z = log p + G`` with ``G = -log(-log u)``, ``b = argmax z`` (an index)."""
-    z = torch.log_softmax(logits, dim=-1) - torch.log(-torch.log(u))
+def gumbel(u: Tensor) -> Tensor:
+    """Standard Gumbel noise ``G = -log(-log u)`` from uniforms ``u``."""
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_max(log_p: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """``z = log p + G`` and ``b = argmax z`` (an index): a sample of the categorical with
+    normalised log-probabilities ``log_p``, from standard Gumbel noise ``g``."""
+    z = log_p + g
     return z, z.argmax(dim=-1)
+
+
+def categorical_sample(logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Gumbel-max from uniforms: ``z = log p + G(u)``, ``b = argmax z`` (:func:`gumbel_max`)."""
+    return gumbel_max(torch.log_softmax(logits, dim=-1), gumbel(u))
 
 
 def categorical_conditional(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
@@ -89,6 +100,11 @@ def categorical_conditional(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
 def categorical_log_prob(logits: Tensor, b: Tensor) -> Tensor:
     """``log p(b)`` for integer actions ``b`` (shape of the logits without the last dim)."""
     return torch.log_softmax(logits, dim=-1).gather(-1, b.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_score(logits: Tensor, b: Tensor) -> Tensor:
+    """``d log p(b) / d logits = onehot(b) - softmax(logits)``, in closed form (no graph)."""
+    return F.one_hot(b.long(), logits.shape[-1]).to(logits.dtype) - torch.softmax(logits, dim=-1)
 
 
 # ------------------------------------------------------------------------------------------

@@ -83,8 +83,22 @@ def relax(
     The score-function multiplier uses ``c(z~.detach())``: constant in theta, yet still a function
     of phi, as the variance objective requires. Unbiased for any control variate ``c``.
     """
-    c_tilde_const = control_variate(z_tilde.detach())
-    return (f_b.detach() - c_tilde_const) * log_prob + control_variate(z) - control_variate(z_tilde)
+    return relax_from_values(
+        f_b,
+        log_prob,
+        control_variate(z),
+        control_variate(z_tilde),
+        control_variate(z_tilde.detach()),
+    )
+
+
+def relax_from_values(
+    f_b: Tensor, log_prob: Tensor, c_z: Tensor, c_z_tilde: Tensor, c_z_tilde_const: Tensor
+) -> Tensor:
+    """:func:`relax` from the control variate's values: at ``z`` and ``z~`` (differentiable in
+    theta through them) and at the detached ``z~`` (constant in theta), for a caller that
+    evaluates ``c`` at the three points in one batch."""
+    return (f_b.detach() - c_z_tilde_const) * log_prob + c_z - c_z_tilde
 
 
 def rebar(
