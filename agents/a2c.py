@@ -111,11 +111,9 @@ class A2C(GumbelOnPolicyAlgorithm):
         self._check_finite(
             pg_loss=losses.pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
         )
-        loss = (
-            losses.actor_objective
-            + self.vf_coef * losses.value_loss
-            - self.ent_coef * losses.entropy
-        )
+        loss = losses.actor_objective + self.vf_coef * losses.value_loss
+        if self.ent_coef != 0:
+            loss = loss - self.ent_coef * losses.entropy
         self._zero_policy_grads()
         loss.backward()
         grad_norm = self._clip_and_check()

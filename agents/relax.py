@@ -15,7 +15,10 @@ from relax_rl.estimators import (
     categorical_conditional,
     categorical_sample,
     categorical_score,
+    conditional_gumbel_max,
     estimate_with_variance_loss,
+    gumbel,
+    gumbel_max,
     reinforce,
     relax_from_values,
 )
@@ -37,16 +40,16 @@ def _cross_fitted_kappa(gh: np.ndarray, hh: np.ndarray, half: np.ndarray) -> np.
     with fewer than 2 samples or no ``h`` gives 0. In float64 numpy: a statistic of a few
     hundred numbers, where torch's per-call overhead would cost more than the arithmetic."""
     tiny = np.finfo(np.float64).tiny
-    kappa = np.zeros(2)
-    for k in (0, 1):
-        g, h = gh[half == k], hh[half == k]
-        m, total_gh, total_hh = g.size, g.sum(), h.sum()
-        if m < 2 or total_hh <= 0:
-            continue
-        ratio = -total_gh / total_hh
-        loo = -(total_gh - g) / np.maximum(total_hh - h, tiny)
-        se2 = (m - 1) / m * np.square(loo - loo.mean()).sum()
-        kappa[k] = ratio * max(0.0, 1 - se2 / max(ratio * ratio, tiny))
+    per_half = lambda x: np.bincount(half, x, minlength=2)  # noqa: E731  (sums over each half)
+    m = np.bincount(half, minlength=2)
+    total_gh, total_hh = per_half(gh), per_half(hh)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a half without h
+        ratio = -total_gh / np.maximum(total_hh, tiny)
+        loo = -(total_gh[half] - gh) / np.maximum(total_hh[half] - hh, tiny)
+        spread = loo - (per_half(loo) / np.maximum(m, 1))[half]
+        se2 = (m - 1) / np.maximum(m, 1) * per_half(np.square(spread))
+        kappa = ratio * np.maximum(0.0, 1 - se2 / np.maximum(np.square(ratio), tiny))
+    kappa[(m < 2) | (total_hh <= 0)] = 0.0
     return kappa[1 - half]
 
 
@@ -216,8 +219,7 @@ class RELAX(A2C):
         advantages: th.Tensor,
     ) -> tuple[th.Tensor, th.Tensor | None]:
         # The state enters c_hat as a constant: c may not depend on theta except through z.
-        obs = self.policy.extract_features(data.observations)
-        obs = (obs if self.policy.share_features_extractor else obs[0]).detach()
+        obs = self.policy.actor_features(data.observations).detach()
         cv = self.control_variate
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa.
         f_b = -advantages.detach()
@@ -235,17 +237,18 @@ class RELAX(A2C):
         # Per-sample logit gradients, from a detached copy of the logits: the update sends them
         # through the network, and phi's objective (a function of h) gets a graph of its own.
         logits = logits.detach().requires_grad_()
-        z, _ = categorical_sample(logits, data.noise_u)
-        z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
-        c_z, c_tilde = (-cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1))).chunk(2)
+        log_p = th.log_softmax(logits, dim=-1)  # one node for z and z~
+        z, _ = gumbel_max(log_p, gumbel(data.noise_u))
+        z_tilde = conditional_gumbel_max(log_p, data.actions, data.noise_v)
+        c_hat_z, c_hat_tilde = cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
         # The score terms' in closed form (d log p(b) / d logits = onehot(b) - p), c's through
         # z and z~ by autograd with the graph to phi. RELAX's correction (what kappa
-        # multiplies) is -c(z~.detach()) log p(b) + c(z) - c(z~); c(z~) stands in for
-        # c(z~.detach()) where only its value and its phi-gradient count.
+        # multiplies) is -c(z~.detach()) log p(b) + c(z) - c(z~) with c = -c_hat / kappa;
+        # c(z~) stands in for c(z~.detach()) where only its value and phi-gradient count.
         score_dir = categorical_score(logits.detach(), data.actions)
         g = f_b.unsqueeze(-1) * score_dir
-        (dc,) = th.autograd.grad((c_z - c_tilde).sum(), logits, create_graph=True)
-        h = dc - c_tilde.unsqueeze(-1) * score_dir
+        (dc,) = th.autograd.grad((c_hat_tilde - c_hat_z).sum(), logits, create_graph=True)
+        h = dc + c_hat_tilde.unsqueeze(-1) * score_dir
         if self.kappa_mode == "learned":
             kappa = cv.kappa
             logit_grad = g + kappa.detach() * h.detach()
@@ -254,6 +257,7 @@ class RELAX(A2C):
             logit_grad = g + kappa.unsqueeze(-1) * h.detach()
         self._kappa_terms = (g, h, kappa)
         with th.no_grad():  # the value (logged); the update differentiates through logit_grad
+            c_z, c_tilde = -c_hat_z, -c_hat_tilde
             correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde) - score
             surrogate = score + kappa * correction
         return surrogate, logit_grad
@@ -262,9 +266,10 @@ class RELAX(A2C):
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
         one env, from the running moments of earlier batches); constant in theta and phi."""
         if self.n_envs >= 2:
-            g64, h64 = (x.cpu().numpy().astype(np.float64) for x in (g, h))
-            half = (env_index % 2).cpu().numpy()
-            kappa = _cross_fitted_kappa((g64 * h64).sum(-1), np.square(h64).sum(-1), half)
+            gh, hh = (
+                x.cpu().numpy().astype(np.float64) for x in ((g * h).sum(-1), h.pow(2).sum(-1))
+            )
+            kappa = _cross_fitted_kappa(gh, hh, env_index.cpu().numpy() % 2)
             return th.from_numpy(kappa).to(device=g.device, dtype=g.dtype)
         cv = self.control_variate
         kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
@@ -305,14 +310,18 @@ class RELAX(A2C):
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.get_all()
         losses = self.losses(data)
-        critic_and_entropy = self.vf_coef * losses.value_loss - self.ent_coef * losses.entropy
+        critic_and_entropy = self.vf_coef * losses.value_loss
+        if self.ent_coef != 0:
+            critic_and_entropy = critic_and_entropy - self.ent_coef * losses.entropy
         cv_loss, actor_grads = self.variance_loss(losses)
         cv_params = [p for group in self.cv_optimizer.param_groups for p in group["params"]]
-        for p in [*self._policy_parameters(), *cv_params]:
+        params = [*self._policy_parameters(), *cv_params]
+        for p in params:
             p.grad = None
         if actor_grads is None:
-            # theta's loss and phi's have disjoint graphs (see policy_surrogate): one pass.
-            (losses.actor_objective + critic_and_entropy + cv_loss).backward()
+            # theta's loss and phi's have disjoint graphs (see policy_surrogate): one pass, to
+            # the parameters only (not to the detached logits h was taken at).
+            (losses.actor_objective + critic_and_entropy + cv_loss).backward(inputs=params)
         else:  # batch: the actor's gradient came with phi's loss (a double backward)
             critic_and_entropy.backward(retain_graph=True)
             cv_loss.backward(inputs=cv_params)

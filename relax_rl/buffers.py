@@ -3,9 +3,11 @@
 :class:`GumbelRolloutBuffer` is SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer`
 with two more fields, the Gumbel-max noise ``u`` and the conditional noise ``v`` drawn when
 acting (one uniform per action per step), so that RELAX can rebuild ``z`` and ``z~`` from the
-current logits at training time. Its arrays are preallocated torch tensors on the agent's
-device, written in place (no per-step numpy copies), and it may be filled partially: a
-whole-episode rollout ends when its episode does.
+current logits at training time. The per-step fields are numpy arrays, as in SB3 (in the
+per-step loop a numpy write costs a fraction of a torch one), handed over once per rollout as
+torch tensors on the agent's device (:meth:`~GumbelRolloutBuffer.get_all`); the noise is drawn
+by torch and kept as tensors. It may be filled partially: a whole-episode rollout ends when
+its episode does.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ class GumbelRolloutSamples(NamedTuple):
 
 
 def compute_gae(
-    rewards: th.Tensor,
-    values: th.Tensor,
-    episode_starts: th.Tensor,
-    last_values: th.Tensor,
-    last_dones: th.Tensor,
+    rewards: np.ndarray,
+    values: np.ndarray,
+    episode_starts: np.ndarray,
+    last_values: np.ndarray,
+    last_dones: np.ndarray,
     gamma: float,
     gae_lambda: float,
-) -> tuple[th.Tensor, th.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """GAE(lambda) advantages and lambda-returns (Schulman et al. 2016, Eq. 16), shape ``(T, E)``.
 
     ``gae_lambda = 1`` with ``values = 0`` is the Monte-Carlo return-to-go; at a cut the last
@@ -50,12 +52,12 @@ def compute_gae(
     which adds ``gamma * V(terminal obs)`` to the last reward, as SB3 does).
     """
     # Everything but the recursion at once; next_* are step t+1's (the cut's for the last step).
-    next_non_terminal = 1.0 - th.cat([episode_starts[1:], last_dones.unsqueeze(0)])
-    next_values = th.cat([values[1:], last_values.unsqueeze(0)])
+    next_non_terminal = 1.0 - np.concatenate([episode_starts[1:], last_dones[None]])
+    next_values = np.concatenate([values[1:], last_values[None]])
     deltas = rewards + gamma * next_values * next_non_terminal - values
     decay = gamma * gae_lambda * next_non_terminal
-    advantages = th.empty_like(rewards)
-    last_gae = th.zeros_like(last_values)
+    advantages = np.empty_like(rewards)
+    last_gae = np.zeros_like(last_values)
     for t in reversed(range(rewards.shape[0])):
         last_gae = deltas[t] + decay[t] * last_gae
         advantages[t] = last_gae
@@ -88,18 +90,19 @@ class GumbelRolloutBuffer(RolloutBuffer):
         )
 
     def reset(self) -> None:
-        shape, dev = (self.buffer_size, self.n_envs), self.device
-        self.observations = th.zeros((*shape, *self.obs_shape), dtype=th.float32, device=dev)
-        self.actions = th.zeros(shape, dtype=th.long, device=dev)
-        self.rewards = th.zeros(shape, device=dev)
-        self.returns = th.zeros(shape, device=dev)
-        self.episode_starts = th.zeros(shape, device=dev)
-        self.values = th.zeros(shape, device=dev)
-        self.log_probs = th.zeros(shape, device=dev)
-        self.advantages = th.zeros(shape, device=dev)
-        self.noise_u = th.zeros((*shape, self.n_actions), device=dev)
-        self.noise_v = th.zeros((*shape, self.n_actions), device=dev)
+        shape = (self.buffer_size, self.n_envs)
+        self.observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
+        self.actions = np.zeros(shape, dtype=np.int64)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.returns = np.zeros(shape, dtype=np.float32)
+        self.episode_starts = np.zeros(shape, dtype=np.float32)
+        self.values = np.zeros(shape, dtype=np.float32)
+        self.log_probs = np.zeros(shape, dtype=np.float32)
+        self.advantages = np.zeros(shape, dtype=np.float32)
+        self.noise_u = th.zeros((*shape, self.n_actions), device=self.device)
+        self.noise_v = th.zeros((*shape, self.n_actions), device=self.device)
         self.pos, self.full, self.generator_ready = 0, False, False
+        self._samples: GumbelRolloutSamples | None = None
 
     def draw_noise(self, generator: th.Generator, step: int | None = None) -> None:
         """Draw and store the noise (``u`` and ``v``) of ``step``, or of every step, from the
@@ -112,10 +115,10 @@ class GumbelRolloutBuffer(RolloutBuffer):
 
     def add(  # type: ignore[override]
         self,
-        obs: th.Tensor,
-        action: th.Tensor,
-        reward: th.Tensor,
-        episode_start: th.Tensor,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
         value: th.Tensor,
         log_prob: th.Tensor,
     ) -> None:
@@ -126,41 +129,48 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.actions[p] = action
         self.rewards[p] = reward
         self.episode_starts[p] = episode_start
-        self.values[p] = value
-        self.log_probs[p] = log_prob
+        self.values[p] = value.cpu().numpy()
+        self.log_probs[p] = log_prob.cpu().numpy()
         self.pos += 1
         self.full = self.pos == self.buffer_size
+        self._samples = None
 
     def compute_returns_and_advantage(  # type: ignore[override]
-        self, last_values: th.Tensor, dones: th.Tensor | np.ndarray
+        self, last_values: th.Tensor, dones: np.ndarray
     ) -> None:
         """Advantages and returns of the filled part, by :func:`compute_gae`."""
         n = self.pos
-        dones_t = th.as_tensor(np.asarray(dones), dtype=th.float32, device=self.device)
-        dones_t = dones_t.reshape(self.n_envs)
         adv, ret = compute_gae(
             self.rewards[:n],
             self.values[:n],
             self.episode_starts[:n],
-            last_values.detach().reshape(self.n_envs).float(),
-            dones_t,
+            last_values.detach().reshape(self.n_envs).float().cpu().numpy(),
+            np.asarray(dones, dtype=np.float32).reshape(self.n_envs),
             self.gamma,
             self.gae_lambda,
         )
         self.advantages[:n], self.returns[:n] = adv, ret
+        self._samples = None
 
     def get_all(self) -> GumbelRolloutSamples:
-        """The filled part as one batch (A2C-style algorithms train on all of it at once)."""
-        n = self.pos
-        flat = lambda x: x[:n].reshape(n * self.n_envs, *x.shape[2:])  # noqa: E731
-        return GumbelRolloutSamples(
-            flat(self.observations),
-            flat(self.actions),
-            flat(self.values),
-            flat(self.log_probs),
-            flat(self.advantages),
-            flat(self.returns),
-            flat(self.noise_u),
-            flat(self.noise_v),
-            th.arange(self.n_envs, device=self.device).repeat(n),
-        )
+        """The filled part as one batch of tensors on the device (A2C-style algorithms train
+        on all of it at once); built once per rollout."""
+        if self._samples is None:
+            n, dev = self.pos, self.device
+            rows = n * self.n_envs
+
+            def flat(x: np.ndarray | th.Tensor) -> th.Tensor:
+                return th.as_tensor(x[:n], device=dev).reshape(rows, *x.shape[2:])
+
+            self._samples = GumbelRolloutSamples(
+                flat(self.observations),
+                flat(self.actions),
+                flat(self.values),
+                flat(self.log_probs),
+                flat(self.advantages),
+                flat(self.returns),
+                flat(self.noise_u),
+                flat(self.noise_v),
+                th.arange(self.n_envs, device=dev).repeat(n),
+            )
+        return self._samples

@@ -269,26 +269,25 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 step_gumbel = gumbel(rollout_buffer.noise_u[step])
             else:
                 step_gumbel = gumbels[step]
-            obs_t = obs_as_tensor(self._last_obs, device)
             with th.no_grad():
-                logits, values = logits_and_values(obs_t)
+                logits, values = logits_and_values(obs_as_tensor(self._last_obs, device))
                 log_p = th.log_softmax(logits, dim=-1)
                 _, actions = gumbel_max(log_p, step_gumbel)
                 log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
+            actions_np = actions.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(actions_np)
             self.num_timesteps += n_envs
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            rewards_t = th.as_tensor(rewards, dtype=th.float32, device=device)
             if self.use_baseline:
-                self._bootstrap_truncations(rewards_t, dones, infos)
+                rewards = self._bootstrap_truncations(rewards, dones, infos)
             rollout_buffer.add(
-                obs_t,
-                actions,
-                rewards_t,
-                th.as_tensor(self._last_episode_starts, dtype=th.float32, device=device),
+                self._last_obs,
+                actions_np,
+                rewards,
+                self._last_episode_starts,
                 values if self.use_baseline else no_values,
                 log_probs,
             )
@@ -306,10 +305,10 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return True
 
     def _bootstrap_truncations(
-        self, rewards: th.Tensor, dones: np.ndarray, infos: list[dict[str, Any]]
-    ) -> None:
+        self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
+    ) -> np.ndarray:
         """At a time-limit truncation add ``gamma * V(terminal obs)`` to the reward (SB3's rule),
-        in one batched forward pass."""
+        in one batched forward pass; returns the rewards (a copy where one changed)."""
         idx = [
             i
             for i, done in enumerate(dones)
@@ -318,11 +317,13 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             and infos[i].get("terminal_observation") is not None
         ]
         if not idx:
-            return
+            return rewards
         terminal = np.stack([infos[i]["terminal_observation"] for i in idx])
         with th.no_grad():
             values = self.policy.logits_and_values(obs_as_tensor(terminal, self.device))[1]
-        rewards[idx] += self.gamma * values
+        rewards = rewards.astype(np.float32)  # a copy: what the callbacks saw stays as it was
+        rewards[idx] += self.gamma * values.cpu().numpy()
+        return rewards
 
     # ---------------------------------------------------------------- train
     @abstractmethod
@@ -343,7 +344,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         logits, values = self.policy.logits_and_values(data.observations)
         log_p = th.log_softmax(logits, -1)
         log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1).mean()
+        with th.set_grad_enabled(th.is_grad_enabled() and self.ent_coef != 0):
+            entropy = -(log_p.exp() * log_p).sum(-1).mean()  # with ent_coef 0, only logged
         advantages = data.advantages
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
@@ -32,6 +32,18 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+#: Layers that behave the same in training and evaluation mode.
+_MODE_FREE: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.Linear,
+    nn.Flatten,
+    nn.Identity,
+    *ACTIVATIONS.values(),
+    FlattenExtractor,
+    MlpExtractor,
+)
+
+
 class GumbelPolicy(ActorCriticPolicy):
     """Categorical actor (logits) and critic V(s) over SB3's MLP extractor."""
 
@@ -44,6 +56,7 @@ class GumbelPolicy(ActorCriticPolicy):
                 "continuous (Box) actions are not supported yet"
             )
         super().__init__(observation_space, action_space, *args, **kwargs)
+        self._mode_free = all(m is self or type(m) in _MODE_FREE for m in self.modules())
 
     def logits_and_values(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Action logits ``(N, A)`` and state values ``(N,)`` in one pass (SB3's ``forward``'s
@@ -59,31 +72,38 @@ class GumbelPolicy(ActorCriticPolicy):
         """
         pi_net, vf_net = _plain(self.mlp_extractor.policy_net), _plain(self.mlp_extractor.value_net)
         action_head, value_head = _plain(self.action_net), _plain(self.value_net)
-        space = self.observation_space
-        flat_box = (
-            self.share_features_extractor
-            and type(self.features_extractor) is FlattenExtractor
-            and isinstance(space, spaces.Box)
-            and not (self.normalize_images and is_image_space(space, check_channels=False))
-        )
 
         def forward(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-            if flat_box:  # SB3's preprocess_obs and FlattenExtractor for a non-image Box
-                pi_features = vf_features = obs.float().flatten(1)
-            else:
-                features = self.extract_features(obs)
-                pi_features, vf_features = (
-                    (features, features) if self.share_features_extractor else features
-                )
+            pi_features, vf_features = self._features(obs)
             logits = action_head(pi_net(pi_features))
             return logits, value_head(vf_net(vf_features)).squeeze(-1)
 
         return forward
 
+    def _features(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's and the critic's features (SB3's ``extract_features``; for a non-image
+        Box under the default flatten extractor, its arithmetic without the module calls)."""
+        space = self.observation_space
+        if (
+            self.share_features_extractor
+            and type(self.features_extractor) is FlattenExtractor
+            and isinstance(space, spaces.Box)
+            and not (self.normalize_images and is_image_space(space, check_channels=False))
+        ):
+            flat = obs.float().flatten(1)
+            return flat, flat
+        features = self.extract_features(obs)
+        return (features, features) if self.share_features_extractor else features
+
+    def actor_features(self, obs: th.Tensor) -> th.Tensor:
+        """The features the actor sees."""
+        return self._features(obs)[0]
+
     def set_training_mode(self, mode: bool) -> None:
-        """SB3's switch, skipped when the policy is already in ``mode``: ``Module.train`` walks
-        every submodule, a cost paid twice per update (collect, then train)."""
-        if mode != self.training:
+        """SB3's switch between training and evaluation mode, skipped where it changes nothing:
+        when every layer behaves the same in both (no dropout, no batch statistics), or the
+        policy is already in ``mode``. Switching walks every submodule, twice per update."""
+        if mode != self.training and not self._mode_free:
             super().set_training_mode(mode)
 
     def actor_parameters(self) -> list[nn.Parameter]:

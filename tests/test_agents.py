@@ -31,9 +31,8 @@ def _model(name, n_envs=None, seed=0, **kwargs):
     whole = name == "reinforce" and not kwargs.get("use_baseline")
     n_envs = n_envs if n_envs is not None else (1 if whole else 4)
     kwargs.setdefault("n_steps", 0 if whole else 8)
-    return ALGOS[name](
-        "MlpPolicy", make_env("CartPole-v1", n_envs, seed), seed=seed, policy_kwargs=TINY, **kwargs
-    )
+    kwargs.setdefault("policy_kwargs", TINY)
+    return ALGOS[name]("MlpPolicy", make_env("CartPole-v1", n_envs, seed), seed=seed, **kwargs)
 
 
 def _params(model):
@@ -212,16 +211,16 @@ def test_gae_matches_sb3_rollout_buffer():
     last_values, dones = th.as_tensor(rng.normal(size=n_envs)), np.array([1, 0, 1])
     sb3.compute_returns_and_advantage(last_values, dones)
     adv, ret = compute_gae(
-        th.as_tensor(rewards),
-        th.as_tensor(values),
-        th.as_tensor(starts),
-        last_values.float(),
-        th.as_tensor(dones, dtype=th.float32),
+        rewards,
+        values,
+        starts,
+        last_values.float().numpy(),
+        dones.astype(np.float32),
         0.9,
         0.8,
     )
-    assert np.allclose(adv.numpy(), sb3.advantages, atol=1e-5)
-    assert np.allclose(ret.numpy(), sb3.returns, atol=1e-5)
+    assert np.allclose(adv, sb3.advantages, atol=1e-5)
+    assert np.allclose(ret, sb3.returns, atol=1e-5)
     ours = GumbelRolloutBuffer(
         steps, space, gym.spaces.Discrete(2), gamma=0.9, gae_lambda=0.8, n_envs=n_envs
     )
@@ -318,3 +317,60 @@ def test_run_folder_contents(tmp_path):
     assert summary["status"] == "completed" and summary["total_env_steps"] >= 1_500
     assert summary["episodes"] > 10
     assert summary["eval_episodes"] == 2 and summary["eval_mean_return"] > 0
+
+
+def test_cross_fitted_kappa_is_the_other_halfs_shrunk_ratio():
+    """Each sample gets the OTHER half's kappa = -sum gh / sum hh, shrunk by its jackknife
+    standard error; a half with one sample or no h gives 0."""
+    from relax_rl.agents.relax import _cross_fitted_kappa
+
+    def shrunk(gh, hh):  # one half, written out
+        m = len(gh)
+        if m < 2 or hh.sum() <= 0:
+            return 0.0
+        ratio = -gh.sum() / hh.sum()
+        loo = np.array([-(gh.sum() - gh[i]) / (hh.sum() - hh[i]) for i in range(m)])
+        se2 = (m - 1) / m * ((loo - loo.mean()) ** 2).sum()
+        return ratio * max(0.0, 1 - se2 / ratio**2)
+
+    rng = np.random.default_rng(0)
+    for n_envs, steps in [(8, 5), (3, 5), (2, 1), (5, 40)]:
+        half = np.tile(np.arange(n_envs) % 2, steps)
+        hh = rng.random(half.size)
+        gh = -0.8 * hh + 0.3 * rng.normal(size=half.size)
+        if n_envs == 3:
+            hh[half == 1] = 0.0  # a half where h is 0 everywhere
+        kappa = _cross_fitted_kappa(gh, hh, half)
+        for k in (0, 1):
+            other = half == 1 - k
+            assert np.allclose(kappa[half == k], shrunk(gh[other], hh[other]), atol=1e-12)
+    # one sample carries the whole ratio (about 1): shrunk about tenfold towards 0
+    half = np.tile([0, 1], 20)
+    hh, gh = np.full(40, 1e-6), np.zeros(40)
+    hh[0], gh[0] = 1.0, -1.0
+    assert 0 < _cross_fitted_kappa(gh, hh, half)[1] < 0.15
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_policy_mode_switches_only_where_a_layer_cares(name):
+    """Collect in eval mode, train in training mode, for a policy with dropout; a policy made of
+    mode-free layers skips the switch (it walks every submodule, twice per update)."""
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class Dropped(BaseFeaturesExtractor):
+        def __init__(self, observation_space):
+            super().__init__(observation_space, features_dim=4)
+            self.dropout = th.nn.Dropout(0.1)
+
+        def forward(self, obs):
+            return self.dropout(obs.float().flatten(1))
+
+    model = _model(name)
+    assert model.policy._mode_free
+    model = _model(name, policy_kwargs={**TINY, "features_extractor_class": Dropped})
+    _, callback = model._setup_learn(100, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    dropout = model.policy.features_extractor.dropout
+    assert not dropout.training
+    model.train()
+    assert dropout.training

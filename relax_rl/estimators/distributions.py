@@ -82,14 +82,20 @@ def categorical_sample(logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def categorical_conditional(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
-    """Exact sample of ``z ~ p(z | argmax z = b, theta)`` from fresh uniform noise ``v``.
+    """Exact sample of ``z ~ p(z | argmax z = b, theta)`` from fresh uniform noise ``v``
+    (:func:`conditional_gumbel_max` at ``log p = log_softmax(logits)``)."""
+    return conditional_gumbel_max(torch.log_softmax(logits, dim=-1), b, v)
+
+
+def conditional_gumbel_max(log_p: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    """``z~ ~ p(z | argmax z = b)`` for ``z = log p + G`` with normalised ``log_p``, from
+    uniforms ``v``.
 
     With ``E = -log v`` (i.i.d. Exp(1)): ``z~_b = -log E_b`` (the max of Gumbels located at the
     normalised ``log p`` is a standard Gumbel) and, for ``i != b``,
     ``z~_i = -logaddexp(log E_i - log p_i, log E_b)`` (a Gumbel at ``log p_i`` truncated
     below ``z~_b``). ``argmax z~ = b`` by construction.
     """
-    log_p = torch.log_softmax(logits, dim=-1)
     log_e = torch.log(-torch.log(v))
     index = b.long().unsqueeze(-1)
     log_e_b = log_e.gather(-1, index)
