@@ -201,6 +201,7 @@ class RELAX(A2C):
             # Running uncentred moments behind the one-env kappa = -mean_gh / mean_hh.
             cv.register_buffer("mean_gh", th.zeros(()))
             cv.register_buffer("mean_hh", th.zeros(()))
+        cv.scaled = self.cv_scale_decay is not None
         self.control_variate = cv.to(self.device)
         lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
         params = [p for p in cv.parameters() if p.requires_grad]
@@ -248,27 +249,26 @@ class RELAX(A2C):
         score_dir = categorical_score(logits.detach(), data.actions)
         g = f_b.unsqueeze(-1) * score_dir
         (dc,) = th.autograd.grad((c_hat_tilde - c_hat_z).sum(), logits, create_graph=True)
-        h = dc + c_hat_tilde.unsqueeze(-1) * score_dir
+        h = th.addcmul(dc, c_hat_tilde.unsqueeze(-1), score_dir)
         if self.kappa_mode == "learned":
             kappa = cv.kappa
             logit_grad = g + kappa.detach() * h.detach()
         else:
             kappa = self._optimal_kappa(g, h.detach(), data.env_index)
-            logit_grad = g + kappa.unsqueeze(-1) * h.detach()
+            logit_grad = th.addcmul(g, kappa.unsqueeze(-1), h.detach())
         self._kappa_terms = (g, h, kappa)
         with th.no_grad():  # the value (logged); the update differentiates through logit_grad
             c_z, c_tilde = -c_hat_z, -c_hat_tilde
-            correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde) - score
-            surrogate = score + kappa * correction
+            relaxed = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde)
+            surrogate = th.lerp(score, relaxed, kappa)  # score + kappa * (RELAX's - score)
         return surrogate, logit_grad
 
     def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
         one env, from the running moments of earlier batches); constant in theta and phi."""
         if self.n_envs >= 2:
-            gh, hh = (
-                x.cpu().numpy().astype(np.float64) for x in ((g * h).sum(-1), h.pow(2).sum(-1))
-            )
+            g64, h64 = g.cpu().numpy().astype(np.float64), h.cpu().numpy().astype(np.float64)
+            gh, hh = np.einsum("ij,ij->i", g64, h64), np.einsum("ij,ij->i", h64, h64)
             kappa = _cross_fitted_kappa(gh, hh, env_index.cpu().numpy() % 2)
             return th.from_numpy(kappa).to(device=g.device, dtype=g.dtype)
         cv = self.control_variate
@@ -299,8 +299,10 @@ class RELAX(A2C):
         g, h, kappa = self._kappa_terms
         if self.kappa_mode == "learned":
             return (g + kappa * h).pow(2).sum(-1).mean(), None
-        gh, hh, gg = (g * h).sum(), h.pow(2).sum(), g.pow(2).sum()
-        return -gh.pow(2) / (hh * gg).clamp_min(1e-12), None
+        g_flat, h_flat = g.reshape(-1), h.reshape(-1)
+        gh, hh = th.dot(g_flat, h_flat), th.dot(h_flat, h_flat)
+        gg = float(th.dot(g_flat, g_flat))  # g is constant in phi
+        return -gh * gh / (hh * gg).clamp_min(1e-12), None
 
     def train(self) -> None:
         """One update: A2C's (policy gradient with RELAX's surrogate, value loss, entropy) and
@@ -323,7 +325,8 @@ class RELAX(A2C):
             # the parameters only (not to the detached logits h was taken at).
             (losses.actor_objective + critic_and_entropy + cv_loss).backward(inputs=params)
         else:  # batch: the actor's gradient came with phi's loss (a double backward)
-            critic_and_entropy.backward(retain_graph=True)
+            if critic_and_entropy.requires_grad:  # (not without a baseline and entropy)
+                critic_and_entropy.backward(retain_graph=True)
             cv_loss.backward(inputs=cv_params)
         self._check_finite(
             pg_loss=losses.pg_loss,

@@ -399,13 +399,12 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Clip the policy's gradient to ``max_grad_norm`` (``clip_grad_norm_``'s rule) and
         return its norm before clipping; a NaN/inf norm raises."""
         grads = [p.grad for p in self._policy_parameters() if p.grad is not None]
-        norm = total_grad_norm(grads)
-        if self.max_grad_norm:
-            th._foreach_mul_(grads, (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
-        value = float(norm)
-        if not math.isfinite(value):
-            raise self._diverged("grad_norm", value)
-        return value
+        norm = float(total_grad_norm(grads))
+        if not math.isfinite(norm):
+            raise self._diverged("grad_norm", norm)
+        if self.max_grad_norm and norm + 1e-6 > self.max_grad_norm:
+            th._foreach_mul_(grads, self.max_grad_norm / (norm + 1e-6))
+        return norm
 
     def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:
         kwargs.setdefault("tb_log_name", type(self).__name__)

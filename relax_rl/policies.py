@@ -180,14 +180,17 @@ class StateActionControlVariate(nn.Module):
         self.net = nn.Sequential(*layers)
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
         self.log_tau = nn.Parameter(th.zeros(()))
-        # Output scale set from outside (RELAX's running advantage scale); 1 = the paper's form.
+        # Output scale set from outside (RELAX's running advantage scale), applied where
+        # `scaled`; 1 = the paper's form.
         self.register_buffer("scale", th.ones(()))
+        self.scaled = True
 
     def shape(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat / kappa`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened
         ``(N, obs_dim)``."""
         relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
-        return self.scale * _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+        out = _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+        return self.scale * out if self.scaled else out
 
     def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat(z, s) = kappa * scale * MLP([s, softmax(z / tau)])`` per sample."""
