@@ -224,7 +224,6 @@ class RELAX(A2C):
         cv = self.control_variate
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa.
         f_b = -advantages.detach()
-        score = reinforce(f_b, log_prob)  # A2C's term
         if self.variance_objective == "batch":
             # phi's objective differentiates the batch surrogate through the network: the
             # paper's form, with c at z, z~ and the detached z~ in one evaluation of the MLP.
@@ -232,6 +231,7 @@ class RELAX(A2C):
             z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
             points = th.cat([z, z_tilde, z_tilde.detach()])
             c_z, c_tilde, c_tilde_const = (-cv.shape(points, obs.repeat(3, 1))).chunk(3)
+            score = reinforce(f_b, log_prob)  # A2C's term
             correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde_const) - score
             self._kappa_terms = None
             return score + cv.kappa * correction, None
@@ -258,6 +258,7 @@ class RELAX(A2C):
             logit_grad = th.addcmul(g, kappa.unsqueeze(-1), h.detach())
         self._kappa_terms = (g, h, kappa)
         with th.no_grad():  # the value (logged); the update differentiates through logit_grad
+            score = reinforce(f_b, log_prob)  # A2C's term
             c_z, c_tilde = -c_hat_z, -c_hat_tilde
             relaxed = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde)
             surrogate = th.lerp(score, relaxed, kappa)  # score + kappa * (RELAX's - score)
