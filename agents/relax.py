@@ -269,9 +269,9 @@ class RELAX(A2C):
         one env, from the running moments of earlier batches); constant in theta and phi."""
         if self.n_envs >= 2:
             g64, h64 = g.cpu().numpy().astype(np.float64), h.cpu().numpy().astype(np.float64)
-            gh, hh = np.einsum("ij,ij->i", g64, h64), np.einsum("ij,ij->i", h64, h64)
+            gh, hh = (g64 * h64).sum(1), np.square(h64).sum(1)
             kappa = _cross_fitted_kappa(gh, hh, env_index.cpu().numpy() % 2)
-            return th.from_numpy(kappa).to(device=g.device, dtype=g.dtype)
+            return th.from_numpy(kappa.astype(np.float32)).to(g.device)
         cv = self.control_variate
         kappa = -cv.mean_gh / cv.mean_hh if float(cv.mean_hh) > 0 else th.zeros(())
         return kappa.expand(g.shape[0])

@@ -159,8 +159,8 @@ class GumbelRolloutBuffer(RolloutBuffer):
             n, dev = self.pos, self.device
             rows = n * self.n_envs
 
-            def flat(x: np.ndarray | th.Tensor) -> th.Tensor:
-                return th.as_tensor(x[:n], device=dev).reshape(rows, *x.shape[2:])
+            def flat(x: np.ndarray) -> th.Tensor:
+                return th.from_numpy(x[:n].reshape(rows, *x.shape[2:])).to(dev)
 
             self._samples = GumbelRolloutSamples(
                 flat(self.observations),
@@ -169,8 +169,8 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 flat(self.log_probs),
                 flat(self.advantages),
                 flat(self.returns),
-                flat(self.noise_u),
-                flat(self.noise_v),
+                self.noise_u[:n].reshape(rows, -1),
+                self.noise_v[:n].reshape(rows, -1),
                 th.arange(self.n_envs, device=dev).repeat(n),
             )
         return self._samples
