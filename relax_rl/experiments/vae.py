@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -41,7 +42,6 @@ from relax_rl.estimators import (
 )
 
 MODELS = ("linear1", "linear2", "nonlinear")
-ESTIMATORS = ("reinforce", "concrete", "rebar", "relax")
 DATASETS = ("mnist5k", "digits")
 OUTPUT_FILES = ("results.json", "elbo.png", "variance.png")
 FAMILY = BernoulliFamily(event_dims=1)
@@ -206,23 +206,125 @@ class DiscreteVAE(nn.Module):
             return th.logsumexp(w, 1) - math.log(k)
 
 
-class ControlVariates(nn.Module):
-    """Per-layer estimator parameters: REBAR's ``eta`` and ``log lambda``, RELAX's ``log lambda``
-    and ``r_rho`` (one hidden layer of tanh units on ``sigma_lambda(z)``), REINFORCE's NVIL
-    baseline network of ``x``."""
+class LayerSample(NamedTuple):
+    """What an estimator sees of one stochastic layer: the batch ``x``, the stored noise of
+    every layer (``us`` for the samples, ``vs`` for the conditionals), every layer's logits (with
+    their graph) and samples, the black-box loss ``f(b)`` per example, the layer's index and a
+    leaf copy of its logits (the estimator's gradient is taken there)."""
 
-    def __init__(
-        self, estimator: str, n_layers: int, latents: int, x_dim: int, hidden: int = 100
-    ) -> None:
+    x: Tensor
+    us: list[Tensor]
+    vs: list[Tensor]
+    logits: list[Tensor]
+    bs: list[Tensor]
+    f_b: Tensor
+    layer: int
+    leaf: Tensor
+
+
+class EncoderEstimator(nn.Module):
+    """A gradient estimator for the encoder's logits: its own parameters (phi) and, per layer,
+    each example's surrogate, whose gradient w.r.t. the leaf logits is its estimate of
+    ``d E[f(b)] / d logits``."""
+
+    #: phi descends the variance objective (Grathwohl et al. 2018, Eq. 11).
+    variance_trained: ClassVar[bool] = False
+
+    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
+        """The per-example surrogate of layer ``s.layer`` and a loss of phi's own, if any."""
+        raise NotImplementedError
+
+
+class Reinforce(EncoderEstimator):
+    """REINFORCE with an NVIL-style baseline: a network of ``x`` regressed on ``f(b)``."""
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
         super().__init__()
-        self.estimator = estimator
+        self.baseline = _mlp([x_dim, hidden, 1])
+
+    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
+        base = self.baseline(s.x - vae.x_mean).squeeze(-1)
+        log_prob = FAMILY.log_prob(s.leaf, s.bs[s.layer])
+        baseline_loss = (s.f_b.detach() - base).pow(2).mean()
+        return reinforce(s.f_b, log_prob, baseline=base.detach()), baseline_loss
+
+
+class Concrete(EncoderEstimator):
+    """The relaxed objective at a fixed temperature (0.5): reparameterised, biased."""
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
+        super().__init__()
+        self.register_buffer("log_temperature", th.full((n_layers,), math.log(0.5)))
+
+    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
+        z = s.leaf + th.logit(s.us[s.layer])
+        temp = self.log_temperature[s.layer].exp()
+        return vae.relaxed_loss(s.x, s.bs, s.logits, s.layer, z, s.us, temp), None
+
+
+class _RelaxedControlVariate(EncoderEstimator):
+    """RELAX (Eq. 8) with a control variate built on the relaxed loss at a learned temperature;
+    the subclass says how (:meth:`control_variate`)."""
+
+    variance_trained = True
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
         self.log_temperature = nn.Parameter(th.full((n_layers,), math.log(0.5)))
+
+    def control_variate(self, vae: DiscreteVAE, s: LayerSample, z: Tensor, temp: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
+        b = s.bs[s.layer]
+        z = s.leaf + th.logit(s.us[s.layer])
+        z_tilde = FAMILY.conditional(s.leaf, b, s.vs[s.layer])
+        temp = self.log_temperature[s.layer].exp()
+        log_prob = FAMILY.log_prob(s.leaf, b)
+
+        def c(zz: Tensor) -> Tensor:
+            return self.control_variate(vae, s, zz, temp)
+
+        return relax(s.f_b, log_prob, z, z_tilde, c), None
+
+
+class Rebar(_RelaxedControlVariate):
+    """REBAR (Tucker et al. 2017): ``c = eta * f(sigma_lambda(z))``."""
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
+        super().__init__(n_layers)
         self.eta = nn.Parameter(th.ones(n_layers))
+
+    def control_variate(self, vae: DiscreteVAE, s: LayerSample, z: Tensor, temp: Tensor) -> Tensor:
+        return self.eta[s.layer] * vae.relaxed_loss(s.x, s.bs, s.logits, s.layer, z, s.us, temp)
+
+
+class Relax(_RelaxedControlVariate):
+    """RELAX's VAE control variate: ``c = f(sigma_lambda(z)) + r_rho(sigma_lambda(z))``, ``r``
+    one hidden layer of tanh units, starting at 0 (RELAX starts as REBAR with eta = 1)."""
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
+        super().__init__(n_layers)
         self.r = nn.ModuleList([_mlp([latents, hidden, 1]) for _ in range(n_layers)])
-        for net in self.r:  # r starts at 0: RELAX starts as REBAR with eta = 1
+        for net in self.r:
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
-        self.baseline = _mlp([x_dim, hidden, 1])
+
+    def control_variate(self, vae: DiscreteVAE, s: LayerSample, z: Tensor, temp: Tensor) -> Tensor:
+        relaxed = vae.relaxed_loss(s.x, s.bs, s.logits, s.layer, z, s.us, temp)
+        return relaxed + self.r[s.layer](FAMILY.relax(z, temp)).squeeze(-1)
+
+
+#: The estimators by name (the one place a name is turned into an estimator).
+ESTIMATOR_CLASSES: dict[str, type[EncoderEstimator]] = {
+    "reinforce": Reinforce,
+    "concrete": Concrete,
+    "rebar": Rebar,
+    "relax": Relax,
+}
+
+
+ESTIMATORS = tuple(ESTIMATOR_CLASSES)
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,9 +375,10 @@ class VAETrainer:
         with th.random.fork_rng():  # seeded initial weights, the caller's global RNG untouched
             th.manual_seed(cfg.seed)
             self.model = DiscreteVAE(x_dim, cfg.model, cfg.latents, data["train"].mean(0))
-            self.cv = ControlVariates(estimator, self.model.n_layers, cfg.latents, x_dim)
+            self.cv = ESTIMATOR_CLASSES[estimator](self.model.n_layers, cfg.latents, x_dim)
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.cv_opt = th.optim.Adam(self.cv.parameters(), lr=cfg.cv_lr)
+        cv_params = list(self.cv.parameters())
+        self.cv_opt = th.optim.Adam(cv_params, lr=cfg.cv_lr) if cv_params else None
         self.gen = th.Generator().manual_seed(cfg.seed)
         # The variance measurement draws its own noise, so that measuring (how often, or at
         # all) never changes the training run.
@@ -291,35 +394,19 @@ class VAETrainer:
         """Sample, then per layer: the encoder's logits (with their graph), a leaf copy of them
         and the estimator's per-example surrogate in that leaf; also the decoder's loss and the
         REINFORCE baseline's regression losses."""
-        m, cv = self.model, self.cv
+        m = self.model
         logits, _, bs = m.sample(x, us)
         f_b = -m.log_joint_minus_q(x, bs, logits)
         decoder_loss = f_b.mean()
         leaves, surrogates, extra = [], [], []
         for layer in range(m.n_layers):
-            lg = logits[layer].detach().requires_grad_(True)
-            z = lg + th.logit(us[layer])
-            b = bs[layer]
-            log_prob = FAMILY.log_prob(lg, b)
-            temp = cv.log_temperature[layer].exp()
-            if self.estimator == "reinforce":
-                base = cv.baseline(x - m.x_mean).squeeze(-1)
-                surrogate = reinforce(f_b, log_prob, baseline=base.detach())
-                extra.append((f_b.detach() - base).pow(2).mean())
-            elif self.estimator == "concrete":
-                surrogate = m.relaxed_loss(x, bs, logits, layer, z, us, temp.detach())
-            else:
-                z_tilde = FAMILY.conditional(lg, b, vs[layer])
-
-                def c(zz: Tensor, layer: int = layer, temp: Tensor = temp) -> Tensor:
-                    relaxed = m.relaxed_loss(x, bs, logits, layer, zz, us, temp)
-                    if self.estimator == "rebar":
-                        return cv.eta[layer] * relaxed
-                    return relaxed + cv.r[layer](FAMILY.relax(zz, temp)).squeeze(-1)
-
-                surrogate = relax(f_b, log_prob, z, z_tilde, c)
-            leaves.append(lg)
+            leaf = logits[layer].detach().requires_grad_(True)
+            sample = LayerSample(x, us, vs, logits, bs, f_b, layer, leaf)
+            surrogate, own_loss = self.cv.surrogate(m, sample)
+            leaves.append(leaf)
             surrogates.append(surrogate)
+            if own_loss is not None:
+                extra.append(own_loss)
         return logits, leaves, surrogates, decoder_loss, extra
 
     @staticmethod
@@ -350,20 +437,23 @@ class VAETrainer:
         us, vs = self._noise(n, self.gen), self._noise(n, self.gen)
         m = self.model
         self.opt.zero_grad(set_to_none=True)
-        self.cv_opt.zero_grad(set_to_none=True)
+        if self.cv_opt is not None:
+            self.cv_opt.zero_grad(set_to_none=True)
         logits, leaves, surrogates, decoder_loss, extra = self.surrogates(x, us, vs)
-        trains_cv = self.estimator in ("rebar", "relax")
+        trains_cv = self.cv.variance_trained
         grads = self.logit_gradients(leaves, surrogates, create_graph=trains_cv)
         decoder_loss.backward(inputs=m.decoder_parameters(), retain_graph=True)
+        cv_params = [p for p in self.cv.parameters() if p.requires_grad]
         if trains_cv:
             var_loss = sum(g.pow(2).sum() for g in grads) / n
-            var_loss.backward(inputs=[p for p in self.cv.parameters() if p.requires_grad])
+            var_loss.backward(inputs=cv_params)
         if extra:
-            sum(extra).backward(inputs=list(self.cv.baseline.parameters()))
+            sum(extra).backward(inputs=cv_params)
         for layer, g in enumerate(grads):
             logits[layer].backward(g.detach() / n, inputs=m.encoder_parameters(layer))
         self.opt.step()
-        self.cv_opt.step()
+        if self.cv_opt is not None:
+            self.cv_opt.step()
 
     def log10_variance(self, x: Tensor) -> float | None:
         """:func:`~relax_rl.estimators.log10_total_variance` of the encoder's batch gradient
