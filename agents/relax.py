@@ -64,6 +64,14 @@ class RELAX(A2C):
     ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. Unbiased for any ``c_hat``. The update
     (:meth:`train`) also steps phi on its own Adam optimizer.
 
+    How it is computed (``per_sample``): each sample's estimate in logit space,
+    ``d surrogate_i / d logits_i = g_i + kappa h_i``, with the score terms in closed form
+    (``d log pi(a)/d logits = onehot(a) - pi``) and c's terms by one autograd pass through
+    ``c_hat`` evaluated at ``z`` and ``z~`` in one batch (its graph to phi kept for the
+    variance objective); the actor's gradient is those logit gradients sent back through the
+    network once, in the same backward pass that trains phi (the two graphs are disjoint).
+    ``batch`` differentiates the batch surrogate itself (the paper's form).
+
     The estimator is affine in ``kappa``: ``g = g_A2C + kappa * h``. Two ways to set it:
 
     - ``kappa_mode="learned"`` (the paper's): ``phi = (MLP, tau, kappa)`` descends the variance
