@@ -366,7 +366,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             "entropy": losses.entropy,
             **extra,
         }
-        values = th.stack([v.detach().reshape(()) for v in scalars.values()]).tolist()
+        with th.no_grad():  # one read from the device for all of them
+            values = th.stack(list(scalars.values())).tolist()
         self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
         for name, value in zip(scalars, values, strict=True):
             self.logger.record(f"train/{name}", value)
@@ -375,8 +376,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _check_finite(self, **values: th.Tensor) -> None:
         """Raise :class:`TrainingDivergedError` naming the first of ``values`` (scalars) that is
         NaN or infinite (one check, one sync, when all are finite)."""
-        if bool(th.isfinite(th.stack(list(values.values()))).all()):
-            return
+        with th.no_grad():
+            if bool(th.isfinite(th.stack(list(values.values()))).all()):
+                return
         for name, value in values.items():
             if not th.isfinite(value).all():
                 raise self._diverged(name, value.item())
