@@ -96,7 +96,9 @@ def select(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs; values are parsed as YAML (``1e-3``, ``[64, 64]``, ``true``)."""
+    """``--set key=value`` pairs; values are parsed as YAML (``[64, 64]``, ``true``; numbers
+    in scientific notation such as ``1e-3``, strings to YAML 1.1, become numbers where the key
+    takes one: :func:`validate`)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -144,6 +146,12 @@ def _expected_type(param: inspect.Parameter) -> type | None:
 def _check_type(key: str, value: Any, expected: type | None, optional: bool) -> Any:
     if expected is None or (value is None and optional):
         return value
+    if expected in (float, int) and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 and 3e-4 (no dot) as strings; take what Python's float() takes.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():

@@ -107,3 +107,16 @@ def test_eval_missing_and_corrupt_model(tmp_path, capsys):
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "corrupt" in err and len(err.splitlines()) == 1
+
+
+def test_scientific_notation_in_set_and_config_files(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; a float or int key takes it as a number."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 3e-4\n")
+    code, out = _train(
+        tmp_path, "--config", str(cfg), "--set", "cv_learning_rate=1e-3", "--set", "n_steps=1e1"
+    )
+    assert code == 0
+    config = (out / "config.yaml").read_text()
+    assert "learning_rate: 0.0003" in config and "cv_learning_rate: 0.001" in config
+    assert "n_steps: 10" in config
