@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 
@@ -56,13 +57,27 @@ class EpisodeTracker(BaseCallback):
 
 class ReturnProgressBar(ProgressBarCallback):
     """SB3's progress bar with the running mean return of the last 100 episodes, redrawn a few
-    times a second rather than at every step (rich's rendering costs more than a step)."""
+    times a second rather than at every step (rich's rendering costs more than a step), on
+    stderr."""
 
     def __init__(self, min_interval_s: float = 0.25) -> None:
         super().__init__()
         self.min_interval_s = min_interval_s
         self._pending = 0
         self._last = 0.0
+
+    def _on_training_start(self) -> None:
+        from rich.console import Console
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm
+
+        # On stderr: stdout carries only the result (a summary a pipe can parse).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)  # as SB3 does
+            self.pbar = tqdm(
+                total=self.locals["total_timesteps"] - self.model.num_timesteps,
+                options={"console": Console(stderr=True)},
+            )
 
     def _on_step(self) -> bool:
         self._pending += self.training_env.num_envs

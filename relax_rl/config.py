@@ -14,6 +14,7 @@ and values of the wrong type are refused with a one-line message naming them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import typing
@@ -148,10 +149,8 @@ def _check_type(key: str, value: Any, expected: type | None, optional: bool) -> 
         return value
     if expected in (float, int) and isinstance(value, str):
         # YAML 1.1 reads 1e-3 and 3e-4 (no dot) as strings; take what Python's float() takes.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():

@@ -120,3 +120,27 @@ def test_scientific_notation_in_set_and_config_files(tmp_path):
     config = (out / "config.yaml").read_text()
     assert "learning_rate: 0.0003" in config and "cv_learning_rate: 0.001" in config
     assert "n_steps: 10" in config
+
+
+def test_progress_bar_leaves_stdout_to_the_summary(tmp_path, capsys):
+    """`relax-rl train ... | python -c "import json; json.load(sys.stdin)"` must work."""
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--algo",
+            "a2c",
+            "--env",
+            "CartPole-v1",
+            "--total-steps",
+            "400",
+            "--set",
+            "policy_kwargs.net_arch=[8]",
+            "--out",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["algo"] == "a2c"
+    assert "400" in captured.err  # the bar itself
