@@ -129,7 +129,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.actions[p] = action
         self.rewards[p] = reward
         self.episode_starts[p] = episode_start
-        self.values[p] = value.cpu().numpy()
+        self.values[p] = value.cpu().numpy().reshape(self.n_envs)
         self.log_probs[p] = log_prob.cpu().numpy()
         self.pos += 1
         self.full = self.pos == self.buffer_size

@@ -270,12 +270,16 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             else:
                 step_gumbel = gumbels[step]
             with th.no_grad():
-                logits, values = logits_and_values(obs_as_tensor(self._last_obs, device))
+                obs_tensor = obs_as_tensor(self._last_obs, device)
+                logits, state_values = logits_and_values(obs_tensor)
                 log_p = th.log_softmax(logits, dim=-1)
                 _, actions = gumbel_max(log_p, step_gumbel)
                 log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            actions_np = actions.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(actions_np)
+            # SB3's names, types and shapes, for callbacks that read self.locals.
+            values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += n_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -284,12 +288,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             if self.use_baseline:
                 rewards = self._bootstrap_truncations(rewards, dones, infos)
             rollout_buffer.add(
-                self._last_obs,
-                actions_np,
-                rewards,
-                self._last_episode_starts,
-                values if self.use_baseline else no_values,
-                log_probs,
+                self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs
             )
             self._last_obs, self._last_episode_starts = new_obs, dones
             if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import (
+    BaseCallback,
     CallbackList,
     CheckpointCallback,
     EvalCallback,
@@ -374,3 +375,32 @@ def test_policy_mode_switches_only_where_a_layer_cares(name):
     assert not dropout.training
     model.train()
     assert dropout.training
+
+
+@pytest.mark.parametrize("name", ["sb3-a2c", *ALL])
+def test_callback_locals_as_sb3s(name):
+    """A callback written for SB3's collect loop reads the same names, types and shapes."""
+    from stable_baselines3 import A2C as SB3A2C
+
+    seen = {}
+
+    class Reader(BaseCallback):
+        def _on_step(self):
+            loc = self.locals
+            n = self.training_env.num_envs
+            counts = np.bincount(loc["actions"].astype(np.int64), minlength=2)
+            assert counts.sum() == n
+            assert isinstance(loc["clipped_actions"], np.ndarray)
+            assert isinstance(loc["obs_tensor"], th.Tensor) and loc["obs_tensor"].shape == (n, 4)
+            assert loc["values"].shape == (n, 1) and loc["log_probs"].shape == (n,)
+            for key in ("new_obs", "rewards", "dones", "infos", "n_steps", "rollout_buffer"):
+                assert key in loc, key
+            seen["steps"] = seen.get("steps", 0) + 1
+            return True
+
+    if name == "sb3-a2c":
+        model = SB3A2C("MlpPolicy", make_env("CartPole-v1", 4, 0), n_steps=8)
+    else:
+        model = _model(name)
+    model.learn(64, callback=Reader())
+    assert seen["steps"] > 0
