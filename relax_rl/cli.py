@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import zipfile
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from relax_rl.errors import UsageError
+from relax_rl.errors import Terminated, UsageError, sigterm_as_interrupt
 
 EXIT_USAGE = 2
 
@@ -279,11 +280,12 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"training {args.algo} on {args.env} (seed {args.seed}) into {out}", file=sys.stderr)
     try:
         summary = train(spec, model, env)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
-            f"relax-rl train: interrupted; checkpoint and summary saved in {out}", file=sys.stderr
+            f"relax-rl train: {_stopped(exc)}; checkpoint and summary saved in {out}",
+            file=sys.stderr,
         )
-        return 130
+        return _interrupt_code(exc)
     except TrainingDivergedError as exc:
         print(
             f"relax-rl train: stopped: {exc}; last checkpoint and summary in {out}", file=sys.stderr
@@ -677,18 +679,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"relax-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = (
             "; finished runs are kept: run the same command again to resume"
             if args.command == "compare"
             else ""
         )
-        print(f"relax-rl {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"relax-rl {args.command}: {_stopped(exc)}{hint}", file=sys.stderr)
+        return _interrupt_code(exc)
+
+
+def _stopped(exc: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def _interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The shell's exit code for a process stopped by the signal: 128 + its number."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,13 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""User-facing errors (the CLI prints them as one line and exits with code 2) and the
+termination signal as an interrupt."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 class UsageError(ValueError):
@@ -8,3 +17,29 @@ class UsageError(ValueError):
 class TrainingDivergedError(RuntimeError):
     """A loss or gradient became NaN/inf; the model (policy, control variate, their optimizers
     and statistics) was left as it was before the update."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, SLURM, ``docker stop``), handled like Ctrl-C: runs save a
+    checkpoint, their model and a summary saying ``interrupted``."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the
+    main thread, unless the program already handles SIGTERM itself; restored afterwards."""
+    install = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+    if install:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -110,18 +110,21 @@ def failed_summary(run: GridRun, exc: BaseException | str) -> dict:
     }
 
 
-_interrupted = False  # in a pool worker: Ctrl-C was seen, start no further run
+_interrupted = False  # in a pool worker: Ctrl-C or SIGTERM was seen, start no further run
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
+def _on_interrupt(signum: int, frame: Any) -> None:
     global _interrupted
+    if _interrupted:  # already stopping: let the run in flight save itself undisturbed
+        return
     _interrupted = True
     raise KeyboardInterrupt
 
 
 def _init_pool_worker() -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _on_sigint)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _on_interrupt)
 
 
 def _start_unless_interrupted(worker: Callable[[GridRun], dict], run: GridRun) -> dict:
@@ -143,6 +146,11 @@ def _run_local(todo, worker, jobs: int, record) -> None:
                 summary = failed_summary(run, exc)
             record(run, summary)
     except KeyboardInterrupt:  # runs in flight save themselves; queued ones never start
+        # A terminal's Ctrl-C reaches every worker; a SIGTERM (kill, timeout, SLURM) may reach
+        # only this process: pass it on (a worker already stopping ignores the second one).
+        for pid in list(getattr(pool, "_processes", None) or {}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()

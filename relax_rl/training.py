@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
 from relax_rl.config import RUN_KEYS, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
-from relax_rl.errors import TrainingDivergedError
+from relax_rl.errors import TrainingDivergedError, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
@@ -141,7 +141,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     the summary.
 
     ``status`` ends as ``completed``, ``solved`` (stopped at the threshold), ``interrupted``
-    (Ctrl-C; re-raised after saving) or ``diverged`` (NaN; :class:`TrainingDivergedError`
+    (Ctrl-C or SIGTERM; re-raised after saving) or ``diverged`` (NaN; :class:`TrainingDivergedError`
     re-raised after saving).
     """
     out = spec.out
@@ -179,7 +179,8 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     if spec.progress:
         callbacks.append(ReturnProgressBar())
     try:
-        model.learn(spec.settings["total_steps"], callback=CallbackList(callbacks))
+        with sigterm_as_interrupt():
+            model.learn(spec.settings["total_steps"], callback=CallbackList(callbacks))
         folder.end = time.perf_counter()
         solved = folder.tracker.solved_at_env_steps is not None
         stopped = spec.settings["stop_when_solved"] and solved

@@ -144,3 +144,35 @@ def test_progress_bar_leaves_stdout_to_the_summary(tmp_path, capsys):
     assert code == 0
     assert json.loads(captured.out)["algo"] == "a2c"
     assert "400" in captured.err  # the bar itself
+
+
+def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
+    """`kill PID` / `timeout` / SLURM send SIGTERM: the run keeps a checkpoint, its model and a
+    summary saying interrupted, and the exit code is 143 (128 + SIGTERM)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [
+        "train", "--algo", "relax", "--env", "CartPole-v1", "--total-steps", "2000000",
+        "--set", "checkpoint_freq=500", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    code = f"import sys; from relax_rl.cli import main; sys.exit(main({argv!r}))"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(600):
+        if any((out / "checkpoints").glob("*.zip")):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["total_env_steps"] > 0
+    assert (out / "model.zip").exists()
+    assert list((out / "checkpoints").glob("model_interrupted_*.zip"))

@@ -284,3 +284,37 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
         assert json.loads((out / f"a2c-s{s}" / "summary.json").read_text())["status"] == (
             "completed"
         )
+
+
+def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path):
+    """`kill PID` (SIGTERM to compare's main process only, as `timeout` or `kill` send it):
+    runs in flight are stopped and saved as on Ctrl-C, queued runs never start, exit 143."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "grid"
+    argv = [
+        "compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0-2",
+        "--total-steps", "2000000", "--set", "n_envs=2", "--jobs", "2", "--out", str(out),
+    ]  # fmt: skip
+    code = f"import sys; from relax_rl.cli import main; sys.exit(main({argv!r}))"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
+    )
+    ckpts = [out / f"a2c-s{s}" / "checkpoints" for s in (0, 1)]
+    for _ in range(600):  # until both running cells have written a checkpoint
+        if all(c.exists() and any(c.glob("*.zip")) for c in ckpts):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # the main process only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err
+    for s in (0, 1):
+        summary = json.loads((out / f"a2c-s{s}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert (out / f"a2c-s{s}" / "model.zip").exists()
+        assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
+    assert not (out / "a2c-s2").exists()  # queued: never started
