@@ -472,8 +472,20 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         description="Draw returns.png and grad_variance.png (and report.md) "
         "from existing run folders; no wandb needed.",
     )
-    q.add_argument("run_dirs", nargs="+", type=Path)
-    q.add_argument("--out", type=Path, default=Path("."))
+    q.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run folders (train's --out) or a compare folder (all of its runs)",
+    )
+    q.add_argument(
+        "--out",
+        type=Path,
+        default=Path("plots"),
+        help="folder for report.md, the figures and summary.json (default ./plots; never a run "
+        "folder)",
+    )
     q.set_defaults(func=_run_plot)
 
 
@@ -634,15 +646,39 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_summary(d: Path) -> dict:
+    try:
+        summary = json.loads((d / "summary.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{d} is not a run folder (no readable summary.json)") from None
+    if not isinstance(summary, dict) or ("algo" not in summary and "runs" not in summary):
+        raise UsageError(f"{d}/summary.json is neither a run's nor a comparison's")
+    return summary
+
+
 def _run_plot(args: argparse.Namespace) -> int:
-    summaries = []
+    run_dirs, summaries = [], []
     for d in args.run_dirs:
-        try:
-            summaries.append(json.loads((d / "summary.json").read_text()))
-        except (OSError, ValueError):
-            raise UsageError(f"{d} is not a run folder (no readable summary.json)") from None
-    _write_comparison(args.out, list(args.run_dirs), summaries)
-    print(f"wrote {args.out}/report.md, returns.png, grad_variance.png, summary.json")
+        summary = _read_summary(d)
+        if "algo" in summary:
+            run_dirs.append(d)
+            summaries.append(summary)
+            continue
+        # A compare folder: its runs are the subfolders with a run's summary.
+        found = [c for c in sorted(d.iterdir()) if (c / "summary.json").is_file()]
+        found = [(c, s) for c in found if "algo" in (s := _read_summary(c))]
+        if not found:
+            raise UsageError(f"{d} is a comparison folder without any run folder in it")
+        run_dirs += [c for c, _ in found]
+        summaries += [s for _, s in found]
+    out = args.out
+    for d in run_dirs:
+        if out.resolve() == d.resolve():
+            raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
+    if (out / "summary.json").is_file() and "algo" in _read_summary(out):
+        raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
+    _write_comparison(out, run_dirs, summaries)
+    print(f"wrote {out}/report.md, returns.png, grad_variance.png, summary.json")
     return 0
 
 

@@ -34,7 +34,7 @@ GRID = [
 ]
 
 
-def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
+def test_tiny_compare_report_figures_and_resume(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cmp"
     assert main([*GRID, "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
@@ -61,6 +61,20 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys):
     plot_out = tmp_path / "plots"
     assert main(["plot", str(out / "a2c-s0"), str(out / "relax-s1"), "--out", str(plot_out)]) == 0
     assert (plot_out / "returns.png").exists() and (plot_out / "report.md").exists()
+    # plot never writes over a run's own files, whatever --out says or defaults to
+    run = out / "a2c-s0"
+    before = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(run)]) == 2
+    assert "never writes over a run's files" in capsys.readouterr().err
+    monkeypatch.chdir(run)
+    assert main(["plot", "."]) == 0  # the default --out is ./plots
+    assert (run / "summary.json").read_text() == before
+    assert (run / "plots" / "report.md").exists()
+    # a compare folder stands for all of its runs
+    assert main(["plot", str(out), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert len(again["runs"]) == 4
 
 
 def test_a_crashing_run_is_reported_and_others_go_on(tmp_path):
