@@ -35,10 +35,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _check_out_dir(out: Path, ours: Sequence[str]) -> None:
-    """Refuse an existing folder that holds anything other than this command's own outputs."""
+def _check_writable(out: Path) -> None:
+    """``--out`` must be a folder this process can write, or one it can create (its nearest
+    existing ancestor a writable folder): found before any work starts, not after it."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not base.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable ({base} is read-only for this user)")
+
+
+def _seed(text: str) -> int:
+    """argparse type of a seed: an integer >= 0 (numpy and gymnasium refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected an integer >= 0"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: expected an integer >= 0")
+    return value
+
+
+def _check_out_dir(out: Path, ours: Sequence[str]) -> None:
+    """Refuse an existing folder that holds anything other than this command's own outputs."""
+    _check_writable(out)
     if out.is_dir():
         other = sorted(p.name for p in out.iterdir() if p.name not in ours)
         if other:
@@ -134,7 +158,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--algo", required=True, help="reinforce, a2c or relax")
     p.add_argument("--env", required=True, help="gymnasium env id, e.g. CartPole-v1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the run (default 0)")
     p.add_argument("--total-steps", type=int, default=None, help="env steps (overrides config)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (overrides config)")
     p.add_argument(
@@ -172,7 +196,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("run_dir", type=Path)
     e.add_argument("--episodes", type=int, default=10)
-    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument(
+        "--seed", type=_seed, default=12345, help="seed of the evaluation episodes (default 12345)"
+    )
     e.add_argument("--stochastic", action="store_true", help="sample actions (default: argmax)")
     e.set_defaults(func=_run_eval)
 
@@ -252,6 +278,7 @@ def _run_train(args: argparse.Namespace) -> int:
         or Path("runs")
         / f"{args.algo}-{args.env.replace('/', '_')}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    _check_writable(out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} already exists and is not empty; give a new folder")
 
@@ -350,7 +377,7 @@ def _add_vae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents", type=int, default=200, help="Bernoulli latents per layer")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--eval-every", type=int, default=1_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the run (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/vae"))
     _add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true")
@@ -613,6 +640,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     seeds = parse_seeds(args.seeds)
+    _check_writable(args.out)
     settings = _grid_settings(args)
     tracking = _tracking(args)
     if tracking is not None and tracking.group is None:
@@ -672,6 +700,7 @@ def _run_plot(args: argparse.Namespace) -> int:
         run_dirs += [c for c, _ in found]
         summaries += [s for _, s in found]
     out = args.out
+    _check_writable(out)
     for d in run_dirs:
         if out.resolve() == d.resolve():
             raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")

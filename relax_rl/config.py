@@ -71,6 +71,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a folder; give a YAML file") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -176,3 +176,26 @@ def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
     assert summary["status"] == "interrupted" and summary["total_env_steps"] > 0
     assert (out / "model.zip").exists()
     assert list((out / "checkpoints").glob("model_interrupted_*.zip"))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--algo", "a2c", "--env", "CartPole-v1", "--out", "{file}"], "not a folder"),
+        (["compare", "--algos", "a2c", "--env", "CartPole-v1", "--out", "{file}"], "not a folder"),
+        (["vae", "--steps", "300", "--out", "{file}/sub"], "cannot be created"),
+        (["toy", "--steps", "300", "--out", "{file}"], "not a folder"),
+        (["train", "--algo", "a2c", "--env", "CartPole-v1", "--config", "{tmp}"], "is a folder"),
+        (["train", "--algo", "a2c", "--env", "CartPole-v1", "--seed", "-1"], "invalid seed -1"),
+        (["vae", "--seed", "-1"], "invalid seed -1"),
+    ],
+)
+def test_bad_paths_and_seeds_fail_in_one_line_before_any_work(tmp_path, capsys, args, needle):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    argv = [a.format(file=a_file, tmp=tmp_path) for a in args]
+    code = main([*argv, "--no-progress"] if argv[0] in ("train", "vae", "toy") else argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and needle in err[0], err
+    assert a_file.read_text() == "not a folder"
