@@ -561,7 +561,7 @@ def _check_finished_runs_match(cells, settings: dict) -> None:
     import yaml
 
     from relax_rl.runner import is_finished
-    from relax_rl.training import run_config
+    from relax_rl.training import DERIVED_CONFIG_KEYS, run_config
 
     for cell in cells:
         if not is_finished(cell.out):
@@ -571,7 +571,8 @@ def _check_finished_runs_match(cells, settings: dict) -> None:
         except (OSError, yaml.YAMLError):
             old = {}
         new = run_config(_grid_spec(cell, settings, None))
-        for key in sorted(set(old) | set(new)):
+        # (a key an older config.yaml lacks is not compared)
+        for key in sorted(set(old) & set(new) - set(DERIVED_CONFIG_KEYS)):
             if old.get(key) != new.get(key):
                 raise UsageError(
                     f"{cell.out} finished with {key}={old.get(key)!r} but this grid has "

@@ -6,8 +6,11 @@ Ctrl-C or a diverged update (NaN) still leaves a valid checkpoint, ``model.zip``
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
-from relax_rl.config import RUN_KEYS, to_yaml_safe
+from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.errors import TrainingDivergedError, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
@@ -126,14 +129,52 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
 
 
 def run_config(spec: RunSpec) -> dict[str, Any]:
-    """The run's resolved settings as written to its ``config.yaml`` (and sent to wandb)."""
+    """The run's settings as written to its ``config.yaml`` (and sent to wandb): the run keys and
+    every hyperparameter of the agent's constructor, the defaults included."""
+    agent = {
+        name: p.default
+        for name, p in algo_parameters(spec.algo_cls).items()
+        if p.default is not inspect.Parameter.empty
+    }
+    agent.update(spec.agent_kwargs)
     return {
         "algo": spec.algo,
         "env_id": spec.env_id,
         "seed": spec.seed,
         **to_yaml_safe(spec.settings),
-        **to_yaml_safe(spec.agent_kwargs),
+        **to_yaml_safe(agent),
     }
+
+
+#: Keys of ``config.yaml`` that describe the build rather than choose it (not compared when a
+#: grid resumes).
+DERIVED_CONFIG_KEYS = ("policy", "versions")
+
+
+def describe_policy(model: Any) -> dict[str, Any]:
+    """The networks the policy was built with (SB3's defaults resolved)."""
+    policy = model.policy
+    return to_yaml_safe(
+        {
+            "class": type(policy).__name__,
+            "net_arch": policy.net_arch,
+            "activation_fn": policy.activation_fn,
+            "ortho_init": policy.ortho_init,
+            "share_features_extractor": policy.share_features_extractor,
+            "optimizer_class": policy.optimizer_class,
+            "optimizer_kwargs": dict(policy.optimizer_kwargs),
+        }
+    )
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("relax-rl", "torch", "stable-baselines3", "gymnasium", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[str, Any]:
@@ -146,11 +187,15 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     """
     out = spec.out
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    config = run_config(spec)
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     folder = RunFolder(spec)
     if model is None or env is None:
         model, env = build(spec)
+    config = {
+        **run_config(spec),
+        "policy": describe_policy(model),
+        "versions": package_versions(),
+    }
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     folder.model = model
     formats = [
         make_output_format(f, str(out)) for f in (["csv", "stdout"] if spec.verbose else ["csv"])

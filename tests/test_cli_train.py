@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from relax_rl.cli import main
 
@@ -41,6 +42,13 @@ def test_train_then_eval(tmp_path, capsys):
     assert printed["episodes"] == summary["episodes"]
     config = (out / "config.yaml").read_text()
     assert "cv_net_arch" in config and "n_envs: 2" in config
+    # every hyperparameter the agent was built with, defaults included, and the versions
+    resolved = yaml.safe_load(config)
+    assert resolved["learning_rate"] == 7e-4 and resolved["gamma"] == 0.99
+    assert resolved["n_steps"] == 5 and resolved["kappa_mode"] == "optimal"
+    assert resolved["policy"]["net_arch"] == [8]
+    assert resolved["policy"]["activation_fn"] == "tanh"
+    assert {"torch", "stable-baselines3", "gymnasium", "relax-rl"} <= set(resolved["versions"])
     assert main(["eval", str(out), "--episodes", "3"]) == 0
     assert "mean return" in capsys.readouterr().out
 
