@@ -268,9 +268,6 @@ def _run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     run, agent_kwargs = resolve_settings(args, algo_cls)
-    for key in ("total_steps", "n_envs"):
-        if run[key] <= 0:
-            raise UsageError(f"{key} must be positive, got {run[key]}")
     if run["threshold"] is None:
         run["threshold"] = reward_threshold(args.env)
     out = (
@@ -672,6 +669,9 @@ def _run_compare(args: argparse.Namespace) -> int:
     )
     _write_comparison(args.out, [cell.out for cell in cells], summaries)
     print((args.out / "report.md").read_text())
+    if all(s.get("status") in ("failed", "diverged") for s in summaries):
+        print(f"relax-rl compare: every run failed; see {args.out}/report.md", file=sys.stderr)
+        return 1
     return 0
 
 

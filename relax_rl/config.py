@@ -190,6 +190,9 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(
                 f"unknown config key {key!r} for {algo_cls.__name__}; valid: {', '.join(valid)}"
             )
+    for key in ("total_steps", "n_envs", "checkpoint_freq"):
+        if run[key] <= 0:
+            raise UsageError(f"{key} must be positive, got {run[key]}")
     return run, agent
 
 

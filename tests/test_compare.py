@@ -96,7 +96,7 @@ def test_a_crashing_run_is_reported_and_others_go_on(tmp_path):
         "--out",
         str(out),
     ]
-    assert main(args) == 0
+    assert main(args) == 1  # every run failed: the report is written, the exit code says so
     report = (out / "report.md").read_text()
     assert "1 failed" in report and "needs n_envs=1" in report
 
@@ -116,6 +116,7 @@ def test_parse_seeds(text, seeds):
         (["--algos", "ppo"], "unknown algo 'ppo'"),
         (["--env", "CartPol-v1"], "did you mean CartPole-v1"),
         (["--backend", "slurm"], "unknown backend 'slurm'; valid: local, ray"),
+        (["--total-steps", "0"], "total_steps must be positive, got 0"),
     ],
 )
 def test_compare_bad_input(tmp_path, capsys, args, needle):
