@@ -21,7 +21,15 @@ def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     try:
         return gym.spec(env_id)
     except Error:
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.5)
+        namespace = env_id.split("/")[0] if "/" in env_id else None
+        known = {spec.namespace for spec in gym.registry.values()}
+        if namespace is not None and namespace not in known:
+            which = "ale-py, for ALE" if namespace == "ALE" else "the package that registers it"
+            raise ValueError(
+                f"unknown env id {env_id!r}: no env of namespace {namespace!r} is registered "
+                f"(install {which})"
+            ) from None
+        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.7)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium's registry"
         raise ValueError(f"unknown env id {env_id!r}{hint}") from None
 

@@ -270,6 +270,11 @@ def _run_train(args: argparse.Namespace) -> int:
     run, agent_kwargs = resolve_settings(args, algo_cls)
     if run["threshold"] is None:
         run["threshold"] = reward_threshold(args.env)
+    if run["stop_when_solved"] and run["threshold"] is None:
+        raise UsageError(
+            f"--until-solved needs a reward threshold and {args.env} has none; "
+            "add --set threshold=VALUE"
+        )
     out = (
         args.out
         or Path("runs")
@@ -327,6 +332,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {args.episodes}")
     summary_path, model_path = run_dir / "summary.json", run_dir / "model.zip"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is a file; give the run folder that train wrote")
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir} does not exist")
     if not model_path.exists():

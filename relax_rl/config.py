@@ -184,6 +184,12 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
         elif key in params:
             p = params[key]
             optional = type(None) in _annotation_types(p)
+            sizes = list[int] in _annotation_types(p) and not (value is None and optional)
+            if sizes and not (isinstance(value, list) and _valid_net_arch(value)):
+                raise UsageError(
+                    f"{key}={value!r} has the wrong type: expected a list of layer sizes "
+                    "such as [64, 64]"
+                )
             agent[key] = _check_type(key, value, _expected_type(p), optional)
         else:
             valid = sorted({*RUN_KEYS, *params, "policy_kwargs"})

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
@@ -86,6 +87,21 @@ class Losses(NamedTuple):
         return self.per_sample_objective.mean()
 
 
+def _check_observation_space(agent: str, space: spaces.Space) -> None:
+    """Refuse what the MLP policy cannot take (SB3 would suggest policies that do not exist
+    here, or train on raw pixels)."""
+    if isinstance(space, (spaces.Dict, spaces.Tuple)):
+        raise ValueError(
+            f"{agent} needs a flat observation space (Box, Discrete), got {space}; flatten it "
+            "with gymnasium.wrappers.FlattenObservation"
+        )
+    if is_image_space(space, check_channels=False):
+        raise ValueError(
+            f"{agent} has an MLP policy; image observations {space} would train it on raw "
+            "pixels (a CNN policy is not supported yet): featurise them with a gymnasium wrapper"
+        )
+
+
 class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     """Shared base of REINFORCE, A2C and RELAX for ``Discrete`` action spaces (abstract: an
     algorithm adds its ``policy_surrogate`` and its ``train``).
@@ -141,6 +157,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        observation_space = getattr(env, "observation_space", None)
+        if observation_space is not None:
+            _check_observation_space(type(self).__name__, observation_space)
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
         if not use_baseline and n_steps > 0:

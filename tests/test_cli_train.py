@@ -2,6 +2,8 @@
 
 import json
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import yaml
 
@@ -62,6 +64,33 @@ def test_preset_and_config_file(tmp_path):
     assert "learning_rate: 0.003" in config and "use_baseline: false" in config
 
 
+class _OddObservations(gym.Env):
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, observation_space):
+        self.observation_space = observation_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+@pytest.fixture(scope="module")
+def odd_envs():
+    """Envs a user may bring: dict observations, image observations."""
+    spaces = gym.spaces
+    dict_obs = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})
+    pixels = spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    for name, space in (("test/DictObs-v0", dict_obs), ("test/Pixels-v0", pixels)):
+        gym.register(name, entry_point=_OddObservations, kwargs={"observation_space": space})
+    yield
+    for name in ("test/DictObs-v0", "test/Pixels-v0"):
+        gym.registry.pop(name, None)
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -74,9 +103,14 @@ def test_preset_and_config_file(tmp_path):
         (["--algo", "a2c", "--env", "CartPole-v1", "--preset", "nope"], "no entry 'nope'"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "0"], "total_steps"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "optimizer=sgd"], "optimizer"),
+        (["--algo", "relax", "--env", "CartPole-v1", "--set", "cv_net_arch=5"], "[64, 64]"),
+        (["--algo", "a2c", "--env", "ALE/Pong-v5"], "namespace 'ALE'"),
+        (["--algo", "a2c", "--env", "relax_rl/ContextualBandit2-v0", "--until-solved"], "has none"),
+        (["--algo", "a2c", "--env", "test/DictObs-v0"], "FlattenObservation"),
+        (["--algo", "a2c", "--env", "test/Pixels-v0"], "raw pixels"),
     ],
 )
-def test_train_bad_input(tmp_path, capsys, args, needle):
+def test_train_bad_input(tmp_path, capsys, args, needle, odd_envs):
     code = main(["train", *args, "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -106,6 +140,9 @@ def test_malformed_config_file(tmp_path, capsys):
 def test_eval_missing_and_corrupt_model(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["eval", str(tmp_path / "a_file")]) == 2
+    assert "is a file" in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
     assert main(["eval", str(run)]) == 2
