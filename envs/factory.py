@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +18,17 @@ EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "muj
 
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The spec of ``env_id``, or ``ValueError`` naming close matches."""
+    """The spec of ``env_id``, or ``ValueError`` naming close matches. ``module:EnvId``
+    (gymnasium's form for a user's own env) imports ``module`` first, which registers it."""
+    module, sep, name = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"env id {env_id!r}: cannot import module {module!r} ({exc})"
+            ) from None
+        env_id = name
     try:
         return gym.spec(env_id)
     except Error:

@@ -244,3 +244,25 @@ def test_bad_paths_and_seeds_fail_in_one_line_before_any_work(tmp_path, capsys, 
     assert code == 2, err
     assert len(err) == 1 and needle in err[0], err
     assert a_file.read_text() == "not a folder"
+
+
+def test_a_users_own_env_as_module_colon_id(tmp_path, monkeypatch, capsys):
+    """gymnasium's `module:EnvId`: the module is imported, which registers the env."""
+    pkg = tmp_path / "my_grid_envs"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('MyGrid-v0', max_episode_steps=50,\n"
+        "             entry_point='gymnasium.envs.classic_control.cartpole:CartPoleEnv')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "a2c", "--env", "my_grid_envs:MyGrid-v0", "--total-steps", "300"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["env_id"] == "my_grid_envs:MyGrid-v0"
+    assert main(["eval", str(out), "--episodes", "2"]) == 0
+    capsys.readouterr()
+    bad = ["train", "--algo", "a2c", "--env", "no_such_module_xyz:Grid-v0", "--out", str(out)]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot import module 'no_such_module_xyz'" in err[0]
