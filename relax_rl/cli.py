@@ -724,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relax-rl",
         description="RELAX and friends: low-variance gradient estimators for discrete choices.",
     )
+    from relax_rl import __version__
+
+    parser.add_argument("--version", action="version", version=f"relax-rl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_train(sub)

@@ -266,3 +266,10 @@ def test_a_users_own_env_as_module_colon_id(tmp_path, monkeypatch, capsys):
     assert main(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot import module 'no_such_module_xyz'" in err[0]
+
+
+def test_version(capsys):
+    from relax_rl import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"relax-rl {__version__}"
