@@ -65,7 +65,9 @@ def main() -> None:
         freq = args.freq or FREQ.get(env_id, 1)
         cmd = [str(cli), "compare", "--algos", "a2c", "relax", "--env", env_id]
         cmd += ["--seeds", args.seeds, "--jobs", str(args.jobs), "--out", str(out)]
-        cmd += ["--set", f"grad_var_freq={freq}", *args.set]
+        # One progress.csv row per measurement (log_interval = freq): the error bars are over
+        # measurements.
+        cmd += ["--set", f"grad_var_freq={freq}", "--log-interval", str(freq), *args.set]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         summaries = json.loads((out / "summary.json").read_text())
         summaries = summaries.get("runs", summaries) if isinstance(summaries, dict) else summaries

@@ -38,6 +38,9 @@ RUN_KEYS: dict[str, tuple[type, Any]] = {
     "vec_env": (str, "dummy"),
     # every this many updates, the variance of the update's gradient estimator (0: off)
     "grad_var_freq": (int, 50),
+    # updates between rows of progress.csv (and stdout, wandb): SB3 A2C's 100; what is measured
+    # in between is averaged into the row
+    "log_interval": (int, 100),
 }
 POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
 NOT_CONFIGURABLE = {
@@ -196,7 +199,7 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(
                 f"unknown config key {key!r} for {algo_cls.__name__}; valid: {', '.join(valid)}"
             )
-    for key in ("total_steps", "n_envs", "checkpoint_freq"):
+    for key in ("total_steps", "n_envs", "checkpoint_freq", "log_interval"):
         if run[key] <= 0:
             raise UsageError(f"{key} must be positive, got {run[key]}")
     return run, agent

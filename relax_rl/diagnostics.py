@@ -138,4 +138,4 @@ class GradientVarianceCallback(BaseCallback):
         model = self.model
         if self.freq > 0 and model.n_updates % self.freq == 0:
             for key, value in gradient_variance(model, model.rollout_buffer.get_all()).items():
-                self.logger.record(key, value)
+                self.logger.record_mean(key, value)  # averaged over a row's log_interval

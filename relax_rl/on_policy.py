@@ -21,7 +21,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -426,9 +426,26 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             th._foreach_mul_(grads, self.max_grad_norm / (norm + 1e-6))
         return norm
 
-    def learn(self: SelfAlgo, *args: Any, **kwargs: Any) -> SelfAlgo:
-        kwargs.setdefault("tb_log_name", type(self).__name__)
-        return super().learn(*args, **kwargs)
+    def learn(  # type: ignore[override]
+        self: SelfAlgo,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAlgo:
+        """SB3's ``learn``; a row of logs every ``log_interval`` updates (SB3 A2C's 100), the
+        episode statistics and losses of that update, the measurements in between (gradient
+        variance) averaged."""
+        return super().learn(
+            total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name or type(self).__name__,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
 
 
 __all__ = ["GumbelOnPolicyAlgorithm", "Losses", "TrainingDivergedError", "total_grad_norm"]

@@ -225,7 +225,13 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         callbacks.append(ReturnProgressBar())
     try:
         with sigterm_as_interrupt():
-            model.learn(spec.settings["total_steps"], callback=CallbackList(callbacks))
+            model.learn(
+                spec.settings["total_steps"],
+                callback=CallbackList(callbacks),
+                log_interval=spec.settings.get("log_interval", RUN_KEYS["log_interval"][1]),
+            )
+            if model.logger.name_to_value:  # the last, partial interval too
+                model.dump_logs(model.n_updates)
         folder.end = time.perf_counter()
         solved = folder.tracker.solved_at_env_steps is not None
         stopped = spec.settings["stop_when_solved"] and solved

@@ -36,6 +36,10 @@ def run_updates(model, n_updates: int, callback=None) -> tuple[torch.Tensor, lis
             pending[key] = value
             super().record(key, value, exclude)
 
+        def record_mean(self, key, value, exclude=None):
+            pending[key] = value
+            super().record_mean(key, value, exclude)
+
     model.set_logger(Recorder(folder=None, output_formats=[]))
     handle = model.policy.optimizer.register_step_pre_hook(on_step)
     try:

@@ -1,5 +1,6 @@
 """``relax-rl train`` / ``eval`` end to end, and their one-line errors."""
 
+import csv
 import json
 
 import gymnasium as gym
@@ -273,3 +274,19 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"relax-rl {__version__}"
+
+
+@pytest.mark.parametrize("interval,rows", [(None, 3), (10, 21)])
+def test_log_interval_sets_the_rows_of_progress_csv(tmp_path, interval, rows):
+    """SB3 A2C's habit: a row every 100 updates by default (and one for the last, partial
+    interval), not one per update."""
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "2000"]
+    argv += ["--n-envs", "2", "--set", "policy_kwargs.net_arch=[8]", "--out", str(out)]
+    if interval is not None:
+        argv += ["--log-interval", str(interval)]
+    assert main([*argv, "--no-progress"]) == 0  # 200 updates of 2 x 5 steps
+    with open(out / "progress.csv") as fh:
+        logged = list(csv.DictReader(fh))
+    assert len(logged) == rows
+    assert logged[-1]["time/total_timesteps"] == "2000"

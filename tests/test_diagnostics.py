@@ -30,7 +30,7 @@ def test_grad_variance_logged_for_every_agent(name, tmp_path):
         policy_kwargs=TINY,
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(1_500, callback=GradientVarianceCallback(2))
+    model.learn(1_500, callback=GradientVarianceCallback(2), log_interval=5)
     with open(tmp_path / "progress.csv") as fh:
         rows = list(csv.DictReader(fh))
     logged = [r for r in rows if r.get("grad/log10_var")]
