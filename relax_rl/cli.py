@@ -13,6 +13,7 @@ Sub-commands:
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import signal
@@ -143,8 +144,9 @@ def _run_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+# configs/ is installed as relax_rl.configs (package-dir), so an installed relax-rl has it too.
 CONFIG_DIR = Path(
-    os.environ.get("RELAX_RL_CONFIGS", Path(__file__).resolve().parents[1] / "configs")
+    os.environ.get("RELAX_RL_CONFIGS") or str(importlib.resources.files("relax_rl.configs"))
 )
 
 

@@ -1,6 +1,7 @@
 """Packaging and module structure: one namespace, no import cycles."""
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it is installed as (pyproject's package-dir).
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-PACKAGES = {"relax_rl": "relax_rl", "agents": "relax_rl.agents", "envs": "relax_rl.envs"}
+PACKAGES = {
+    "relax_rl": "relax_rl",
+    "agents": "relax_rl.agents",
+    "envs": "relax_rl.envs",
+    "configs": "relax_rl.configs",
+}
 
 
 def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
@@ -32,6 +38,38 @@ def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"relax_rl"}
     assert "relax_rl/agents/relax.py" in names and "relax_rl/envs/factory.py" in names
+    # the YAML hyperparameters ship with the package: an installed relax-rl reads them
+    assert {f"relax_rl/configs/{a}.yaml" for a in ("a2c", "reinforce", "relax")} <= set(names)
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "from relax_rl.cli import CONFIG_DIR as d; "
+        "print(d, sorted(p.name for p in d.glob('*.yaml')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
+    folder, found = result.stdout.strip().split(" ", 1)
+    assert Path(folder).is_relative_to(site), result.stderr
+    assert found == "['a2c.yaml', 'reinforce.yaml', 'relax.yaml']"
 
 
 @pytest.mark.parametrize(
