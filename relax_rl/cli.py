@@ -197,8 +197,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="evaluate a trained run folder",
         description="Load RUN_DIR/model.zip and print the mean and std return.",
     )
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("run_dir", type=Path, help="the run folder train wrote (its model.zip)")
+    e.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     e.add_argument(
         "--seed", type=_seed, default=12345, help="seed of the evaluation episodes (default 12345)"
     )
@@ -209,9 +209,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", action="store_true", help="log to wandb (offline by default)")
     p.add_argument("--wandb-mode", default="offline", help="offline (default), online, disabled")
-    p.add_argument("--wandb-project", default="relax-rl")
-    p.add_argument("--wandb-group", default=None)
-    p.add_argument("--wandb-tags", nargs="*", default=[])
+    p.add_argument("--wandb-project", default="relax-rl", help="wandb project (default relax-rl)")
+    p.add_argument("--wandb-group", default=None, help="wandb group of the run(s)")
+    p.add_argument("--wandb-tags", nargs="*", default=[], help="wandb tags of the run(s)")
 
 
 def _add_log_interval(p: argparse.ArgumentParser) -> None:
@@ -392,15 +392,22 @@ def _add_vae(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"estimators to run (default: all of {', '.join(ESTIMATORS)})",
     )
-    p.add_argument("--steps", type=int, default=50_000)
-    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--steps", type=int, default=50_000, help="updates (default 50000)")
+    p.add_argument("--batch-size", type=int, default=24, help="images per update (default 24)")
     p.add_argument("--latents", type=int, default=200, help="Bernoulli latents per layer")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--eval-every", type=int, default=1_000)
+    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=1_000,
+        help="updates between ELBO and variance evaluations (default 1000)",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the run (default 0)")
-    p.add_argument("--out", type=Path, default=Path("runs/vae"))
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/vae"), help="output folder (default runs/vae)"
+    )
     _add_tracking_args(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_vae)
 
 

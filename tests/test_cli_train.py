@@ -290,3 +290,18 @@ def test_log_interval_sets_the_rows_of_progress_csv(tmp_path, interval, rows):
         logged = list(csv.DictReader(fh))
     assert len(logged) == rows
     assert logged[-1]["time/total_timesteps"] == "2000"
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from relax_rl.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert not missing, missing
