@@ -93,7 +93,8 @@ class RELAX(A2C):
       ``h`` has nothing to add, ``kappa`` goes to 0 and RELAX is A2C.
 
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
-    :param cv_net_arch: hidden sizes of the MLP (the paper: ``[10, 10]``).
+    :param cv_net_arch: hidden sizes of the MLP (default ``[64, 64]``; the paper:
+        ``[10, 10]``).
     :param cv_activation: ``relu`` (the paper's), ``tanh`` or ``elu``.
     :param kappa_mode: ``optimal`` or ``learned`` (see above).
     :param kappa_init: initial ``kappa`` (``learned``; ``optimal`` starts at 0, as A2C).

@@ -745,6 +745,45 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_params(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "params",
+        help="list an algorithm's hyperparameters, their defaults and a config's values",
+        description="Every key train and compare take for ALGO (the agent's constructor "
+        "arguments and the run keys), its default, the value configs/<algo>.yaml sets for "
+        "--env (or --preset), and what it means.",
+    )
+    p.add_argument("--algo", required=True, help="reinforce, a2c or relax")
+    p.add_argument("--env", default=None, help="also show configs/<algo>.yaml's entry for ENV")
+    p.add_argument("--preset", default=None, help="or the entry of a named preset (paper)")
+    p.set_defaults(func=_run_params)
+
+
+def _run_params(args: argparse.Namespace) -> int:
+    from relax_rl import config as cfg
+
+    algo_cls = _algo_class(args.algo)
+    path = CONFIG_DIR / f"{args.algo}.yaml"
+    data = cfg.load_config_file(path) if path.exists() else {}
+    entry = args.preset or args.env
+    configured = cfg.select(data, entry, path) if entry is not None and entry in data else {}
+    if args.preset is not None and not configured:
+        cfg.select(data, args.preset, path)  # raises, naming the entries there are
+    docs = cfg.parameter_docs(algo_cls)
+    rows = [(k, repr(d), cfg.RUN_KEY_DOCS[k]) for k, (_, d) in cfg.RUN_KEYS.items()]
+    rows += [
+        (k, "-" if p.default is p.empty else repr(p.default), docs.get(k, ""))
+        for k, p in cfg.algo_parameters(algo_cls).items()
+    ]
+    width = max(len(k) for k, _, _ in rows)
+    source = f"{path.name}[{entry}]" if configured else None
+    print(f"{algo_cls.__name__}: key, default{', ' + source if source else ''}, meaning")
+    for key, default, doc in rows:
+        value = f"  {source}: {configured[key]!r}" if key in configured else ""
+        print(f"{key:<{width}}  {default:<12}{value}  {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="relax-rl",
@@ -759,6 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_toy(sub)
     _add_vae(sub)
     _add_compare(sub)
+    _add_params(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--threads",

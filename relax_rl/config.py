@@ -42,6 +42,18 @@ RUN_KEYS: dict[str, tuple[type, Any]] = {
     # in between is averaged into the row
     "log_interval": (int, 100),
 }
+#: What each run key means (``relax-rl params``).
+RUN_KEY_DOCS = {
+    "n_envs": "envs stepped side by side (a VecEnv)",
+    "total_steps": "env steps to train for",
+    "threshold": "mean return (last 100 episodes) that counts as solved (default: the env's)",
+    "stop_when_solved": "stop at the threshold (--until-solved)",
+    "checkpoint_freq": "env steps between checkpoints and summary updates",
+    "eval_episodes": "greedy evaluation episodes at the end (0: none)",
+    "vec_env": "dummy (one process), subproc (a process per env) or envpool",
+    "grad_var_freq": "updates between gradient-variance measurements (0: off; needs 4+ envs)",
+    "log_interval": "updates between rows of progress.csv (SB3 A2C's 100)",
+}
 POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
 NOT_CONFIGURABLE = {
     "self",
@@ -249,3 +261,24 @@ def to_yaml_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def parameter_docs(algo_cls: type) -> dict[str, str]:
+    """``:param name: text`` of the agent's class docstrings (its own first, then its bases'),
+    the text on one line."""
+    docs: dict[str, str] = {}
+    for cls in algo_cls.__mro__:
+        lines = (cls.__doc__ or "").splitlines()
+        for i, line in enumerate(lines):
+            head = line.strip()
+            if not head.startswith(":param ") or ":" not in head[7:]:
+                continue
+            name, _, text = head[7:].partition(":")
+            indent = len(line) - len(line.lstrip())
+            more = []
+            for nxt in lines[i + 1 :]:  # continuation lines are indented deeper
+                if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
+                    break
+                more.append(nxt.strip())
+            docs.setdefault(name.strip(), " ".join([text.strip(), *more]))
+    return docs

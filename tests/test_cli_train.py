@@ -305,3 +305,17 @@ def test_every_option_has_help():
         if not isinstance(action, argparse._HelpAction) and not action.help
     ]
     assert not missing, missing
+
+
+def test_params_lists_every_key_with_default_config_value_and_meaning(capsys):
+    assert main(["params", "--algo", "relax", "--env", "CartPole-v1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_key = {line.split()[0]: line for line in lines[1:]}
+    from relax_rl import config as cfg
+    from relax_rl.agents import RELAX
+
+    assert set(by_key) == set(cfg.RUN_KEYS) | set(cfg.algo_parameters(RELAX))
+    assert "relax.yaml[CartPole-v1]: 8" in by_key["n_envs"]  # the zoo entry's value
+    assert "0.0007" in by_key["learning_rate"] and "learning rate" in by_key["learning_rate"]
+    assert "kappa" in by_key["kappa_mode"] and "optimal" in by_key["kappa_mode"]
+    assert main(["params", "--algo", "ppo"]) == 2
