@@ -13,7 +13,6 @@ Sub-commands:
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import signal
@@ -22,7 +21,6 @@ import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from relax_rl.errors import Terminated, UsageError, sigterm_as_interrupt
 
@@ -144,12 +142,6 @@ def _run_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-# configs/ is installed as relax_rl.configs (package-dir), so an installed relax-rl has it too.
-CONFIG_DIR = Path(
-    os.environ.get("RELAX_RL_CONFIGS") or str(importlib.resources.files("relax_rl.configs"))
-)
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -252,13 +244,10 @@ def resolve_settings(args: argparse.Namespace, algo_cls: type) -> tuple[dict, di
     """Defaults from configs/<algo>.yaml, then --config, then --set, then the flags."""
     from relax_rl import config as cfg
 
-    path = CONFIG_DIR / f"{args.algo}.yaml"
-    data = cfg.load_config_file(path) if path.exists() else {}
-    settings: dict[str, Any] = {}
     if args.preset is not None:
-        settings = cfg.select(data, args.preset, path)
-    elif args.env in data:
-        settings = cfg.select(data, args.env, path)
+        settings = cfg.zoo_settings(args.algo, args.preset, required=True)
+    else:
+        settings = cfg.zoo_settings(args.algo, args.env)
     if args.config is not None:
         settings = cfg.merge(settings, cfg.load_config_file(args.config))
     settings = cfg.merge(settings, cfg.parse_set(args.set))
@@ -615,10 +604,7 @@ def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
     settings = {}
     for algo in args.algos:
         algo_cls = _algo_class(algo)
-        path = CONFIG_DIR / f"{algo}.yaml"
-        data = cfg.load_config_file(path) if path.exists() else {}
-        s = cfg.select(data, args.env, path) if args.env in data else {}
-        s = cfg.merge(s, cfg.parse_set(args.set))
+        s = cfg.merge(cfg.zoo_settings(algo, args.env), cfg.parse_set(args.set))
         if args.total_steps is not None:
             s["total_steps"] = args.total_steps
         if args.grad_var_freq is not None:
@@ -763,12 +749,9 @@ def _run_params(args: argparse.Namespace) -> int:
     from relax_rl import config as cfg
 
     algo_cls = _algo_class(args.algo)
-    path = CONFIG_DIR / f"{args.algo}.yaml"
-    data = cfg.load_config_file(path) if path.exists() else {}
     entry = args.preset or args.env
-    configured = cfg.select(data, entry, path) if entry is not None and entry in data else {}
-    if args.preset is not None and not configured:
-        cfg.select(data, args.preset, path)  # raises, naming the entries there are
+    configured = cfg.zoo_settings(args.algo, entry, required=args.preset is not None)
+    path = cfg.CONFIG_DIR / f"{args.algo}.yaml"
     docs = cfg.parameter_docs(algo_cls)
     rows = [(k, repr(d), cfg.RUN_KEY_DOCS[k]) for k, (_, d) in cfg.RUN_KEYS.items()]
     rows += [

@@ -15,7 +15,9 @@ and values of the wrong type are refused with a one-line message naming them.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import inspect
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -78,6 +80,23 @@ def algo_parameters(algo_cls: type) -> dict[str, inspect.Parameter]:
         for name, p in signature.parameters.items()
         if name not in NOT_CONFIGURABLE and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
+
+
+#: configs/ (installed as relax_rl.configs, so an installed relax-rl has it too), or the folder
+#: in RELAX_RL_CONFIGS.
+CONFIG_DIR = Path(
+    os.environ.get("RELAX_RL_CONFIGS") or str(importlib.resources.files("relax_rl.configs"))
+)
+
+
+def zoo_settings(algo: str, entry: str | None, required: bool = False) -> dict[str, Any]:
+    """``configs/<algo>.yaml``'s settings for ``entry`` (an env id or a preset name): empty
+    where there is none, unless ``required`` (a preset the user named)."""
+    path = CONFIG_DIR / f"{algo}.yaml"
+    data = load_config_file(path) if path.exists() else {}
+    if entry is None or (entry not in data and not required):
+        return {}
+    return select(data, entry, path)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

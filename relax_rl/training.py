@@ -6,13 +6,14 @@ Ctrl-C or a diverged update (NaN) still leaves a valid checkpoint, ``model.zip``
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import inspect
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,55 @@ class RunSpec:
     extra_callbacks: list[BaseCallback] = field(default_factory=list)
     verbose: int = 0
     tracking: TrackingConfig | None = None
+
+    @classmethod
+    def create(
+        cls,
+        algo: str,
+        env_id: str,
+        seed: int = 0,
+        out: str | Path | None = None,
+        settings: Mapping[str, Any] | None = None,
+        callbacks: Sequence[BaseCallback] = (),
+        tracking: TrackingConfig | None = None,
+        preset: str | None = None,
+        progress: bool = False,
+    ) -> RunSpec:
+        """The spec ``relax-rl train`` would build: ``configs/<algo>.yaml``'s entry for the env
+        (or ``preset``), then ``settings`` (run keys and agent arguments), validated; the env's
+        reward threshold unless given; your SB3 ``callbacks`` beside the run's own.
+
+        :param out: the run folder (default ``runs/<algo>-<env>-s<seed>-<time>``).
+        """
+        from relax_rl.agents import ALGOS
+        from relax_rl.config import merge, validate, zoo_settings
+        from relax_rl.envs import make_env, reward_threshold
+
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algo {algo!r}; valid: {', '.join(ALGOS)}")
+        chosen = zoo_settings(algo, preset or env_id, required=preset is not None)
+        run, agent_kwargs = validate(merge(chosen, dict(settings or {})), ALGOS[algo])
+        if run["threshold"] is None:
+            run["threshold"] = reward_threshold(env_id)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = (
+            Path(out)
+            if out is not None
+            else Path("runs") / (f"{algo}-{env_id.replace('/', '_')}-s{seed}-{stamp}")
+        )
+        return cls(
+            algo,
+            ALGOS[algo],
+            env_id,
+            seed,
+            folder,
+            run,
+            agent_kwargs,
+            functools.partial(make_env, env_id, vec_env=run["vec_env"]),
+            progress=progress,
+            extra_callbacks=list(callbacks),
+            tracking=tracking,
+        )
 
 
 class RunFolder:

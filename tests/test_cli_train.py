@@ -319,3 +319,23 @@ def test_params_lists_every_key_with_default_config_value_and_meaning(capsys):
     assert "0.0007" in by_key["learning_rate"] and "learning rate" in by_key["learning_rate"]
     assert "kappa" in by_key["kappa_mode"] and "optimal" in by_key["kappa_mode"]
     assert main(["params", "--algo", "ppo"]) == 2
+
+
+def test_runspec_create_resolves_settings_as_the_cli(tmp_path):
+    from relax_rl.errors import UsageError
+    from relax_rl.training import RunSpec, train
+
+    spec = RunSpec.create(
+        "a2c",
+        "CartPole-v1",
+        out=tmp_path / "run",
+        settings={"total_steps": 400, "n_envs": 2, "policy_kwargs": {"net_arch": [8]}},
+    )
+    assert spec.settings["threshold"] == 475.0 and spec.settings["n_envs"] == 2
+    assert train(spec)["total_env_steps"] >= 400
+    paper = RunSpec.create("relax", "CartPole-v1", preset="paper")
+    assert paper.agent_kwargs["use_baseline"] is False  # the preset's entry
+    with pytest.raises(UsageError, match="unknown config key 'lr'"):
+        RunSpec.create("a2c", "CartPole-v1", settings={"lr": 1})
+    with pytest.raises(ValueError, match="unknown algo 'ppo'"):
+        RunSpec.create("ppo", "CartPole-v1")

@@ -57,7 +57,7 @@ def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
         capture_output=True,
     )
     code = (
-        "from relax_rl.cli import CONFIG_DIR as d; "
+        "from relax_rl.config import CONFIG_DIR as d; "
         "print(d, sorted(p.name for p in d.glob('*.yaml')))"
     )
     result = subprocess.run(
