@@ -7,6 +7,7 @@ line up in one dashboard.
 
 from __future__ import annotations
 
+import netrc
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,22 @@ class TrackingConfig:
     def validate(self) -> None:
         if self.mode not in WANDB_MODES:
             raise ValueError(f"unknown wandb mode {self.mode!r}; valid: {', '.join(WANDB_MODES)}")
+        if os.environ.get("WANDB_MODE", self.mode) == "online" and not _wandb_login_known():
+            raise ValueError(
+                "wandb mode online needs a login: run `wandb login` or set WANDB_API_KEY "
+                "(or track with --wandb-mode offline and `wandb sync` later)"
+            )
+
+
+def _wandb_login_known() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` writes it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
+        return netrc.netrc().authenticators(host.split("/")[0]) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class WandbOutputFormat(KVWriter):

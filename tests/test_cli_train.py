@@ -339,3 +339,17 @@ def test_runspec_create_resolves_settings_as_the_cli(tmp_path):
         RunSpec.create("a2c", "CartPole-v1", settings={"lr": 1})
     with pytest.raises(ValueError, match="unknown algo 'ppo'"):
         RunSpec.create("ppo", "CartPole-v1")
+
+
+def test_wandb_online_without_a_login_fails_in_one_line_before_any_file(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "200"]
+    code = main([*argv, "--track", "--wandb-mode", "online", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs a login" in err[0], err
+    assert not out.exists()
