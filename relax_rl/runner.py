@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -160,8 +161,17 @@ def check_ray_address(address: str) -> None:
     """Refuse an address no Ray cluster answers on, in seconds (``ray.init`` would retry for
     minutes). Accepts ``auto``, ``host:port`` (GCS, port 6379 if left out) and
     ``ray://host:port`` (Ray Client, port 10001 if left out)."""
-    if address == "auto":
-        return
+    if address == "auto":  # what Ray would resolve it to: RAY_ADDRESS, or its last cluster
+        recorded = _recorded_ray_cluster()
+        resolved = os.environ.get("RAY_ADDRESS") or (
+            recorded.read_text().strip() if recorded else ""
+        )
+        if not resolved:
+            raise UsageError(
+                "--ray-address auto: no running Ray cluster is recorded on this machine; start "
+                "one with `ray start --head` or give its address"
+            )
+        address = resolved
     m = re.fullmatch(r"(ray://)?([^:/\s]+)(?::(\d+))?/?", address)
     if m is None:
         raise UsageError(
@@ -175,6 +185,14 @@ def check_ray_address(address: str) -> None:
             f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); "
             "start one with `ray start --head` or check --ray-address"
         ) from None
+
+
+def _recorded_ray_cluster() -> Path | None:
+    """Ray's record of the last cluster started here (``ray start`` writes it; it outlives the
+    cluster, which is why ``auto`` can point at one that is gone)."""
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir()
+    path = Path(tmp) / "ray" / "ray_current_cluster"
+    return path if path.is_file() else None
 
 
 @contextlib.contextmanager

@@ -333,3 +333,21 @@ def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path):
         assert (out / f"a2c-s{s}" / "model.zip").exists()
         assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
     assert not (out / "a2c-s2").exists()  # queued: never started
+
+
+@pytest.mark.parametrize("recorded", [None, "dead"])
+def test_ray_address_auto_with_no_live_cluster_fails_in_seconds(tmp_path, monkeypatch, recorded):
+    """`auto` resolves as Ray would (RAY_ADDRESS, then the record of the last `ray start`, which
+    outlives its cluster); a record of a cluster that is gone must not hang ray.init."""
+    from relax_rl.errors import UsageError
+    from relax_rl.runner import check_ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    if recorded == "dead":
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}\n")
+    start = time.monotonic()
+    with pytest.raises(UsageError, match="cannot reach" if recorded else "no running Ray"):
+        check_ray_address("auto")
+    assert time.monotonic() - start < 10
