@@ -17,8 +17,6 @@ from relax_rl.estimators import (
     categorical_score,
     conditional_gumbel_max,
     estimate_with_variance_loss,
-    gumbel,
-    gumbel_max,
     reinforce,
     relax_from_values,
 )
@@ -248,7 +246,7 @@ class RELAX(A2C):
         # through the network, and phi's objective (a function of h) gets a graph of its own.
         logits = logits.detach().requires_grad_()
         log_p = th.log_softmax(logits, dim=-1)  # one node for z and z~
-        z, _ = gumbel_max(log_p, gumbel(data.noise_u))
+        z = log_p + data.gumbel_u  # Gumbel-max's z (its argmax, the action, is known)
         z_tilde = conditional_gumbel_max(log_p, data.actions, data.noise_v)
         c_hat_z, c_hat_tilde = cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
         # The score terms' in closed form (d log p(b) / d logits = onehot(b) - p), c's through

@@ -19,7 +19,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
-from relax_rl.estimators import uniform_noise
+from relax_rl.estimators import gumbel, uniform_noise
 
 
 class GumbelRolloutSamples(NamedTuple):
@@ -34,6 +34,7 @@ class GumbelRolloutSamples(NamedTuple):
     noise_u: th.Tensor
     noise_v: th.Tensor
     env_index: th.Tensor
+    gumbel_u: th.Tensor  # G = -log(-log u): z = log p + G
 
 
 def compute_gae(
@@ -101,6 +102,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.advantages = np.zeros(shape, dtype=np.float32)
         self.noise_u = th.zeros((*shape, self.n_actions), device=self.device)
         self.noise_v = th.zeros((*shape, self.n_actions), device=self.device)
+        self.gumbel_u = th.zeros((*shape, self.n_actions), device=self.device)
         self.pos, self.full, self.generator_ready = 0, False, False
         self._samples: GumbelRolloutSamples | None = None
 
@@ -112,6 +114,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         noise = uniform_noise((steps, 2, self.n_envs, self.n_actions), generator).to(self.device)
         at = slice(None) if step is None else slice(step, step + 1)
         self.noise_u[at], self.noise_v[at] = noise[:, 0], noise[:, 1]
+        self.gumbel_u[at] = gumbel(noise[:, 0])  # acting needs it; RELAX's z too
 
     def add(  # type: ignore[override]
         self,
@@ -172,5 +175,6 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 self.noise_u[:n].reshape(rows, -1),
                 self.noise_v[:n].reshape(rows, -1),
                 th.arange(self.n_envs, device=dev).repeat(n),
+                self.gumbel_u[:n].reshape(rows, -1),
             )
         return self._samples

@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
-from relax_rl.estimators import gumbel, gumbel_max
+from relax_rl.estimators import gumbel_max
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
@@ -278,21 +278,17 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_envs, device = env.num_envs, self.device
         if not whole_episode:
             rollout_buffer.draw_noise(self._noise_gen)
-            gumbels = gumbel(rollout_buffer.noise_u)
         no_values = th.zeros(n_envs, device=device)
         logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
                 rollout_buffer.draw_noise(self._noise_gen, step)
-                step_gumbel = gumbel(rollout_buffer.noise_u[step])
-            else:
-                step_gumbel = gumbels[step]
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, device)
                 logits, state_values = logits_and_values(obs_tensor)
                 log_p = th.log_softmax(logits, dim=-1)
-                _, actions = gumbel_max(log_p, step_gumbel)
+                _, actions = gumbel_max(log_p, rollout_buffer.gumbel_u[step])
                 log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
