@@ -11,7 +11,14 @@ from relax_rl.cli import main
 def wandb_payload(path) -> bytes:
     """The records of a ``.wandb`` file, unframed. The file is a leveldb-style log: 32 KiB blocks
     of records, each with a 7-byte header, a record longer than a block's rest split into
-    fragments; searching the raw bytes misses a key that straddles a block boundary."""
+    fragments; searching the raw bytes misses a key that straddles a block boundary.
+
+    wandb's service writes the file in its own process: ``teardown`` waits until it is done
+    (``finish`` may return before the last records are on disk, the tail a busy machine
+    showed missing)."""
+    import wandb
+
+    wandb.teardown()
     raw, block, pos, out = path.read_bytes(), 32768, 7, bytearray()
     while pos + 7 <= len(raw):
         left = block - pos % block

@@ -1,0 +1,108 @@
+"""What every command shares: the parser class, argument types and checks, tracking flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from relax_rl.errors import Terminated, UsageError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def check_writable(out: Path) -> None:
+    """``--out`` must be a folder this process can write, or one it can create (its nearest
+    existing ancestor a writable folder): found before any work starts, not after it."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not base.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable ({base} is read-only for this user)")
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of a seed: an integer >= 0 (numpy and gymnasium refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected an integer >= 0"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: expected an integer >= 0")
+    return value
+
+
+def check_out_dir(out: Path, ours: Sequence[str]) -> None:
+    """Refuse an existing folder that holds anything other than this command's own outputs."""
+    check_writable(out)
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if other:
+            raise UsageError(
+                f"--out {out} already holds other content ({', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''}); give an empty or new folder"
+            )
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", action="store_true", help="log to wandb (offline by default)")
+    p.add_argument("--wandb-mode", default="offline", help="offline (default), online, disabled")
+    p.add_argument("--wandb-project", default="relax-rl", help="wandb project (default relax-rl)")
+    p.add_argument("--wandb-group", default=None, help="wandb group of the run(s)")
+    p.add_argument("--wandb-tags", nargs="*", default=[], help="wandb tags of the run(s)")
+
+
+def add_log_interval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-interval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="updates between rows of progress.csv, stdout and wandb (default 100, SB3 A2C's; "
+        "gradient-variance measurements in between are averaged)",
+    )
+
+
+def tracking_config(args: argparse.Namespace):
+    from relax_rl.tracking import TrackingConfig
+
+    if not args.track:
+        return None
+    tracking = TrackingConfig(
+        args.wandb_mode, args.wandb_project, args.wandb_group, list(args.wandb_tags)
+    )
+    try:
+        tracking.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return tracking
+
+
+def algo_class(name: str) -> type:
+    from relax_rl.agents import ALGOS
+
+    if name not in ALGOS:
+        raise UsageError(f"unknown algo {name!r}; valid: {', '.join(ALGOS)}")
+    return ALGOS[name]
+
+
+def stopped(exc: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The shell's exit code for a process stopped by the signal: 128 + its number."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -1,0 +1,285 @@
+"""``relax-rl compare`` (a grid of algos x seeds, then the report) and ``relax-rl plot``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from relax_rl.cli.common import (
+    add_log_interval,
+    add_tracking_args,
+    algo_class,
+    check_writable,
+    tracking_config,
+)
+from relax_rl.errors import UsageError
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run a grid of algos x seeds on one env and report",
+        description="Run every (algo, seed) into OUT/<algo>-s<seed>/ (finished runs are not "
+        "run again), then write OUT/summary.json, report.md, returns.png, grad_variance.png.",
+    )
+    p.add_argument(
+        "--algos", nargs="+", required=True, metavar="ALGO", help="e.g. reinforce a2c relax"
+    )
+    p.add_argument("--env", required=True, help="a gymnasium env id, e.g. CartPole-v1")
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
+    p.add_argument(
+        "--total-steps", type=int, default=None, help="env steps per run (default: the config's)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every algo (repeatable)",
+    )
+    p.add_argument(
+        "--grad-var-freq",
+        type=int,
+        default=None,
+        help="updates between gradient-variance measurements (0: off; default: the agent's, "
+        "50, or 5 whole episodes for reinforce)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    add_log_interval(p)
+    p.add_argument(
+        "--backend",
+        default="local",
+        help="local (a process pool, default) or ray (Ray Tune; needs relax-rl[ray])",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="a running Ray cluster (host:port, ray://host:port or auto); default: start a "
+        "local Ray. OUT must be on storage every node sees.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="(default runs/compare)")
+    add_tracking_args(p)
+    p.set_defaults(func=_run_compare)
+
+    q = sub.add_parser(
+        "plot",
+        help="draw the comparison figures from run folders",
+        description="Draw returns.png and grad_variance.png (and report.md) "
+        "from existing run folders; no wandb needed.",
+    )
+    q.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run folders (train's --out) or a compare folder (all of its runs)",
+    )
+    q.add_argument(
+        "--out",
+        type=Path,
+        default=Path("plots"),
+        help="folder for report.md, the figures and summary.json (default ./plots; never a run "
+        "folder)",
+    )
+    q.set_defaults(func=_run_plot)
+
+
+def _grid_spec(cell, settings: dict, tracking):
+    """The RunSpec of one cell of a compare grid."""
+    from relax_rl import config as cfg
+    from relax_rl.envs import make_env, reward_threshold
+    from relax_rl.training import RunSpec
+
+    algo_cls = algo_class(cell.algo)
+    run_keys, agent_kwargs = cfg.validate(settings[cell.algo], algo_cls)
+    if run_keys["threshold"] is None:
+        run_keys["threshold"] = reward_threshold(cell.env_id)
+    return RunSpec(
+        cell.algo,
+        algo_cls,
+        cell.env_id,
+        cell.seed,
+        cell.out,
+        run_keys,
+        agent_kwargs,
+        lambda n, s: make_env(cell.env_id, n, s, vec_env=run_keys["vec_env"]),
+        progress=False,
+        tracking=tracking,
+    )
+
+
+def _grid_worker(cell, settings: dict, tracking) -> dict:
+    """Train one cell of a compare grid (in a worker process)."""
+    import shutil
+
+    import torch
+
+    from relax_rl.training import train
+
+    torch.set_num_threads(1)
+    spec = _grid_spec(cell, settings, tracking)
+    if cell.out.exists():  # an unfinished earlier attempt: start it again
+        shutil.rmtree(cell.out)
+    return train(spec)
+
+
+def _check_finished_runs_match(cells, settings: dict) -> None:
+    """Refuse to resume into a folder whose finished runs used other settings: the report
+    would mix two experiments."""
+    import yaml
+
+    from relax_rl.runner import is_finished
+    from relax_rl.training import DERIVED_CONFIG_KEYS, run_config
+
+    for cell in cells:
+        if not is_finished(cell.out):
+            continue
+        try:
+            old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            old = {}
+        new = run_config(_grid_spec(cell, settings, None))
+        # (a key an older config.yaml lacks is not compared)
+        for key in sorted(set(old) & set(new) - set(DERIVED_CONFIG_KEYS)):
+            if old.get(key) != new.get(key):
+                raise UsageError(
+                    f"{cell.out} finished with {key}={old.get(key)!r} but this grid has "
+                    f"{key}={new.get(key)!r}; give a new --out, or the same settings to resume"
+                )
+
+
+def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
+    """Per algo: configs/<algo>.yaml's entry for the env, then --set, --total-steps."""
+    from relax_rl import config as cfg
+
+    settings = {}
+    for algo in args.algos:
+        algo_cls = algo_class(algo)
+        s = cfg.merge(cfg.zoo_settings(algo, args.env), cfg.parse_set(args.set))
+        if args.total_steps is not None:
+            s["total_steps"] = args.total_steps
+        if args.grad_var_freq is not None:
+            s["grad_var_freq"] = args.grad_var_freq
+        if args.log_interval is not None:
+            s["log_interval"] = args.log_interval
+        cfg.validate(s, algo_cls)  # refuse bad keys before any run starts
+        settings[algo] = s
+    return settings
+
+
+def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
+    from relax_rl.plotting import plot_compare
+    from relax_rl.report import aggregate, grad_variance_stats, read_curves, write_report
+
+    for d, s in zip(run_dirs, summaries, strict=True):
+        s.update(grad_variance_stats(d, s.get("solved_at_env_steps")))
+    aggregates = aggregate(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(
+        json.dumps({"runs": summaries, "aggregates": aggregates}, indent=2)
+    )
+    write_report(out, summaries, aggregates)
+    curves: dict[str, list] = {}
+    for d, s in zip(run_dirs, summaries, strict=True):
+        curves.setdefault(s["algo"], []).append(read_curves(d))
+    thresholds = {s.get("threshold") for s in summaries} - {None}
+    plot_compare(
+        curves,
+        out / "returns.png",
+        out / "grad_variance.png",
+        threshold=thresholds.pop() if len(thresholds) == 1 else None,
+    )
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import functools
+
+    from relax_rl.envs import check_env_id
+    from relax_rl.runner import BACKENDS, GridRun, parse_seeds, run_grid
+
+    if args.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
+    if args.ray_address is not None and args.backend != "ray":
+        raise UsageError("--ray-address needs --backend ray")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        check_env_id(args.env)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    seeds = parse_seeds(args.seeds)
+    check_writable(args.out)
+    settings = _grid_settings(args)
+    tracking = tracking_config(args)
+    if tracking is not None and tracking.group is None:
+        # Named after the output folder, so that a resumed comparison stays in one group.
+        tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
+    cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
+    _check_finished_runs_match(cells, settings)
+    worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
+
+    def done(cell, summary) -> None:
+        solved = summary.get("solved_at_env_steps")
+        outcome = (
+            f"solved at {solved:,} env steps"
+            if solved is not None
+            else summary.get("error")
+            or ("not solved" if summary.get("threshold") is not None else "no threshold")
+        )
+        print(f"{cell.algo} seed {cell.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
+
+    summaries = run_grid(
+        cells,
+        worker,
+        jobs=args.jobs,
+        on_done=done,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        ray_storage=args.out / "ray",
+    )
+    _write_comparison(args.out, [cell.out for cell in cells], summaries)
+    print((args.out / "report.md").read_text())
+    if all(s.get("status") in ("failed", "diverged") for s in summaries):
+        print(f"relax-rl compare: every run failed; see {args.out}/report.md", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_summary(d: Path) -> dict:
+    try:
+        summary = json.loads((d / "summary.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{d} is not a run folder (no readable summary.json)") from None
+    if not isinstance(summary, dict) or ("algo" not in summary and "runs" not in summary):
+        raise UsageError(f"{d}/summary.json is neither a run's nor a comparison's")
+    return summary
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    run_dirs, summaries = [], []
+    for d in args.run_dirs:
+        summary = _read_summary(d)
+        if "algo" in summary:
+            run_dirs.append(d)
+            summaries.append(summary)
+            continue
+        # A compare folder: its runs are the subfolders with a run's summary.
+        found = [c for c in sorted(d.iterdir()) if (c / "summary.json").is_file()]
+        found = [(c, s) for c in found if "algo" in (s := _read_summary(c))]
+        if not found:
+            raise UsageError(f"{d} is a comparison folder without any run folder in it")
+        run_dirs += [c for c, _ in found]
+        summaries += [s for _, s in found]
+    out = args.out
+    check_writable(out)
+    for d in run_dirs:
+        if out.resolve() == d.resolve():
+            raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
+    if (out / "summary.json").is_file() and "algo" in _read_summary(out):
+        raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
+    _write_comparison(out, run_dirs, summaries)
+    print(f"wrote {out}/report.md, returns.png, grad_variance.png, summary.json")
+    return 0
