@@ -216,3 +216,30 @@ def test_relax_logit_gradients_are_the_papers_estimator(kappa_mode):
     )
     assert th.allclose(losses.surrogate, surrogate.detach(), rtol=1e-5, atol=1e-5)
     assert float(kappa.abs().max()) > 1e-3  # the correction term is really in there
+
+
+def test_relax_trains_phi_as_with_the_papers_surrogate():
+    """phi's objective (optimal kappa) from the update's fast path has the gradient it has when
+    g and h are taken by autograd from the paper's surrogate (c at z, z~ and the detached z~)."""
+    from relax_rl.estimators import categorical_conditional, categorical_sample, reinforce, relax
+
+    model = RELAX("MlpPolicy", make_env("CartPole-v1", 4, 0), seed=0, n_steps=8, policy_kwargs=TINY)
+    model.learn(640)
+    data = model.rollout_buffer.get_all()
+    cv = model.control_variate
+    phi = [p for p in cv.parameters() if p.requires_grad]
+    fast, _ = model.variance_loss(model.losses(data))
+    fast_grads = th.autograd.grad(fast, phi)
+
+    logits, _ = model.policy.logits_and_values(data.observations)
+    log_prob = th.log_softmax(logits, -1).gather(-1, data.actions[:, None]).squeeze(-1)
+    z, _ = categorical_sample(logits, data.noise_u)
+    z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
+    f_b = -data.advantages
+    score = reinforce(f_b, log_prob)
+    correction = relax(f_b, log_prob, z, z_tilde, lambda x: -cv.shape(x, data.observations))
+    (g,) = th.autograd.grad(score.sum(), logits, retain_graph=True)
+    (h,) = th.autograd.grad((correction - score).sum(), logits, create_graph=True)
+    reference = -(g * h).sum().pow(2) / (h.pow(2).sum() * g.pow(2).sum())
+    for got, want in zip(fast_grads, th.autograd.grad(reference, phi), strict=True):
+        assert th.allclose(got, want, rtol=1e-3, atol=1e-7), (got - want).abs().max()
