@@ -275,10 +275,10 @@ def _run_plot(args: argparse.Namespace) -> int:
         summaries += [s for _, s in found]
     out = args.out
     check_writable(out)
-    for d in run_dirs:
-        if out.resolve() == d.resolve():
-            raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
-    if (out / "summary.json").is_file() and "algo" in _read_summary(out):
+    into_a_run = any(out.resolve() == d.resolve() for d in run_dirs) or (
+        (out / "summary.json").is_file() and "algo" in _read_summary(out)
+    )
+    if into_a_run:
         raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
     _write_comparison(out, run_dirs, summaries)
     print(f"wrote {out}/report.md, returns.png, grad_variance.png, summary.json")

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,7 +223,7 @@ class LayerSample(NamedTuple):
     leaf: Tensor
 
 
-class EncoderEstimator(nn.Module):
+class EncoderEstimator(nn.Module, ABC):
     """A gradient estimator for the encoder's logits: its own parameters (phi) and, per layer,
     each example's surrogate, whose gradient w.r.t. the leaf logits is its estimate of
     ``d E[f(b)] / d logits``."""
@@ -230,9 +231,9 @@ class EncoderEstimator(nn.Module):
     #: phi descends the variance objective (Grathwohl et al. 2018, Eq. 11).
     variance_trained: ClassVar[bool] = False
 
+    @abstractmethod
     def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
         """The per-example surrogate of layer ``s.layer`` and a loss of phi's own, if any."""
-        raise NotImplementedError
 
 
 class Reinforce(EncoderEstimator):
@@ -272,8 +273,9 @@ class _RelaxedControlVariate(EncoderEstimator):
         super().__init__()
         self.log_temperature = nn.Parameter(th.full((n_layers,), math.log(0.5)))
 
+    @abstractmethod
     def control_variate(self, vae: DiscreteVAE, s: LayerSample, z: Tensor, temp: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``c(z)`` of layer ``s.layer`` at the relaxation temperature ``temp``."""
 
     def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
         b = s.bs[s.layer]
