@@ -20,6 +20,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -107,32 +108,28 @@ def _fmt(xs: list[float]) -> str:
 
 
 def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign-test p-value (ties dropped)."""
+    """Two-sided exact sign-test p-value (ties dropped): scipy's binomial test at 1/2."""
+    from scipy.stats import binomtest
+
     n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    p = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * p)
+    return 1.0 if n == 0 else float(binomtest(wins, n, 0.5).pvalue)
 
 
-def rank_sum_test(a: list[float], b: list[float], n_perm: int = 20_000) -> float:
-    """Two-sided permutation p-value of the Mann-Whitney U statistic (unsolved = +inf)."""
-    import random
+def rank_sum_test(a: list[float], b: list[float], n_resamples: int = 20_000) -> float:
+    """Two-sided Mann-Whitney U p-value by scipy's permutation method (exact when the
+    arrangements number fewer than ``n_resamples``; ties, such as unsolved = +inf, allowed)."""
+    from scipy.stats import PermutationMethod, mannwhitneyu
 
-    pooled = a + b
+    method = PermutationMethod(n_resamples=n_resamples, rng=0)
+    return float(mannwhitneyu(a, b, alternative="two-sided", method=method).pvalue)
 
-    def u_stat(xs: list[float], ys: list[float]) -> float:
-        return sum((x > y) + 0.5 * (x == y) for x in xs for y in ys)
 
-    center = len(a) * len(b) / 2
-    observed = abs(u_stat(a, b) - center)
-    rng = random.Random(0)
-    hits = 0
-    for _ in range(n_perm):
-        rng.shuffle(pooled)
-        hits += abs(u_stat(pooled[: len(a)], pooled[len(a) :]) - center) >= observed - 1e-9
-    return (hits + 1) / (n_perm + 1)
+def _interval(est: dict | None, key: str, digits: int) -> str:
+    """``point [low, high]`` of one of relax_rl.report's rliable estimates."""
+    if est is None:
+        return "-"
+    ci = "no CI: 1 run" if est["ci"] is None else ", ".join(f"{x:,.{digits}f}" for x in est["ci"])
+    return f"{est[key]:,.{digits}f} [{ci}]"
 
 
 def main() -> None:
@@ -152,7 +149,7 @@ def main() -> None:
         nargs=2,
         metavar=("A", "B"),
         default=None,
-        help="rank-sum test of env steps to solve between agents A and B",
+        help="env steps to solve, A vs B: IQMs, probability of improvement, rank-sum test",
     )
     parser.add_argument("--json", type=Path, default=None, help="write all runs here")
     args = parser.parse_args()
@@ -227,15 +224,28 @@ def main() -> None:
         )
 
     if args.compare:
+        from relax_rl.report import improvement_probability, iqm_interval
+
         a, b = args.compare
-        steps = {
-            name: [r["solved_at_env_steps"] or math.inf for r in results if r["agent"] == name]
-            for name in (a, b)
+        print(f"\nenv steps to solve, {a} vs {b} (unsolved counts as never):")
+        steps = {}
+        for name in (a, b):
+            at = [r["solved_at_env_steps"] for r in results if r["agent"] == name]
+            steps[name] = [math.inf if s is None else s for s in at]
+            got = [s for s in at if s is not None]
+            print(
+                f"  {name}: {len(got)}/{len(at)} solved, IQM "
+                f"{_interval(iqm_interval(got), 'iqm', 0)} over the solved seeds"
+            )
+        # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
+        score = {
+            k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in steps.items()
         }
-        p = rank_sum_test(steps[a], steps[b])
+        poi = improvement_probability(score[b], score[a])
+        p = f"{rank_sum_test(steps[a], steps[b]):.3f}" if steps[a] and steps[b] else "-"
         print(
-            f"\nenv steps to solve, {a} vs {b}: medians {statistics.median(steps[a]):,.0f} vs "
-            f"{statistics.median(steps[b]):,.0f}; Mann-Whitney permutation p = {p:.3f}"
+            f"  P({b} solves in fewer env steps than {a}) = {_interval(poi, 'p', 2)} "
+            f"(rliable, 95% bootstrap CI); Mann-Whitney U permutation p = {p} (scipy)"
         )
 
 

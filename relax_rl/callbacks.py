@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, ProgressBarCallback
 from stable_baselines3.common.utils import safe_mean
 
 
@@ -37,6 +39,21 @@ class EpisodeTracker(BaseCallback):
     def mean_return(self) -> float | None:
         return float(np.mean(self.recent)) if self.recent else None
 
+    def state_dict(self) -> dict:
+        """What a continued run needs to go on counting (saved beside each checkpoint)."""
+        return {
+            "episodes": self.episodes,
+            "recent_returns": list(self.recent),
+            "solved_at_env_steps": self.solved_at_env_steps,
+            "solved_at_episodes": self.solved_at_episodes,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episodes = int(state["episodes"])
+        self.recent = deque(map(float, state["recent_returns"]), maxlen=self.window)
+        self.solved_at_env_steps = state["solved_at_env_steps"]
+        self.solved_at_episodes = state["solved_at_episodes"]
+
     def _on_step(self) -> bool:
         for info in self.locals["infos"]:
             episode = info.get("episode")
@@ -52,7 +69,25 @@ class EpisodeTracker(BaseCallback):
             ):
                 self.solved_at_env_steps = self.num_timesteps
                 self.solved_at_episodes = self.episodes
-        return not (self.stop_when_solved and self.solved_at_env_steps is not None)
+                if self.stop_when_solved:  # (a run continued after it was solved goes on)
+                    return False
+        return True
+
+
+class RunCheckpoint(CheckpointCallback):
+    """SB3's checkpoints, each with the episode counts and returns of ``tracker`` beside it
+    (``model_episodes_<steps>_steps.json``), so that ``relax-rl train --resume`` goes on
+    counting from there."""
+
+    def __init__(self, tracker: EpisodeTracker, save_freq: int, save_path: str) -> None:
+        super().__init__(save_freq=save_freq, save_path=save_path, name_prefix="model")
+        self.tracker = tracker
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            path = Path(self._checkpoint_path("episodes_", extension="json"))
+            path.write_text(json.dumps(self.tracker.state_dict()))
+        return super()._on_step()
 
 
 class ReturnProgressBar(ProgressBarCallback):

@@ -21,6 +21,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +30,68 @@ import yaml
 from relax_rl.errors import UsageError
 from relax_rl.policies import ACTIVATIONS
 
-#: Settings of the run rather than of the agent, with their types and defaults.
+
+@dataclass
+class RunSettings:
+    """Settings of the run rather than of the agent: the one source of their types, defaults
+    and meaning (``train``'s and ``compare``'s flags and ``relax-rl params`` are made from it)."""
+
+    n_envs: int = field(
+        default=1, metadata={"help": "envs stepped side by side (a VecEnv)", "min": 1}
+    )
+    total_steps: int = field(default=100_000, metadata={"help": "env steps to train for", "min": 1})
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "mean return of the last 100 episodes that counts as solved (none: the "
+            "env's reward_threshold)"
+        },
+    )
+    stop_when_solved: bool = field(
+        default=False, metadata={"help": "stop at the threshold", "flag": "--until-solved"}
+    )
+    checkpoint_freq: int = field(
+        default=50_000,
+        metadata={"help": "env steps between checkpoints and summary updates", "min": 1},
+    )
+    eval_episodes: int = field(
+        default=10, metadata={"help": "greedy evaluation episodes at the end (0: none)", "min": 0}
+    )
+    vec_env: str = field(
+        default="dummy",
+        metadata={
+            "help": "dummy (one process), subproc (a process per env) or envpool",
+            "choices": ("dummy", "subproc", "envpool"),
+        },
+    )
+    grad_var_freq: int = field(
+        default=50,
+        metadata={
+            "help": "updates between measurements of the update's gradient variance (0: off; "
+            "needs 4+ envs)",
+            "min": 0,
+        },
+    )
+    log_interval: int = field(
+        default=100,
+        metadata={
+            "help": "updates between rows of progress.csv, stdout and wandb (SB3 A2C's 100; "
+            "gradient-variance measurements in between are averaged)",
+            "min": 1,
+        },
+    )
+
+
+_RUN_TYPES = typing.get_type_hints(RunSettings)
+#: The run keys with their types and defaults, and what each means (from :class:`RunSettings`).
 RUN_KEYS: dict[str, tuple[type, Any]] = {
-    "n_envs": (int, 1),
-    "total_steps": (int, 100_000),
-    "threshold": (float, None),
-    "stop_when_solved": (bool, False),
-    "checkpoint_freq": (int, 50_000),
-    "eval_episodes": (int, 10),
-    "vec_env": (str, "dummy"),
-    # every this many updates, the variance of the update's gradient estimator (0: off)
-    "grad_var_freq": (int, 50),
-    # updates between rows of progress.csv (and stdout, wandb): SB3 A2C's 100; what is measured
-    # in between is averaged into the row
-    "log_interval": (int, 100),
+    f.name: (
+        next(t for t in typing.get_args(_RUN_TYPES[f.name]) or (_RUN_TYPES[f.name],)),
+        f.default,
+    )
+    for f in fields(RunSettings)
 }
-#: What each run key means (``relax-rl params``).
-RUN_KEY_DOCS = {
-    "n_envs": "envs stepped side by side (a VecEnv)",
-    "total_steps": "env steps to train for",
-    "threshold": "mean return (last 100 episodes) that counts as solved (default: the env's)",
-    "stop_when_solved": "stop at the threshold (--until-solved)",
-    "checkpoint_freq": "env steps between checkpoints and summary updates",
-    "eval_episodes": "greedy evaluation episodes at the end (0: none)",
-    "vec_env": "dummy (one process), subproc (a process per env) or envpool",
-    "grad_var_freq": "updates between gradient-variance measurements (0: off; needs 4+ envs)",
-    "log_interval": "updates between rows of progress.csv (SB3 A2C's 100)",
-}
+RUN_KEY_DOCS = {f.name: f.metadata["help"] for f in fields(RunSettings)}
 POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
 NOT_CONFIGURABLE = {
     "self",
@@ -97,6 +133,27 @@ def zoo_settings(algo: str, entry: str | None, required: bool = False) -> dict[s
     if entry is None or (entry not in data and not required):
         return {}
     return select(data, entry, path)
+
+
+def resolve_settings(
+    algo: str,
+    env_id: str,
+    *,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A run's settings, unvalidated (:func:`validate` checks them), from the lowest priority
+    to the highest: ``configs/<algo>.yaml``'s entry for ``env_id`` (or the named ``preset``),
+    ``config_file``, then ``overrides`` (``--set`` and the flags). ``train``, ``compare`` and
+    :meth:`relax_rl.training.RunSpec.create` all resolve settings here."""
+    if preset is not None:
+        settings = zoo_settings(algo, preset, required=True)
+    else:
+        settings = zoo_settings(algo, env_id)
+    if config_file is not None:
+        settings = merge(settings, load_config_file(config_file))
+    return merge(settings, overrides or {})
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -214,7 +271,8 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             typ, default = RUN_KEYS[key]
             run[key] = _check_type(key, value, typ, optional=default is None)
         elif key == "policy_kwargs":
-            agent[key] = _policy_kwargs(value)
+            if value is not None:  # (config.yaml writes the default as null)
+                agent[key] = _policy_kwargs(value)
         elif key in params:
             p = params[key]
             optional = type(None) in _annotation_types(p)
@@ -230,9 +288,12 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(
                 f"unknown config key {key!r} for {algo_cls.__name__}; valid: {', '.join(valid)}"
             )
-    for key in ("total_steps", "n_envs", "checkpoint_freq", "log_interval"):
-        if run[key] <= 0:
-            raise UsageError(f"{key} must be positive, got {run[key]}")
+    for f in fields(RunSettings):
+        value, low, choices = run[f.name], f.metadata.get("min"), f.metadata.get("choices")
+        if low is not None and value < low:
+            raise UsageError(f"{f.name} must be >= {low}, got {value}")
+        if choices is not None and value not in choices:
+            raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
     return run, agent
 
 

@@ -1,15 +1,18 @@
-"""Figures drawn with matplotlib (Agg backend: no display needed)."""
+"""Figures drawn with matplotlib (Agg backend: no display needed); the comparison's aggregate
+figures with rliable's plotting helpers."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import to_hex
 from matplotlib.ticker import EngFormatter
 
 COLORS = {
@@ -189,3 +192,136 @@ def plot_compare(
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+
+def _algo_colors(algos: list[str]) -> dict[str, Any]:
+    """The project's color per algo, and matplotlib's cycle for algos it has none for.
+
+    :param algos: the algos to color.
+    """
+    taken = {to_hex(c) for c in COLORS.values()}
+    cycle = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if to_hex(c) not in taken]
+    spare = iter(cycle * (1 + len(algos) // max(len(cycle), 1)))
+    return {a: COLORS.get(a) or next(spare) for a in algos}
+
+
+def _no_data_figure(path: Path, title: str) -> None:
+    """A figure that says there is nothing to draw (all runs failed, say): the file exists, so a
+    figure from an earlier report in the same folder is not mistaken for this one's.
+
+    :param path: where to write the figure.
+    :param title: the figure's title.
+    """
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, "no finished run with a final mean return", ha="center", va="center")
+    ax.set(title=title, xticks=[], yticks=[])
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_performance_profile(
+    taus: np.ndarray,
+    profiles: dict[str, np.ndarray],
+    bands: dict[str, np.ndarray],
+    path: Path,
+    runs: dict[str, int],
+    threshold: float | None = None,
+) -> None:
+    """``performance_profile.png``: rliable's score distribution of the final mean return per
+    algo (fraction of runs above tau) with its 95% bootstrap band.
+
+    :param taus: the thresholds the profiles are evaluated on.
+    :param profiles: per algo, the fraction of runs above each tau.
+    :param bands: per algo, ``(2, len(taus))`` lower and upper bounds.
+    :param path: where to write the figure.
+    :param runs: per algo, how many runs the profile is over (for the legend).
+    :param threshold: the env's solve threshold, drawn as a vertical line.
+    """
+    title = "Performance profile: final mean return"
+    if not profiles:
+        _no_data_figure(path, title)
+        return
+    from rliable import plot_utils  # seaborn and arch: only when a comparison is drawn
+
+    label = {a: f"{a} (n={runs.get(a, 0)})" for a in profiles}
+    colors = _algo_colors(list(profiles))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    plot_utils.plot_performance_profiles(
+        {label[a]: p for a, p in profiles.items()},
+        taus,
+        performance_profile_cis={label[a]: b for a, b in bands.items()},
+        ax=ax,
+        colors={label[a]: c for a, c in colors.items()},
+        xlabel=r"final mean return (last 100 episodes) $\tau$",
+        ylabel=r"fraction of runs with return $> \tau$",
+        labelsize="medium",
+        ticklabelsize="medium",
+    )
+    if threshold is not None:
+        ax.axvline(threshold, color="0.5", ls=":", lw=1, label=f"threshold {threshold:g}")
+    ax.set_title(f"{title} (95% stratified-bootstrap bands)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
+    """``aggregates.png``: rliable's interval-estimate plot of the IQM final mean return and
+    (where any seed solved) the IQM env steps to solve, per algo, with 95% bootstrap CIs.
+
+    :param aggregates: :func:`relax_rl.report.aggregate`'s output.
+    :param path: where to write the figure.
+    """
+    title = "IQM with 95% CI"
+    keys = {
+        "final_mean_return_100_iqm": "IQM final return",
+        "env_steps_to_solve_iqm": "IQM env steps to solve",
+    }
+    algos = [a for a, v in aggregates.items() if any(v.get(k) for k in keys)]
+    keys = {k: name for k, name in keys.items() if any(aggregates[a].get(k) for a in algos)}
+    if not algos:
+        _no_data_figure(path, title)
+        return
+    from rliable import plot_utils  # seaborn and arch: only when a comparison is drawn
+
+    colors = _algo_colors(algos)
+    ests = {a: [aggregates[a].get(k) for k in keys] for a in algos}
+    # An algo without an estimate (no seed solved) gets no bar; with one run, no CI: the point.
+    points = {
+        a: np.array([np.nan if e is None else e["iqm"] for e in es]) for a, es in ests.items()
+    }
+    intervals = {
+        a: np.array(
+            [[np.nan, np.nan] if e is None else (e["ci"] or [e["iqm"], e["iqm"]]) for e in es]
+        ).T
+        for a, es in ests.items()
+    }
+    row_height = max(0.7, 1.8 / len(algos))  # rliable sizes the figure by rows: not too flat
+    fig, axes = plot_utils.plot_interval_estimates(
+        points,
+        intervals,
+        list(keys.values()),
+        algorithms=algos,
+        colors=colors,
+        subfigure_width=4.0,
+        row_height=row_height,
+        xlabel=f"{title} (black: IQM; bar: bootstrap CI over runs; diamond: one run, no CI)",
+        # rliable places this label in figure coordinates: keep it ~0.4 in below the axes
+        xlabel_y_coordinate=-0.4 / (row_height * len(algos)),
+    )
+    for idx, ax in enumerate(np.atleast_1d(axes)):
+        for row, a in enumerate(algos):
+            e = ests[a][idx]
+            if e is not None and e["ci"] is None:  # a zero-width bar would not show
+                ax.plot(e["iqm"], row, marker="D", ms=7, color=colors[a], zorder=3)
+        ax.use_sticky_edges = False  # bars stick the limits to their ends: no room for a point
+        ax.margins(x=0.08)
+        ax.title.set_fontsize("large")
+        ax.tick_params(labelsize="medium")
+        if "steps" in ax.get_title():
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    for text in fig.texts:
+        text.set_fontsize("medium")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

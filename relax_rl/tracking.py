@@ -21,12 +21,20 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 @dataclass
 class TrackingConfig:
-    """``relax-rl ... --track`` settings."""
+    """``relax-rl ... --track`` settings (the ``--wandb-*`` flags are generated from them)."""
 
-    mode: str = "offline"
-    project: str = "relax-rl"
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    mode: str = field(
+        default="offline",
+        metadata={
+            "help": "offline: no network at all, `wandb sync` later; online needs a login",
+            "choices": WANDB_MODES,
+        },
+    )
+    project: str = field(default="relax-rl", metadata={"help": "wandb project"})
+    group: str | None = field(
+        default=None, metadata={"help": "wandb group of the run(s) (compare: its folder's name)"}
+    )
+    tags: list[str] = field(default_factory=list, metadata={"help": "wandb tags of the run(s)"})
 
     def validate(self) -> None:
         if self.mode not in WANDB_MODES:
@@ -92,6 +100,10 @@ def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: 
         run.define_metric("*", step_metric="global_step")
         return run
     mode = os.environ.get("WANDB_MODE", tracking.mode)
+    if mode != "online":
+        # wandb's process-wide settings, read before init's own: its telemetry exporter takes
+        # its mode from them and would otherwise probe wandb's server (a DNS query) offline.
+        wandb.setup(settings=wandb.Settings(mode=mode))
     run = wandb.init(
         project=tracking.project,
         group=tracking.group,

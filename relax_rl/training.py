@@ -19,16 +19,48 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
-from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar
+from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar, RunCheckpoint
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.errors import TrainingDivergedError, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
+
+
+@dataclass
+class ResumePoint:
+    """The newest model a run folder holds, with the episode counts saved beside it."""
+
+    model_path: Path
+    env_steps: int
+    episodes: dict[str, Any] | None
+
+    @classmethod
+    def latest(cls, run_dir: Path) -> ResumePoint:
+        """``model.zip`` of a run that stopped (finished, interrupted, diverged, failed), else
+        the newest of ``checkpoints/model_<steps>_steps.zip`` (a killed run's)."""
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("status", "running") != "running" and (run_dir / "model.zip").is_file():
+            path = run_dir / "episodes.json"
+            episodes = json.loads(path.read_text()) if path.is_file() else None
+            return cls(run_dir / "model.zip", int(summary["total_env_steps"]), episodes)
+        found = []
+        for path in (run_dir / "checkpoints").glob("model_*_steps.zip"):
+            steps = path.stem.removesuffix("_steps").rpartition("_")[2]
+            if steps.isdigit():
+                found.append((int(steps), path))
+        if not found:
+            raise ValueError(f"{run_dir} has no model.zip and no checkpoint to continue from")
+        steps, path = max(found)
+        state = path.with_name(path.stem.replace("model_", "model_episodes_", 1) + ".json")
+        return cls(path, steps, json.loads(state.read_text()) if state.is_file() else None)
 
 
 @dataclass
@@ -47,6 +79,8 @@ class RunSpec:
     extra_callbacks: list[BaseCallback] = field(default_factory=list)
     verbose: int = 0
     tracking: TrackingConfig | None = None
+    #: continue from this checkpoint of ``out`` (:meth:`resume`) instead of a new agent
+    resume_from: ResumePoint | None = None
 
     @classmethod
     def create(
@@ -60,29 +94,108 @@ class RunSpec:
         tracking: TrackingConfig | None = None,
         preset: str | None = None,
         progress: bool = False,
+        config_file: str | Path | None = None,
     ) -> RunSpec:
-        """The spec ``relax-rl train`` would build: ``configs/<algo>.yaml``'s entry for the env
-        (or ``preset``), then ``settings`` (run keys and agent arguments), validated; the env's
-        reward threshold unless given; your SB3 ``callbacks`` beside the run's own.
+        """The spec ``relax-rl train`` builds: ``configs/<algo>.yaml``'s entry for the env
+        (or ``preset``), then ``config_file``, then ``settings`` (run keys and agent
+        arguments), validated; the env's reward threshold unless given; your SB3 ``callbacks``
+        beside the run's own.
 
         :param out: the run folder (default ``runs/<algo>-<env>-s<seed>-<time>``).
         """
         from relax_rl.agents import ALGOS
-        from relax_rl.config import merge, validate, zoo_settings
-        from relax_rl.envs import make_env, reward_threshold
+        from relax_rl.config import resolve_settings, validate
 
         if algo not in ALGOS:
             raise ValueError(f"unknown algo {algo!r}; valid: {', '.join(ALGOS)}")
-        chosen = zoo_settings(algo, preset or env_id, required=preset is not None)
-        run, agent_kwargs = validate(merge(chosen, dict(settings or {})), ALGOS[algo])
-        if run["threshold"] is None:
-            run["threshold"] = reward_threshold(env_id)
+        chosen = resolve_settings(
+            algo,
+            env_id,
+            preset=preset,
+            config_file=None if config_file is None else Path(config_file),
+            overrides=settings,
+        )
+        run, agent_kwargs = validate(chosen, ALGOS[algo])
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = (
             Path(out)
             if out is not None
             else Path("runs") / (f"{algo}-{env_id.replace('/', '_')}-s{seed}-{stamp}")
         )
+        return cls._from_settings(
+            algo, env_id, seed, folder, run, agent_kwargs, callbacks, tracking, progress
+        )
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | Path,
+        more_steps: int | None = None,
+        callbacks: Sequence[BaseCallback] = (),
+        tracking: TrackingConfig | None = None,
+        progress: bool = False,
+    ) -> RunSpec:
+        """Continue the run in ``run_dir`` from its newest model (``model.zip``, or the newest
+        checkpoint of a run that was killed), SB3-style (``learn(n,
+        reset_num_timesteps=False)``): its settings from its ``config.yaml``, the step count,
+        optimiser states, acting-noise generator and episode counts from the checkpoint, the
+        rows of ``progress.csv`` up to it kept.
+
+        :param more_steps: env steps to train on top of the checkpoint's; default: what is left
+            of the run's ``total_steps``.
+        """
+        from relax_rl.agents import ALGOS
+        from relax_rl.config import validate
+
+        run_dir = Path(run_dir)
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            algo, env_id, seed = config["algo"], config["env_id"], int(config["seed"])
+        except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
+            raise ValueError(f"{run_dir} is not a run folder (no readable config.yaml)") from None
+        if algo not in ALGOS:
+            raise ValueError(f"{run_dir}/config.yaml names an unknown algo {algo!r}")
+        point = ResumePoint.latest(run_dir)
+        stored = {
+            k: v
+            for k, v in config.items()
+            if k not in ("algo", "env_id", "seed", *DERIVED_CONFIG_KEYS)
+        }
+        run, agent_kwargs = validate(stored, ALGOS[algo])
+        if more_steps is None:
+            more_steps = run["total_steps"] - point.env_steps
+            if more_steps <= 0:
+                raise ValueError(
+                    f"{run_dir} has trained its total_steps={run['total_steps']:,} already; "
+                    "give --total-steps N to train N more"
+                )
+        elif more_steps <= 0:
+            raise ValueError(f"the steps to train on must be positive, got {more_steps}")
+        run["total_steps"] = point.env_steps + more_steps
+        spec = cls._from_settings(
+            algo, env_id, seed, run_dir, run, agent_kwargs, callbacks, tracking, progress
+        )
+        spec.resume_from = point
+        return spec
+
+    @classmethod
+    def _from_settings(
+        cls,
+        algo: str,
+        env_id: str,
+        seed: int,
+        folder: Path,
+        run: dict[str, Any],
+        agent_kwargs: dict[str, Any],
+        callbacks: Sequence[BaseCallback],
+        tracking: TrackingConfig | None,
+        progress: bool,
+    ) -> RunSpec:
+        from relax_rl.agents import ALGOS
+        from relax_rl.envs import make_env, reward_threshold
+
+        if run["threshold"] is None:
+            run["threshold"] = reward_threshold(env_id)
         return cls(
             algo,
             ALGOS[algo],
@@ -107,6 +220,15 @@ class RunFolder:
         self.tracker = EpisodeTracker(
             spec.settings["threshold"], stop_when_solved=spec.settings["stop_when_solved"]
         )
+        point = spec.resume_from
+        if point is not None and point.episodes is not None:
+            self.tracker.load_state_dict(point.episodes)
+        self.start_steps = point.env_steps if point is not None else 0
+        self.resumed_from = _earlier_resumes(spec.out) if point is not None else []
+        if point is not None:
+            self.resumed_from.append(
+                {"env_steps": point.env_steps, "model": str(point.model_path.relative_to(spec.out))}
+            )
         self.start = time.perf_counter()
         self.model: Any = None
         self.status = "running"
@@ -125,13 +247,14 @@ class RunFolder:
             "error": self.error,
             "total_env_steps": steps,
             "episodes": self.tracker.episodes,
-            "wall_s": round(wall, 3),
-            "env_steps_per_s": round(steps / wall, 1) if wall > 0 else None,
+            "wall_s": round(wall, 3),  # (of this session, when the run was continued)
+            "env_steps_per_s": round((steps - self.start_steps) / wall, 1) if wall > 0 else None,
             "threshold": self.spec.settings["threshold"],
             "solved_at_env_steps": self.tracker.solved_at_env_steps,
             "solved_at_episodes": self.tracker.solved_at_episodes,
             "final_mean_return_100": self.tracker.mean_return,
             **self.evaluation,
+            **({"resumed_from": self.resumed_from} if self.resumed_from else {}),
         }
 
     def write_summary(self) -> dict[str, Any]:
@@ -142,6 +265,7 @@ class RunFolder:
     def save_model(self) -> None:
         tmp = self.out / "model.tmp.zip"
         self.model.save(tmp)
+        _atomic_write(self.out / "episodes.json", json.dumps(self.tracker.state_dict()))
         os.replace(tmp, self.out / "model.zip")
 
 
@@ -159,6 +283,35 @@ def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
     }
 
 
+def _earlier_resumes(out: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads((out / "summary.json").read_text()).get("resumed_from", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _progress_rows(out: Path, up_to_steps: int) -> list[dict[str, Any]]:
+    """The rows of ``progress.csv`` up to a checkpoint, for a continued run to write again
+    (SB3's CSV writer truncates the file it opens)."""
+    import csv
+
+    path = out / "progress.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = [{k: _number(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+    return [r for r in rows if r.get("time/total_timesteps", 0) <= up_to_steps]
+
+
+def _number(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -166,12 +319,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def build(spec: RunSpec) -> tuple[Any, VecEnv]:
-    """The training env and a new agent for ``spec`` (raises on bad settings or spaces)."""
-    env = spec.make_env(spec.settings["n_envs"], spec.seed)
+    """The training env and a new agent for ``spec``, or the checkpoint's agent when it
+    continues a run (raises on bad settings or spaces)."""
+    point = spec.resume_from
+    # A continued run's envs start from other episodes than the first session's.
+    env = spec.make_env(spec.settings["n_envs"], spec.seed + (point.env_steps if point else 0))
     try:
-        model = spec.algo_cls(
-            "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
-        )
+        if point is None:
+            model = spec.algo_cls(
+                "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
+            )
+        else:
+            model = spec.algo_cls.load(point.model_path, env=env)
+            model.verbose = spec.verbose
     except Exception:
         env.close()
         raise
@@ -247,9 +407,13 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     folder.model = model
+    point = spec.resume_from
+    earlier_rows = _progress_rows(out, point.env_steps) if point is not None else []
     formats = [
         make_output_format(f, str(out)) for f in (["csv", "stdout"] if spec.verbose else ["csv"])
     ]
+    for row in earlier_rows:
+        formats[0].write(row, {k: () for k in row})
     wandb_run = None
     if spec.tracking is not None:
         name = f"{spec.algo}-{spec.env_id}-s{spec.seed}"
@@ -259,10 +423,10 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     folder.write_summary()
 
     n_envs = spec.settings["n_envs"]
-    checkpoint = CheckpointCallback(
+    checkpoint = RunCheckpoint(
+        folder.tracker,
         save_freq=max(1, spec.settings["checkpoint_freq"] // n_envs),
         save_path=str(out / "checkpoints"),
-        name_prefix="model",
     )
     callbacks: list[BaseCallback] = [
         folder.tracker,
@@ -275,10 +439,11 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         callbacks.append(ReturnProgressBar())
     try:
         with sigterm_as_interrupt():
-            model.learn(
-                spec.settings["total_steps"],
+            model.learn(  # a continued run: SB3's continuation, num_timesteps kept
+                spec.settings["total_steps"] - model.num_timesteps,
                 callback=CallbackList(callbacks),
                 log_interval=spec.settings.get("log_interval", RUN_KEYS["log_interval"][1]),
+                reset_num_timesteps=point is None,
             )
             if model.logger.name_to_value:  # the last, partial interval too
                 model.dump_logs(model.n_updates)
@@ -290,7 +455,12 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
             folder.evaluation = _evaluate(spec, model)
     except KeyboardInterrupt:
         folder.status = "interrupted"
-        model.save(out / "checkpoints" / f"model_interrupted_{model.num_timesteps}_steps")
+        name = f"interrupted_{model.num_timesteps}_steps"
+        model.save(out / "checkpoints" / f"model_{name}")
+        _atomic_write(
+            out / "checkpoints" / f"model_episodes_{name}.json",
+            json.dumps(folder.tracker.state_dict()),
+        )
         raise
     except TrainingDivergedError as exc:
         folder.status, folder.error = "diverged", str(exc)

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from stable_baselines3.common.callbacks import BaseCallback
 
 from relax_rl.cli import main
 
@@ -95,14 +96,26 @@ def odd_envs():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--algo", "ppo", "--env", "CartPole-v1"], "unknown algo 'ppo'"),
+        (["--algo", "ppo", "--env", "CartPole-v1"], "invalid choice: 'ppo' (choose from"),
         (["--algo", "a2c", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
         (["--algo", "a2c", "--env", "Pendulum-v1"], "needs a Discrete action space"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "lr=1"], "unknown config key 'lr'"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma=high"], "wrong type"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma"], "not key=value"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--preset", "nope"], "no entry 'nope'"),
-        (["--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "0"], "total_steps"),
+        (
+            ["--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "0"],
+            "--total-steps: invalid value 0",
+        ),
+        (
+            ["--algo", "a2c", "--env", "CartPole-v1", "--set", "total_steps=0"],
+            "total_steps must be >= 1",
+        ),
+        (
+            ["--algo", "a2c", "--env", "CartPole-v1", "--set", "vec_env=ray"],
+            "unknown vec_env 'ray'",
+        ),
+        (["--env", "CartPole-v1"], "--algo is required (or --resume RUN_DIR)"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "optimizer=sgd"], "optimizer"),
         (["--algo", "relax", "--env", "CartPole-v1", "--set", "cv_net_arch=5"], "[64, 64]"),
         (["--algo", "a2c", "--env", "ALE/Pong-v5"], "namespace 'ALE'"),
@@ -232,8 +245,11 @@ def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
         (["vae", "--steps", "300", "--out", "{file}/sub"], "cannot be created"),
         (["toy", "--steps", "300", "--out", "{file}"], "not a folder"),
         (["train", "--algo", "a2c", "--env", "CartPole-v1", "--config", "{tmp}"], "is a folder"),
-        (["train", "--algo", "a2c", "--env", "CartPole-v1", "--seed", "-1"], "invalid seed -1"),
-        (["vae", "--seed", "-1"], "invalid seed -1"),
+        (
+            ["train", "--algo", "a2c", "--env", "CartPole-v1", "--seed", "-1"],
+            "--seed: invalid value -1",
+        ),
+        (["vae", "--seed", "-1"], "--seed: invalid value -1"),
     ],
 )
 def test_bad_paths_and_seeds_fail_in_one_line_before_any_work(tmp_path, capsys, args, needle):
@@ -353,3 +369,141 @@ def test_wandb_online_without_a_login_fails_in_one_line_before_any_file(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs a login" in err[0], err
     assert not out.exists()
+
+
+class _StopAt(BaseCallback):
+    """Ctrl-C at ``steps`` env steps (what the user's interrupt does to train())."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.steps:
+            raise KeyboardInterrupt
+        return True
+
+
+def _stopped_run(tmp_path, stop_at=600, total=1600, checkpoint_freq=200):
+    from relax_rl.training import RunSpec, train
+
+    spec = RunSpec.create(
+        "relax",
+        "CartPole-v1",
+        seed=3,
+        out=tmp_path / "run",
+        settings={
+            "total_steps": total,
+            "n_envs": 2,
+            "checkpoint_freq": checkpoint_freq,
+            "log_interval": 10,
+            "eval_episodes": 0,
+            "policy_kwargs": {"net_arch": [8]},
+            "cv_net_arch": [8],
+            "learning_rate": 3e-3,
+        },
+        callbacks=[_StopAt(stop_at)],
+    )
+    if stop_at < total:
+        with pytest.raises(KeyboardInterrupt):
+            train(spec)
+    else:
+        train(spec)
+    return spec.out
+
+
+def _steps_column(out):
+    with (out / "progress.csv").open() as f:
+        return [int(r["time/total_timesteps"]) for r in csv.DictReader(f)]
+
+
+def test_resume_continues_an_interrupted_run_to_its_total(tmp_path, capsys):
+    out = _stopped_run(tmp_path)
+    before = json.loads((out / "summary.json").read_text())
+    assert before["status"] == "interrupted" and 600 <= before["total_env_steps"] < 1600
+    rows_before = _steps_column(out)
+    from relax_rl.agents import RELAX
+
+    saved = RELAX.load(out / "model.zip").policy.state_dict()
+
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["total_env_steps"] >= 1600
+    assert summary["resumed_from"] == [
+        {"env_steps": before["total_env_steps"], "model": "model.zip"}
+    ]
+    # the episodes go on counting from the checkpoint's
+    assert summary["episodes"] > before["episodes"]
+    # progress.csv: the first session's rows, then the continued run's, steps increasing
+    steps = _steps_column(out)
+    assert steps[: len(rows_before)] == rows_before and len(steps) > len(rows_before)
+    assert steps == sorted(steps) and steps[-1] >= 1600
+    # the continued run started from the saved parameters and trained them further
+    trained = RELAX.load(out / "model.zip").policy.state_dict()
+    assert any(not np.allclose(saved[k], trained[k]) for k in saved)
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 3
+
+
+@pytest.mark.parametrize("killed_at_the_interrupt", [True, False])
+def test_resume_a_killed_run_from_its_newest_checkpoint(tmp_path, capsys, killed_at_the_interrupt):
+    out = _stopped_run(tmp_path, stop_at=900)
+    # a run killed with SIGKILL: no model.zip, its summary still says running
+    (out / "model.zip").unlink()
+    (out / "episodes.json").unlink()
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    (newest_zip,) = (out / "checkpoints").glob("model_interrupted_*_steps.zip")
+    regular = max(
+        (int(p.stem.split("_")[1]), p)
+        for p in (out / "checkpoints").glob("model_*_steps.zip")
+        if p.stem.split("_")[1].isdigit()
+    )
+    if killed_at_the_interrupt:  # the newest checkpoint: the one saved at the interrupt
+        newest = int(newest_zip.stem.split("_")[2])
+        assert newest > regular[0]
+        state = "interrupted_"
+    else:  # killed before: only the periodic checkpoints
+        newest_zip.unlink()
+        newest, newest_zip = regular
+        state = ""
+    episodes = json.loads(
+        (out / "checkpoints" / f"model_episodes_{state}{newest}_steps.json").read_text()
+    )["episodes"]
+    assert main(["train", "--resume", str(out), "--no-progress", "--total-steps", "400"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["resumed_from"][0]["env_steps"] == newest
+    assert result["resumed_from"][0]["model"] == f"checkpoints/{newest_zip.name}"
+    # SB3-style: --total-steps N is N more env steps
+    assert newest + 400 <= result["total_env_steps"] < newest + 400 + 2 * 5
+    assert result["episodes"] > episodes
+    # rows after the checkpoint the killed run had logged are replaced by the continued run's
+    steps = _steps_column(out)
+    assert steps == sorted(steps)
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ([], "has trained its total_steps=1,600 already; give --total-steps N"),
+        (["--algo", "a2c"], "--algo cannot be given with it"),
+        (["--n-envs", "4"], "--n-envs cannot be given with it"),
+        (["--until-solved"], "--until-solved cannot be given with it"),
+        (["--total-steps", "-3"], "--total-steps: invalid value -3"),
+    ],
+)
+def test_resume_refuses_in_one_line(tmp_path, capsys, extra, needle):
+    out = _stopped_run(tmp_path, stop_at=10**9, total=1600, checkpoint_freq=10**6)
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    code = main(["train", "--resume", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_resume_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for target, needle in [
+        (tmp_path / "nothing", "no such run folder"),
+        (tmp_path / "empty", "not a run folder (no readable config.yaml)"),
+    ]:
+        assert main(["train", "--resume", str(target)]) == 2
+        assert needle in capsys.readouterr().err

@@ -44,7 +44,14 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys, monkeypatch):
     assert summary["aggregates"]["relax"]["grad_log10_var"] is not None
     assert summary["aggregates"]["a2c"]["grad_log10_var_reduction"] is None
     assert "Paired variance reduction" in report and "relax " in report.split("Paired")[1]
-    for png in ("returns.png", "grad_variance.png"):
+    # rliable's aggregates: IQM with a bootstrap CI, probability of improvement, two figures
+    relax = summary["aggregates"]["relax"]
+    low, high = relax["final_mean_return_100_iqm"]["ci"]
+    assert low <= relax["final_mean_return_100_iqm"]["iqm"] <= high
+    a2c_over_relax = summary["aggregates"]["a2c"]["probability_of_improvement"]["relax"]["p"]
+    assert relax["probability_of_improvement"]["a2c"]["p"] == pytest.approx(1 - a2c_over_relax)
+    assert "## Aggregates (rliable)" in report and "| P(row > column) | a2c | relax |" in report
+    for png in ("returns.png", "grad_variance.png", "performance_profile.png", "aggregates.png"):
         assert mpimg.imread(out / png).ndim == 3
     stamp = (out / "a2c-s0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
@@ -61,6 +68,9 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys, monkeypatch):
     plot_out = tmp_path / "plots"
     assert main(["plot", str(out / "a2c-s0"), str(out / "relax-s1"), "--out", str(plot_out)]) == 0
     assert (plot_out / "returns.png").exists() and (plot_out / "report.md").exists()
+    for png in ("performance_profile.png", "aggregates.png"):  # one run per algo: no CI, drawn
+        assert mpimg.imread(plot_out / png).ndim == 3
+    assert "(no CI: 1 run)" in (plot_out / "report.md").read_text()
     # plot never writes over a run's own files, whatever --out says or defaults to
     run = out / "a2c-s0"
     before = (run / "summary.json").read_text()
@@ -99,6 +109,7 @@ def test_a_crashing_run_is_reported_and_others_go_on(tmp_path):
     assert main(args) == 1  # every run failed: the report is written, the exit code says so
     report = (out / "report.md").read_text()
     assert "1 failed" in report and "needs n_envs=1" in report
+    assert (out / "aggregates.png").exists() and (out / "performance_profile.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -113,10 +124,11 @@ def test_parse_seeds(text, seeds):
     [
         (["--seeds", "4-1"], "malformed seed range '4-1'"),
         (["--seeds", "a-b"], "malformed seed range"),
-        (["--algos", "ppo"], "unknown algo 'ppo'"),
+        (["--algos", "ppo"], "invalid choice: 'ppo'"),
         (["--env", "CartPol-v1"], "did you mean CartPole-v1"),
-        (["--backend", "slurm"], "unknown backend 'slurm'; valid: local, ray"),
-        (["--total-steps", "0"], "total_steps must be positive, got 0"),
+        (["--backend", "slurm"], "invalid choice: 'slurm' (choose from 'local', 'ray')"),
+        (["--total-steps", "0"], "--total-steps: invalid value 0: expected an integer >= 1"),
+        (["--set", "total_steps=0"], "total_steps must be >= 1, got 0"),
     ],
 )
 def test_compare_bad_input(tmp_path, capsys, args, needle):

@@ -108,7 +108,7 @@ def test_bad_wandb_mode(tmp_path, capsys):
             str(tmp_path / "o"),
         ]
     )
-    assert code == 2 and "unknown wandb mode 'sometimes'" in capsys.readouterr().err
+    assert code == 2 and "--wandb-mode: invalid choice: 'sometimes'" in capsys.readouterr().err
 
 
 TINY_AGENT = {"n_steps": 8, "policy_kwargs": {"net_arch": [8]}}
@@ -187,3 +187,47 @@ def test_sb3_wandb_callback_with_a_users_own_wandb_run(tmp_path, monkeypatch, no
     run.finish()
     data = wandb_payload(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     assert b"gradients/" in data and b"RELAX" in data
+
+
+_NETWORK_SPY = """
+import atexit, socket, sys, threading
+attempts = []
+# registered first, so run last: after wandb's own exit handlers flush its exporters
+atexit.register(lambda: open(sys.argv[1], "w").write("\\n".join(attempts)))
+real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+def getaddrinfo(host, *args, **kwargs):
+    attempts.append(f"getaddrinfo {host} ({threading.current_thread().name})")
+    raise OSError("no network in this test")
+def connect(self, address):
+    if self.family != socket.AF_UNIX and address[0] not in ("127.0.0.1", "localhost", "::1"):
+        attempts.append(f"connect {address}")
+        raise OSError("no network in this test")
+    return real_connect(self, address)
+socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+from relax_rl.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_offline_by_default_means_no_network_even_without_wandb_mode(tmp_path):
+    """``--track`` with no WANDB_MODE in the environment: wandb must be offline from its first
+    call (its telemetry exporter once probed wandb's server, a DNS query, in offline mode)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no wandb login or settings of the machine's user
+    record = tmp_path / "attempts.txt"
+    args = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "600"]
+    args += ["--out", str(tmp_path / "run"), "--no-progress", "--track", "--log-interval", "1"]
+    done = subprocess.run(
+        [sys.executable, "-c", _NETWORK_SPY, str(record), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert record.read_text() == ""

@@ -182,11 +182,11 @@ def test_cli_writes_outputs(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--model", "deep"], "unknown model 'deep'"),
-        (["--estimators", "gumbel"], "unknown estimator 'gumbel'"),
-        (["--latents", "0"], "--latents must be positive, got 0"),
+        (["--model", "deep"], "invalid choice: 'deep'"),
+        (["--estimators", "gumbel"], "invalid choice: 'gumbel'"),
+        (["--latents", "0"], "--latents: invalid value 0: expected an integer >= 1"),
         (["--batch-size", "5000"], "larger than the training set"),
-        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from 'mnist5k', 'digits')"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, needle):

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from relax_rl.cli.flags import add_dataclass_flags, bounded, dataclass_from_args
 from relax_rl.errors import Terminated, UsageError
 
 EXIT_USAGE = 2
@@ -32,17 +33,8 @@ def check_writable(out: Path) -> None:
         raise UsageError(f"--out {out} is not writable ({base} is read-only for this user)")
 
 
-def seed_arg(text: str) -> int:
-    """argparse type of a seed: an integer >= 0 (numpy and gymnasium refuse negative seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid seed {text!r}: expected an integer >= 0"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {value}: expected an integer >= 0")
-    return value
+#: argparse type of a seed: numpy and gymnasium refuse negative seeds.
+seed_arg = bounded(int, 0)
 
 
 def check_out_dir(out: Path, ours: Sequence[str]) -> None:
@@ -58,22 +50,10 @@ def check_out_dir(out: Path, ours: Sequence[str]) -> None:
 
 
 def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    from relax_rl.tracking import TrackingConfig
+
     p.add_argument("--track", action="store_true", help="log to wandb (offline by default)")
-    p.add_argument("--wandb-mode", default="offline", help="offline (default), online, disabled")
-    p.add_argument("--wandb-project", default="relax-rl", help="wandb project (default relax-rl)")
-    p.add_argument("--wandb-group", default=None, help="wandb group of the run(s)")
-    p.add_argument("--wandb-tags", nargs="*", default=[], help="wandb tags of the run(s)")
-
-
-def add_log_interval(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-interval",
-        type=int,
-        default=None,
-        metavar="N",
-        help="updates between rows of progress.csv, stdout and wandb (default 100, SB3 A2C's; "
-        "gradient-variance measurements in between are averaged)",
-    )
+    add_dataclass_flags(p, TrackingConfig, prefix="wandb-")
 
 
 def tracking_config(args: argparse.Namespace):
@@ -81,9 +61,7 @@ def tracking_config(args: argparse.Namespace):
 
     if not args.track:
         return None
-    tracking = TrackingConfig(
-        args.wandb_mode, args.wandb_project, args.wandb_group, list(args.wandb_tags)
-    )
+    tracking = dataclass_from_args(TrackingConfig, args, prefix="wandb-")
     try:
         tracking.validate()
     except ValueError as exc:

@@ -7,14 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from relax_rl.agents import ALGOS
 from relax_rl.cli.common import (
-    add_log_interval,
     add_tracking_args,
-    algo_class,
     check_writable,
     tracking_config,
 )
+from relax_rl.cli.flags import add_dataclass_flags, bounded
+from relax_rl.config import RunSettings
 from relax_rl.errors import UsageError
+from relax_rl.runner import BACKENDS, GridRun
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
@@ -22,35 +24,33 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="run a grid of algos x seeds on one env and report",
         description="Run every (algo, seed) into OUT/<algo>-s<seed>/ (finished runs are not "
-        "run again), then write OUT/summary.json, report.md, returns.png, grad_variance.png.",
+        "run again), then write OUT/summary.json, report.md (with rliable's IQMs, bootstrap "
+        "CIs and probabilities of improvement), returns.png, grad_variance.png, "
+        "performance_profile.png and aggregates.png.",
     )
     p.add_argument(
-        "--algos", nargs="+", required=True, metavar="ALGO", help="e.g. reinforce a2c relax"
+        "--algos",
+        nargs="+",
+        required=True,
+        choices=list(ALGOS),
+        metavar="ALGO",
+        help=f"one or more of {', '.join(ALGOS)}",
     )
-    p.add_argument("--env", required=True, help="a gymnasium env id, e.g. CartPole-v1")
+    p.add_argument("--env", required=True, metavar="ID", help="gymnasium env id (or module:EnvId)")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
-    p.add_argument(
-        "--total-steps", type=int, default=None, help="env steps per run (default: the config's)"
-    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key for every algo (repeatable)",
+        help="override a setting for every algo (repeatable); `relax-rl params` lists them",
     )
-    p.add_argument(
-        "--grad-var-freq",
-        type=int,
-        default=None,
-        help="updates between gradient-variance measurements (0: off; default: the agent's, "
-        "50, or 5 whole episodes for reinforce)",
-    )
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    add_log_interval(p)
+    add_dataclass_flags(p, RunSettings, overrides=True, default_note=" unless configs/ set it")
+    p.add_argument("--jobs", type=bounded(int, 1), default=1, help="runs in parallel (processes)")
     p.add_argument(
         "--backend",
         default="local",
+        choices=list(BACKENDS),
         help="local (a process pool, default) or ray (Ray Tune; needs relax-rl[ray])",
     )
     p.add_argument(
@@ -67,8 +67,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "plot",
         help="draw the comparison figures from run folders",
-        description="Draw returns.png and grad_variance.png (and report.md) "
-        "from existing run folders; no wandb needed.",
+        description="Draw compare's report and figures (report.md, returns.png, "
+        "grad_variance.png, performance_profile.png, aggregates.png, summary.json) from "
+        "existing run folders; no wandb needed.",
     )
     q.add_argument(
         "run_dirs",
@@ -87,31 +88,16 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_run_plot)
 
 
-def _grid_spec(cell, settings: dict, tracking):
-    """The RunSpec of one cell of a compare grid."""
-    from relax_rl import config as cfg
-    from relax_rl.envs import make_env, reward_threshold
+def _grid_spec(cell, overrides: dict, tracking):
+    """The RunSpec of one cell of a compare grid: settings resolved as ``train`` does."""
     from relax_rl.training import RunSpec
 
-    algo_cls = algo_class(cell.algo)
-    run_keys, agent_kwargs = cfg.validate(settings[cell.algo], algo_cls)
-    if run_keys["threshold"] is None:
-        run_keys["threshold"] = reward_threshold(cell.env_id)
-    return RunSpec(
-        cell.algo,
-        algo_cls,
-        cell.env_id,
-        cell.seed,
-        cell.out,
-        run_keys,
-        agent_kwargs,
-        lambda n, s: make_env(cell.env_id, n, s, vec_env=run_keys["vec_env"]),
-        progress=False,
-        tracking=tracking,
+    return RunSpec.create(
+        cell.algo, cell.env_id, cell.seed, out=cell.out, settings=overrides, tracking=tracking
     )
 
 
-def _grid_worker(cell, settings: dict, tracking) -> dict:
+def _grid_worker(cell, overrides: dict, tracking) -> dict:
     """Train one cell of a compare grid (in a worker process)."""
     import shutil
 
@@ -120,13 +106,13 @@ def _grid_worker(cell, settings: dict, tracking) -> dict:
     from relax_rl.training import train
 
     torch.set_num_threads(1)
-    spec = _grid_spec(cell, settings, tracking)
+    spec = _grid_spec(cell, overrides, tracking)
     if cell.out.exists():  # an unfinished earlier attempt: start it again
         shutil.rmtree(cell.out)
     return train(spec)
 
 
-def _check_finished_runs_match(cells, settings: dict) -> None:
+def _check_finished_runs_match(cells, overrides: dict) -> None:
     """Refuse to resume into a folder whose finished runs used other settings: the report
     would mix two experiments."""
     import yaml
@@ -141,7 +127,7 @@ def _check_finished_runs_match(cells, settings: dict) -> None:
             old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             old = {}
-        new = run_config(_grid_spec(cell, settings, None))
+        new = run_config(_grid_spec(cell, overrides, None))
         # (a key an older config.yaml lacks is not compared)
         for key in sorted(set(old) & set(new) - set(DERIVED_CONFIG_KEYS)):
             if old.get(key) != new.get(key):
@@ -151,28 +137,27 @@ def _check_finished_runs_match(cells, settings: dict) -> None:
                 )
 
 
-def _grid_settings(args: argparse.Namespace) -> dict[str, dict]:
-    """Per algo: configs/<algo>.yaml's entry for the env, then --set, --total-steps."""
-    from relax_rl import config as cfg
+def _grid_overrides(args: argparse.Namespace) -> dict:
+    """--set and the run-key flags, for every algo (each over its configs/<algo>.yaml entry);
+    bad keys are refused here, before any run starts."""
+    from relax_rl.cli.train import run_overrides
 
-    settings = {}
+    overrides = run_overrides(args)
     for algo in args.algos:
-        algo_cls = algo_class(algo)
-        s = cfg.merge(cfg.zoo_settings(algo, args.env), cfg.parse_set(args.set))
-        if args.total_steps is not None:
-            s["total_steps"] = args.total_steps
-        if args.grad_var_freq is not None:
-            s["grad_var_freq"] = args.grad_var_freq
-        if args.log_interval is not None:
-            s["log_interval"] = args.log_interval
-        cfg.validate(s, algo_cls)  # refuse bad keys before any run starts
-        settings[algo] = s
-    return settings
+        _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None)
+    return overrides
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
-    from relax_rl.plotting import plot_compare
-    from relax_rl.report import aggregate, grad_variance_stats, read_curves, write_report
+    from relax_rl.plotting import plot_aggregates, plot_compare, plot_performance_profile
+    from relax_rl.report import (
+        aggregate,
+        final_returns,
+        grad_variance_stats,
+        performance_profile,
+        read_curves,
+        write_report,
+    )
 
     for d, s in zip(run_dirs, summaries, strict=True):
         s.update(grad_variance_stats(d, s.get("solved_at_env_steps")))
@@ -186,40 +171,41 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     for d, s in zip(run_dirs, summaries, strict=True):
         curves.setdefault(s["algo"], []).append(read_curves(d))
     thresholds = {s.get("threshold") for s in summaries} - {None}
-    plot_compare(
-        curves,
-        out / "returns.png",
-        out / "grad_variance.png",
-        threshold=thresholds.pop() if len(thresholds) == 1 else None,
+    threshold = thresholds.pop() if len(thresholds) == 1 else None
+    plot_compare(curves, out / "returns.png", out / "grad_variance.png", threshold=threshold)
+    # rliable's figures: the final-return score distributions, and the IQMs with their CIs
+    scores = final_returns(summaries)
+    plot_performance_profile(
+        *performance_profile(scores),
+        out / "performance_profile.png",
+        runs={algo: len(v) for algo, v in scores.items()},
+        threshold=threshold,
     )
+    plot_aggregates(aggregates, out / "aggregates.png")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
     from relax_rl.envs import check_env_id
-    from relax_rl.runner import BACKENDS, GridRun, parse_seeds, run_grid
+    from relax_rl.runner import parse_seeds, run_grid
 
-    if args.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
     if args.ray_address is not None and args.backend != "ray":
         raise UsageError("--ray-address needs --backend ray")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     try:
         check_env_id(args.env)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     seeds = parse_seeds(args.seeds)
     check_writable(args.out)
-    settings = _grid_settings(args)
+    overrides = _grid_overrides(args)
     tracking = tracking_config(args)
     if tracking is not None and tracking.group is None:
         # Named after the output folder, so that a resumed comparison stays in one group.
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
-    _check_finished_runs_match(cells, settings)
-    worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
+    _check_finished_runs_match(cells, overrides)
+    worker = functools.partial(_grid_worker, overrides=overrides, tracking=tracking)
 
     def done(cell, summary) -> None:
         solved = summary.get("solved_at_env_steps")
@@ -281,5 +267,8 @@ def _run_plot(args: argparse.Namespace) -> int:
     if into_a_run:
         raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
     _write_comparison(out, run_dirs, summaries)
-    print(f"wrote {out}/report.md, returns.png, grad_variance.png, summary.json")
+    print(
+        f"wrote {out}/report.md, returns.png, grad_variance.png, performance_profile.png, "
+        "aggregates.png, summary.json"
+    )
     return 0

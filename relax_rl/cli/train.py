@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-import time
 import zipfile
 from pathlib import Path
 
+from relax_rl.agents import ALGOS
 from relax_rl.cli.common import (
-    add_log_interval,
     add_tracking_args,
     algo_class,
     check_writable,
@@ -19,6 +19,8 @@ from relax_rl.cli.common import (
     stopped,
     tracking_config,
 )
+from relax_rl.cli.flags import add_dataclass_flags, flag_name, given_overrides
+from relax_rl.config import RunSettings
 from relax_rl.errors import UsageError
 
 
@@ -28,13 +30,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="train an agent (reinforce, a2c, relax) on a gymnasium env",
         description="Train an agent into a run folder: config.yaml, progress.csv (SB3 logger), "
         "checkpoints/, model.zip and summary.json. Settings come from configs/<algo>.yaml "
-        "(the entry for the env id, or --preset), then --config, then --set.",
+        "(the entry for the env id, or --preset), then --config, then --set, then the flags "
+        "below. --resume RUN_DIR continues a run instead.",
     )
-    p.add_argument("--algo", required=True, help="reinforce, a2c or relax")
-    p.add_argument("--env", required=True, help="gymnasium env id, e.g. CartPole-v1")
+    p.add_argument("--algo", choices=list(ALGOS), help="the agent (required unless --resume)")
+    p.add_argument(
+        "--env",
+        metavar="ID",
+        help="gymnasium env id, e.g. CartPole-v1, or module:EnvId to import the module that "
+        "registers it (required unless --resume)",
+    )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the run (default 0)")
-    p.add_argument("--total-steps", type=int, default=None, help="env steps (overrides config)")
-    p.add_argument("--n-envs", type=int, default=None, help="parallel envs (overrides config)")
     p.add_argument(
         "--preset",
         default=None,
@@ -44,22 +50,27 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         default=None,
-        help="a YAML file of settings (a mapping), applied over the defaults",
+        help="a YAML file of settings (a mapping), applied over configs/<algo>.yaml's",
     )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one setting (YAML value), e.g. --set learning_rate=1e-3",
+        help="override one setting (YAML value), e.g. --set learning_rate=1e-3; "
+        "`relax-rl params --algo ALGO` lists them",
     )
-    p.add_argument(
-        "--until-solved",
-        action="store_true",
-        help="stop when the last-100 mean return reaches the env's threshold",
-    )
-    add_log_interval(p)
+    add_dataclass_flags(p, RunSettings, overrides=True, default_note=" unless configs/ set it")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR (a run train wrote, finished, stopped or killed) from its newest "
+        "model with its own settings, SB3-style: --total-steps N trains N more env steps "
+        "(default: what is left of its total_steps)",
+    )
     add_tracking_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -81,83 +92,105 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_run_eval)
 
 
-def resolve_settings(args: argparse.Namespace, algo_cls: type) -> tuple[dict, dict]:
-    """Defaults from configs/<algo>.yaml, then --config, then --set, then the flags."""
+#: What --resume takes from the run folder rather than from the command line: dest -> flag.
+RESUME_FIXED = {
+    **{name: f"--{name}" for name in ("algo", "env", "preset", "config", "set", "out")},
+    **{
+        f.name: flag_name(f)
+        for f in dataclasses.fields(RunSettings)
+        if f.name != "total_steps"  # (with --resume: N more steps)
+    },
+}
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    """--set, then the run-key flags given (the flags win)."""
     from relax_rl import config as cfg
 
-    if args.preset is not None:
-        settings = cfg.zoo_settings(args.algo, args.preset, required=True)
-    else:
-        settings = cfg.zoo_settings(args.algo, args.env)
-    if args.config is not None:
-        settings = cfg.merge(settings, cfg.load_config_file(args.config))
-    settings = cfg.merge(settings, cfg.parse_set(args.set))
-    if args.total_steps is not None:
-        settings["total_steps"] = args.total_steps
-    if args.n_envs is not None:
-        settings["n_envs"] = args.n_envs
-    if args.until_solved:
-        settings["stop_when_solved"] = True
-    if args.log_interval is not None:
-        settings["log_interval"] = args.log_interval
-    return cfg.validate(settings, algo_cls)
+    return cfg.merge(cfg.parse_set(args.set), given_overrides(args, RunSettings))
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from relax_rl.envs import check_env_id, make_env, reward_threshold
-    from relax_rl.on_policy import TrainingDivergedError
-    from relax_rl.training import RunSpec, build, train
+def _resume_spec(args: argparse.Namespace):
+    from relax_rl.training import RunSpec
 
-    algo_cls = algo_class(args.algo)
+    fixed = [flag for dest, flag in RESUME_FIXED.items() if getattr(args, dest) not in (None, [])]
+    if args.seed != 0:
+        fixed.append("--seed")
+    if fixed:
+        raise UsageError(
+            f"--resume continues {args.resume} with its own settings; {fixed[0]} cannot be "
+            "given with it (--total-steps N trains N more steps)"
+        )
+    if not args.resume.is_dir():
+        raise UsageError(f"--resume {args.resume}: no such run folder")
+    check_writable(args.resume)
+    try:
+        return RunSpec.resume(
+            args.resume,
+            more_steps=args.total_steps,
+            tracking=tracking_config(args),
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _new_spec(args: argparse.Namespace):
+    from relax_rl.envs import check_env_id
+    from relax_rl.training import RunSpec
+
+    missing = [flag for flag in ("algo", "env") if getattr(args, flag) is None]
+    if missing:
+        raise UsageError(f"--{missing[0]} is required (or --resume RUN_DIR)")
     try:
         check_env_id(args.env)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    run, agent_kwargs = resolve_settings(args, algo_cls)
-    if run["threshold"] is None:
-        run["threshold"] = reward_threshold(args.env)
-    if run["stop_when_solved"] and run["threshold"] is None:
-        raise UsageError(
-            f"--until-solved needs a reward threshold and {args.env} has none; "
-            "add --set threshold=VALUE"
-        )
-    out = (
-        args.out
-        or Path("runs")
-        / f"{args.algo}-{args.env.replace('/', '_')}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    check_writable(out)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} already exists and is not empty; give a new folder")
-
-    def env_fn(n_envs: int, seed: int):
-        try:
-            return make_env(args.env, n_envs, seed, vec_env=run["vec_env"])
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-    spec = RunSpec(
+    tracking = tracking_config(args)
+    spec = RunSpec.create(
         args.algo,
-        algo_cls,
         args.env,
         args.seed,
-        out,
-        run,
-        agent_kwargs,
-        env_fn,
+        out=args.out,
+        settings=run_overrides(args),
+        tracking=tracking,
+        preset=args.preset,
         progress=not args.no_progress,
-        tracking=tracking_config(args),
+        config_file=args.config,
     )
+    if spec.settings["stop_when_solved"] and spec.settings["threshold"] is None:
+        raise UsageError(
+            f"--until-solved needs a reward threshold and {args.env} has none; "
+            "add --threshold VALUE"
+        )
+    check_writable(spec.out)
+    if spec.out.exists() and any(spec.out.iterdir()):
+        raise UsageError(
+            f"--out {spec.out} already exists and is not empty; give a new folder "
+            f"(or --resume {spec.out} to continue it)"
+        )
+    return spec
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from relax_rl.on_policy import TrainingDivergedError
+    from relax_rl.training import build, train
+
+    spec = _resume_spec(args) if args.resume is not None else _new_spec(args)
     try:  # a wrong action space or a bad hyperparameter value: one line, before any file
         model, env = build(spec)
     except (ValueError, TypeError, AssertionError) as exc:
-        raise UsageError(f"{args.algo} on {args.env}: {exc}") from None
-    print(f"training {args.algo} on {args.env} (seed {args.seed}) into {out}", file=sys.stderr)
+        raise UsageError(f"{spec.algo} on {spec.env_id}: {exc}") from None
+    out = spec.out
+    point = spec.resume_from
+    what = f"continuing from {point.env_steps:,} env steps" if point else f"seed {spec.seed}"
+    print(f"training {spec.algo} on {spec.env_id} ({what}) into {out}", file=sys.stderr)
     try:
         summary = train(spec, model, env)
     except KeyboardInterrupt as exc:
         print(
-            f"relax-rl train: {stopped(exc)}; checkpoint and summary saved in {out}",
+            f"relax-rl train: {stopped(exc)}; checkpoint and summary saved in {out} "
+            f"(relax-rl train --resume {out} continues it)",
             file=sys.stderr,
         )
         return interrupt_code(exc)

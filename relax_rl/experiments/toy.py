@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +47,41 @@ OUTPUT_FILES: tuple[str, ...] = ("results.json", "figure1.png", "figure2.png")
 
 @dataclass
 class ToyConfig:
-    """Settings of one toy experiment (defaults: the paper's)."""
+    """Settings of one toy experiment (defaults: the paper's); ``relax-rl toy``'s flags are
+    generated from these fields."""
 
-    estimators: tuple[str, ...] = ESTIMATORS
-    target: float = 0.499
-    steps: int = 10_000
-    seeds: int = 5
-    lr: float = 0.01
-    phi_lr: float | None = None  # None: same as lr, as in the paper
-    hidden: int = 10
-    concrete_temperature: float = 0.5
-    var_samples: int = 1000
-    record_points: int = 200
-    relax_cv: str = "baseline"  # "baseline": c = b0 + s * MLP; "paper": c = s * (MLP + b0)
+    estimators: tuple[str, ...] = field(
+        default=ESTIMATORS, metadata={"help": "estimators to run", "choices": ESTIMATORS}
+    )
+    target: float = field(default=0.499, metadata={"help": "t in [0, 1]"})
+    steps: int = field(default=10_000, metadata={"help": "optimisation steps", "min": 1})
+    seeds: int = field(
+        default=5, metadata={"help": "seeds 0..N-1, run as one tensor", "min": 1, "metavar": "N"}
+    )
+    lr: float = field(default=0.01, metadata={"help": "Adam learning rate for l (and phi)"})
+    phi_lr: float | None = field(
+        default=None, metadata={"help": "Adam learning rate for phi (none: --lr, the paper's)"}
+    )
+    hidden: int = field(
+        default=10, metadata={"help": "hidden units of the control variates' MLP", "min": 1}
+    )
+    concrete_temperature: float = field(
+        default=0.5, metadata={"help": "temperature of the Concrete estimator's relaxation"}
+    )
+    var_samples: int = field(
+        default=1000, metadata={"help": "samples per variance measurement", "min": 1}
+    )
+    record_points: int = field(
+        default=200, metadata={"help": "points of each recorded curve", "min": 1}
+    )
+    relax_cv: str = field(
+        default="baseline",
+        metadata={
+            "help": "RELAX's c_phi: baseline (c = b0 + s * MLP(z)) or paper (c = s * (MLP(z) + "
+            "b0), the official code's form)",
+            "choices": RELAX_CV_FORMS,
+        },
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message on the first bad setting."""

