@@ -11,8 +11,10 @@ A case that runs longer than its limit is killed and reported as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -167,6 +169,7 @@ CASES = [
             f"{_json_key('c/a2c-s0/summary.json', 'status')(f, o)}; queued run started: "
             f"{'yes' if (f / 'c/a2c-s3').exists() else 'no'}"
         ),
+        limit_s=90,
     ),
     Case(
         "2a",
@@ -338,22 +341,24 @@ def run_case(case: Case, bin_dir: Path) -> dict[str, str]:
             else:
                 env[key] = value
         start = time.perf_counter()
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: what it leaves behind is killed
+        )
         try:
-            done = subprocess.run(
-                ["bash", "-c", command],
-                cwd=folder,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=case.limit_s,
-                start_new_session=True,
-            )
-            code, out, err = str(done.returncode), done.stdout, done.stderr
-        except subprocess.TimeoutExpired as exc:
-            subprocess.run(["pkill", "-f", str(folder)], check=False)
+            out, err = proc.communicate(timeout=case.limit_s)
+            code = str(proc.returncode)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
             code = f"killed after {case.limit_s:.0f} s"
-            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        with contextlib.suppress(ProcessLookupError):  # e.g. workers a stopped run orphaned
+            os.killpg(proc.pid, signal.SIGKILL)
         wall = time.perf_counter() - start
         err_lines = [line for line in err.splitlines() if line.strip()]
         first = err_lines[-1] if err_lines else ""

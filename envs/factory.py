@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.error import DependencyNotInstalled, Error
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
@@ -50,6 +52,19 @@ def reward_threshold(env_id: str) -> float | None:
     return check_env_id(env_id).reward_threshold
 
 
+def _renders(env_id: str) -> bool:
+    """Whether the env declares ``rgb_array`` among its render modes (from its class: no env
+    is built)."""
+    spec = check_env_id(env_id)
+    try:
+        creator = (
+            spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+        )
+    except (ImportError, AttributeError, ValueError):
+        return True  # (as SB3 would: let gym.make decide)
+    return "rgb_array" in ((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
+
+
 def make_env(
     env_id: str,
     n_envs: int = 1,
@@ -73,9 +88,14 @@ def make_env(
     vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
     if vec_cls is None:
         raise ValueError(f"unknown vec_env {vec_env!r}; valid: {', '.join(VEC_ENVS)}")
+    # SB3's make_vec_env asks every env id for render_mode="rgb_array" (for video recorders);
+    # an env that cannot render is built without it (else gymnasium warns on stderr).
+    make: Any = env_id
+    if not _renders(env_id):
+        make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
     try:
         return make_vec_env(
-            env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, env_kwargs=env_kwargs
+            make, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, env_kwargs=env_kwargs
         )
     except DependencyNotInstalled as exc:
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)

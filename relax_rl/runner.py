@@ -149,9 +149,11 @@ def _run_local(todo, worker, jobs: int, record) -> None:
     except KeyboardInterrupt:  # runs in flight save themselves; queued ones never start
         # A terminal's Ctrl-C reaches every worker; a SIGTERM (kill, timeout, SLURM) may reach
         # only this process: pass it on (a worker already stopping ignores the second one).
+        # As SIGTERM: a command started in the background by a script (`compare ... &`) runs
+        # with SIGINT ignored, and so do its workers.
         for pid in list(getattr(pool, "_processes", None) or {}):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
+                os.kill(pid, signal.SIGTERM)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()

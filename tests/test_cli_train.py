@@ -250,6 +250,10 @@ def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
             "--seed: invalid value -1",
         ),
         (["vae", "--seed", "-1"], "--seed: invalid value -1"),
+        # a folder no one can create, even root (for whom os.access says yes everywhere)
+        (["vae", "--steps", "300", "--out", "/proc/relax-rl-out"], "is not writable"),
+        (["toy", "--steps", "300", "--out", "/proc/relax-rl-out"], "is not writable"),
+        (["train", "--algo", "a2c", "--env", "CartPole-v1", "--out", "/proc/r"], "not writable"),
     ],
 )
 def test_bad_paths_and_seeds_fail_in_one_line_before_any_work(tmp_path, capsys, args, needle):
@@ -507,3 +511,41 @@ def test_resume_a_folder_that_is_not_a_run(tmp_path, capsys):
     ]:
         assert main(["train", "--resume", str(target)]) == 2
         assert needle in capsys.readouterr().err
+
+
+_NO_RENDER_ENVS = """
+import gymnasium as gym
+import numpy as np
+
+
+class DictObs(gym.Env):  # no metadata: no render modes
+    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return {"x": np.zeros(2, np.float32)}, {}
+
+    def step(self, action):
+        return {"x": np.zeros(2, np.float32)}, 1.0, True, False, {}
+
+
+gym.register("NoRenderDict-v0", entry_point=DictObs)
+"""
+
+
+def test_a_users_env_without_render_modes_gets_one_line_and_no_warning(tmp_path):
+    """SB3's make_vec_env asks every env for render_mode="rgb_array"; a user's env that
+    declares no render modes must not add gymnasium's warning to the one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "user_envs.py").write_text(_NO_RENDER_ENVS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "-m", "relax_rl", "train", "--algo", "a2c", "--env",
+         "user_envs:NoRenderDict-v0", "--out", str(tmp_path / "r")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "FlattenObservation" in lines[0], lines

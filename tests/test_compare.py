@@ -313,9 +313,12 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
         )
 
 
-def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path, background):
     """`kill PID` (SIGTERM to compare's main process only, as `timeout` or `kill` send it):
-    runs in flight are stopped and saved as on Ctrl-C, queued runs never start, exit 143."""
+    runs in flight are stopped and saved as on Ctrl-C, queued runs never start, exit 143.
+    Also for a compare a script started in the background (`compare ... & kill $!`), which
+    runs with SIGINT ignored, as do its workers."""
     import os
     import signal
     import subprocess
@@ -327,8 +330,13 @@ def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path):
     ]  # fmt: skip
     code = f"import sys; from relax_rl.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore_sigint if background else None,
     )
     ckpts = [out / f"a2c-s{s}" / "checkpoints" for s in (0, 1)]
     for _ in range(600):  # until both running cells have written a checkpoint

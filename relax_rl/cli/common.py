@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,14 +23,21 @@ class Parser(argparse.ArgumentParser):
 
 def check_writable(out: Path) -> None:
     """``--out`` must be a folder this process can write, or one it can create (its nearest
-    existing ancestor a writable folder): found before any work starts, not after it."""
+    existing ancestor a writable folder): found before any work starts, not after it. Tried
+    for real (a probe folder made and removed): ``os.access`` says yes to root everywhere,
+    even on read-only file systems and in ``/proc``."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     base = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
     if not base.is_dir():
         raise UsageError(f"--out {out} cannot be created: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out} is not writable ({base} is read-only for this user)")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".relax-rl-probe-", dir=base))
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out} is not writable ({base}: {exc.strerror or exc})"
+        ) from None
+    probe.rmdir()
 
 
 #: argparse type of a seed: numpy and gymnasium refuse negative seeds.
