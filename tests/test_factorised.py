@@ -319,7 +319,7 @@ def test_cli_train_eval_compare_plot_on_multibinary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--algo", "relax", *common, "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["threshold"] == 0.95 and summary["episodes"] == 600
+    assert summary["threshold"] == 0.95 and summary["episodes"] == summary["total_env_steps"]
     capsys.readouterr()
     assert main(["eval", str(out), "--episodes", "3"]) == 0
     assert "mean return" in capsys.readouterr().out
