@@ -1,5 +1,5 @@
-"""RELAX for discrete actions (Grathwohl et al. 2018, Sec. 3.3 and 6.3): A2C whose score term
-gets RELAX's learned, action-dependent control variate. The whole update lives here."""
+"""RELAX for factorised discrete actions (Grathwohl et al. 2018, Sec. 3.3 and 6.3): A2C whose
+score term gets RELAX's learned, action-dependent control variate. The whole update lives here."""
 
 from __future__ import annotations
 
@@ -12,10 +12,6 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from relax_rl.agents.a2c import A2C
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import (
-    categorical_conditional,
-    categorical_sample,
-    categorical_score,
-    conditional_gumbel_max,
     estimate_with_variance_loss,
     reinforce,
     relax_from_values,
@@ -57,14 +53,17 @@ class RELAX(A2C):
     ``g = sum_t [A_t - c_hat(z~_t, s_t)] dlog pi(a_t|s_t) + dc_hat(z_t, s_t) - dc_hat(z~_t, s_t)``
 
     where ``A_t = R_t - V(s_t)`` (with ``use_baseline``; the paper's discrete agent has no V and
-    uses ``R_t``), ``z_t = log pi(.|s_t) + G(u_t)`` is rebuilt from the stored Gumbel noise,
-    ``z~_t ~ p(z | a_t, s_t)`` from the stored ``v_t``, and
-    ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``. Unbiased for any ``c_hat``. The update
-    (:meth:`train`) also steps phi on its own Adam optimizer.
+    uses ``R_t``), ``z_t`` is rebuilt from the stored noise at the current logits
+    (``log pi + G(u_t)`` per categorical dimension, ``l + logit(u_t)`` per bit),
+    ``z~_t ~ p(z | a_t, s_t)`` from the stored ``v_t``, ``log pi`` sums over the action's
+    dimensions, and ``c_hat(z, s) = kappa * MLP([s, relax(z / tau)])`` sees the relaxed sample
+    of all dimensions at once (:class:`~relax_rl.policies.StateActionControlVariate`). Unbiased
+    for any ``c_hat``. The update (:meth:`train`) also steps phi on its own Adam optimizer.
 
     How it is computed (``per_sample``): each sample's estimate in logit space,
     ``d surrogate_i / d logits_i = g_i + kappa h_i``, with the score terms in closed form
-    (``d log pi(a)/d logits = onehot(a) - pi``) and c's terms by one autograd pass through
+    (``d log pi(a)/d logits``: ``onehot(a) - pi`` per categorical, ``a - sigmoid(l)`` per
+    bit) and c's terms by one autograd pass through
     ``c_hat`` evaluated at ``z`` and ``z~`` in one batch (its graph to phi kept for the
     variance objective); the actor's gradient is those logit gradients sent back through the
     network once, in the same backward pass that trains phi (the two graphs are disjoint).
@@ -101,6 +100,10 @@ class RELAX(A2C):
         advantages of *earlier* batches (an exponential average with this decay; the current
         batch's would make ``c_hat`` depend on the samples it corrects: biased), so that it
         shrinks as they do; ``None`` keeps the paper's form.
+    :param cv_linear_term: add to ``c_hat`` a term linear in the relaxed action with
+        state-dependent coefficients, ``(W s + w0) . r``
+        (:class:`~relax_rl.policies.StateActionControlVariate`): for rewards that are sums over
+        many action dimensions.
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -132,6 +135,7 @@ class RELAX(A2C):
         kappa_init: float = 1.0,
         kappa_decay: float = 0.95,
         cv_scale_decay: float | None = None,
+        cv_linear_term: bool = False,
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -164,6 +168,7 @@ class RELAX(A2C):
         self.kappa_init = kappa_init
         self.kappa_decay = kappa_decay
         self.cv_scale_decay = cv_scale_decay
+        self.cv_linear_term = cv_linear_term
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
@@ -198,10 +203,11 @@ class RELAX(A2C):
         optimal = self.kappa_mode == "optimal"
         cv = StateActionControlVariate(
             int(self.policy.features_dim),
-            int(self.action_space.n),
+            self.policy.action_spec,
             self.cv_net_arch,
             ACTIVATIONS[self.cv_activation],
             0.0 if optimal else self.kappa_init,
+            linear_term=self.cv_linear_term,
         )
         if optimal:
             cv.kappa.requires_grad_(False)
@@ -231,11 +237,11 @@ class RELAX(A2C):
         cv = self.control_variate
         # RELAX is written for a loss f to minimise; here f = -A and c = -c_hat / kappa.
         f_b = -advantages.detach()
+        spec = self.policy.action_spec
         if self.variance_objective == "batch":
             # phi's objective differentiates the batch surrogate through the network: the
             # paper's form, with c at z, z~ and the detached z~ in one evaluation of the MLP.
-            z, _ = categorical_sample(logits, data.noise_u)
-            z_tilde = categorical_conditional(logits, data.actions, data.noise_v)
+            z, z_tilde = spec.rebuild(logits, data.actions, data.noise_g, data.noise_v)
             points = th.cat([z, z_tilde, z_tilde.detach()])
             c_z, c_tilde, c_tilde_const = (-cv.shape(points, obs.repeat(3, 1))).chunk(3)
             score = reinforce(f_b, log_prob)  # A2C's term
@@ -245,15 +251,15 @@ class RELAX(A2C):
         # Per-sample logit gradients, from a detached copy of the logits: the update sends them
         # through the network, and phi's objective (a function of h) gets a graph of its own.
         logits = logits.detach().requires_grad_()
-        log_p = th.log_softmax(logits, dim=-1)  # one node for z and z~
-        z = log_p + data.gumbel_u  # Gumbel-max's z (its argmax, the action, is known)
-        z_tilde = conditional_gumbel_max(log_p, data.actions, data.noise_v)
+        # z: the sample the action was taken from (H(z) = a is known), at the current logits
+        z, z_tilde = spec.rebuild(logits, data.actions, data.noise_g, data.noise_v)
         c_hat_z, c_hat_tilde = cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
-        # The score terms' in closed form (d log p(b) / d logits = onehot(b) - p), c's through
-        # z and z~ by autograd with the graph to phi. RELAX's correction (what kappa
+        # The score terms' in closed form (d log p(b) / d logits: onehot(b) - p per categorical
+        # dimension, b - sigmoid(l) per bit), c's through z and z~ by autograd with the graph
+        # to phi. RELAX's correction (what kappa
         # multiplies) is -c(z~.detach()) log p(b) + c(z) - c(z~) with c = -c_hat / kappa;
         # c(z~) stands in for c(z~.detach()) where only its value and phi-gradient count.
-        score_dir = categorical_score(logits.detach(), data.actions)
+        score_dir = spec.score(logits.detach(), data.actions)
         g = f_b.unsqueeze(-1) * score_dir
         (dc,) = th.autograd.grad((c_hat_tilde - c_hat_z).sum(), logits, create_graph=True)
         h = th.addcmul(dc, c_hat_tilde.unsqueeze(-1), score_dir)

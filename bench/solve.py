@@ -46,6 +46,10 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
             clip_range=0.2,
         ),
     ),
+    # The factorised bandit: SB3's defaults over the same 16 envs our agents use, A2C with our
+    # one-step rollouts, PPO with n_steps 128 (16 x 128 = SB3's default 2,048 samples per update).
+    ("sb3-a2c", "relax_rl/MultiBinaryMatch-v0"): dict(n_envs=16, kwargs=dict(n_steps=1)),
+    ("sb3-ppo", "relax_rl/MultiBinaryMatch-v0"): dict(n_envs=16, kwargs=dict(n_steps=128)),
 }
 
 
@@ -55,6 +59,7 @@ def run_one(
     threshold: float,
     preset: str | None,
     overrides: list[str],
+    env_kwargs: dict | None = None,
 ) -> dict:
     """Train one agent on one seed until solved; return its numbers (a grid worker)."""
     agent, env_id, seed = cell.algo, cell.env_id, cell.seed
@@ -71,7 +76,7 @@ def run_one(
 
     if agent.startswith("sb3-"):
         zoo = SB3_ZOO[(agent, env_id)]
-        env = make_env(env_id, zoo["n_envs"], seed)
+        env = make_env(env_id, zoo["n_envs"], seed, env_kwargs=env_kwargs)
         algo = {"sb3-a2c": SB3A2C, "sb3-ppo": SB3PPO}[agent]
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **zoo["kwargs"])
     else:
@@ -80,8 +85,10 @@ def run_one(
         data = cfg.load_config_file(path)
         settings = cfg.select(data, preset or env_id, path)
         settings = cfg.merge(settings, cfg.parse_set(overrides))
+        if env_kwargs:
+            settings = cfg.merge(settings, {"env_kwargs": env_kwargs})
         run, kwargs = cfg.validate(settings, algo)
-        env = make_env(env_id, run["n_envs"], seed)
+        env = make_env(env_id, run["n_envs"], seed, env_kwargs=run["env_kwargs"])
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
     tracker = EpisodeTracker(threshold, stop_when_solved=True)
     start = time.perf_counter()
@@ -151,6 +158,13 @@ def main() -> None:
         default=None,
         help="env steps to solve, A vs B: IQMs, probability of improvement, rank-sum test",
     )
+    parser.add_argument(
+        "--env-kwargs",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="the env's options for every agent, e.g. '{\"d\": 128}'",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all runs here")
     args = parser.parse_args()
 
@@ -187,6 +201,7 @@ def main() -> None:
             threshold=threshold,
             preset=args.preset,
             overrides=args.set,
+            env_kwargs=args.env_kwargs,
         )
         run_grid(cells, worker, jobs=args.jobs, on_done=report)
     if args.json:

@@ -1,13 +1,15 @@
 """The one rollout buffer and the one returns computation of every agent.
 
 :class:`GumbelRolloutBuffer` is SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer`
-with two more fields, the Gumbel-max noise ``u`` and the conditional noise ``v`` drawn when
-acting (one uniform per action per step), so that RELAX can rebuild ``z`` and ``z~`` from the
-current logits at training time. The per-step fields are numpy arrays, as in SB3 (in the
-per-step loop a numpy write costs a fraction of a torch one), handed over once per rollout as
-torch tensors on the agent's device (:meth:`~GumbelRolloutBuffer.get_all`); the noise is drawn
-by torch and kept as tensors. It may be filled partially: a whole-episode rollout ends when
-its episode does.
+with more fields: the sampling noise ``u`` and the conditional noise ``v`` drawn when acting
+(one uniform per logit per step: per class of each categorical dimension, per bit of a
+``MultiBinary``), and the perturbation ``G(u)`` the action was taken with (Gumbel noise for
+categoricals, logistic for bits; :class:`~relax_rl.actions.ActionSpec`), so that RELAX can
+rebuild ``z`` and ``z~`` from the current logits at training time. The per-step fields are
+numpy arrays, as in SB3 (in the per-step loop a numpy write costs a fraction of a torch one),
+handed over once per rollout as torch tensors on the agent's device
+(:meth:`~GumbelRolloutBuffer.get_all`); the noise is drawn by torch and kept as tensors. It may
+be filled partially: a whole-episode rollout ends when its episode does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
-from relax_rl.estimators import gumbel, uniform_noise
+from relax_rl.actions import ActionSpec
+from relax_rl.estimators import uniform_noise
 
 
 class GumbelRolloutSamples(NamedTuple):
@@ -34,7 +37,9 @@ class GumbelRolloutSamples(NamedTuple):
     noise_u: th.Tensor
     noise_v: th.Tensor
     env_index: th.Tensor
-    gumbel_u: th.Tensor  # G = -log(-log u): z = log p + G
+    #: G(u), the perturbation the action was sampled with: z = log p + G (categoricals, G
+    #: Gumbel) or z = l + G (bits, G logistic)
+    noise_g: th.Tensor
 
 
 def compute_gae(
@@ -66,7 +71,7 @@ def compute_gae(
 
 
 class GumbelRolloutBuffer(RolloutBuffer):
-    """Rollout buffer for discrete actions sampled by Gumbel-max, with the noise stored.
+    """Rollout buffer for factorised discrete actions sampled from stored noise.
 
     :param buffer_size: capacity in steps per env (``n_steps``, or the longest episode).
     """
@@ -81,11 +86,8 @@ class GumbelRolloutBuffer(RolloutBuffer):
         gamma: float = 0.99,
         n_envs: int = 1,
     ) -> None:
-        if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"GumbelRolloutBuffer needs a Discrete action space, got {action_space}"
-            )
-        self.n_actions = int(action_space.n)
+        self.action_spec = ActionSpec(action_space)
+        self.n_logits = self.action_spec.n_logits
         super().__init__(
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
         )
@@ -93,28 +95,28 @@ class GumbelRolloutBuffer(RolloutBuffer):
     def reset(self) -> None:
         shape = (self.buffer_size, self.n_envs)
         self.observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
-        self.actions = np.zeros(shape, dtype=np.int64)
+        self.actions = np.zeros((*shape, *self.action_spec.action_shape), dtype=np.int64)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.returns = np.zeros(shape, dtype=np.float32)
         self.episode_starts = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.log_probs = np.zeros(shape, dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
-        self.noise_u = th.zeros((*shape, self.n_actions), device=self.device)
-        self.noise_v = th.zeros((*shape, self.n_actions), device=self.device)
-        self.gumbel_u = th.zeros((*shape, self.n_actions), device=self.device)
+        self.noise_u = th.zeros((*shape, self.n_logits), device=self.device)
+        self.noise_v = th.zeros((*shape, self.n_logits), device=self.device)
+        self.noise_g = th.zeros((*shape, self.n_logits), device=self.device)
         self.pos, self.full, self.generator_ready = 0, False, False
         self._samples: GumbelRolloutSamples | None = None
 
     def draw_noise(self, generator: th.Generator, step: int | None = None) -> None:
         """Draw and store the noise (``u`` and ``v``) of ``step``, or of every step, from the
         CPU ``generator`` (so that runs repeat on any device), in one stream order either way:
-        step by step, ``u`` then ``v``, envs, actions."""
+        step by step, ``u`` then ``v``, envs, logits."""
         steps = self.buffer_size if step is None else 1
-        noise = uniform_noise((steps, 2, self.n_envs, self.n_actions), generator).to(self.device)
+        noise = uniform_noise((steps, 2, self.n_envs, self.n_logits), generator).to(self.device)
         at = slice(None) if step is None else slice(step, step + 1)
         self.noise_u[at], self.noise_v[at] = noise[:, 0], noise[:, 1]
-        self.gumbel_u[at] = gumbel(noise[:, 0])  # acting needs it; RELAX's z too
+        self.noise_g[at] = self.action_spec.perturb(noise[:, 0])  # acting needs it; RELAX's z too
 
     def add(  # type: ignore[override]
         self,
@@ -175,6 +177,6 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 self.noise_u[:n].reshape(rows, -1),
                 self.noise_v[:n].reshape(rows, -1),
                 th.arange(self.n_envs, device=dev).repeat(n),
-                self.gumbel_u[:n].reshape(rows, -1),
+                self.noise_g[:n].reshape(rows, -1),
             )
         return self._samples

@@ -72,6 +72,14 @@ class RunSettings:
             "min": 0,
         },
     )
+    env_kwargs: dict | None = field(
+        default=None,
+        metadata={
+            "help": "keyword arguments of the env's constructor (rl-zoo3's env_kwargs), e.g. "
+            "--set env_kwargs.d=128",
+            "cli": False,
+        },
+    )
     log_interval: int = field(
         default=100,
         metadata={

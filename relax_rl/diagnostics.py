@@ -23,7 +23,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from relax_rl.buffers import GumbelRolloutSamples
-from relax_rl.estimators import categorical_log_prob, log10_total_variance, reinforce
+from relax_rl.estimators import log10_total_variance, reinforce
 
 if TYPE_CHECKING:
     from relax_rl.on_policy import GumbelOnPolicyAlgorithm
@@ -105,7 +105,7 @@ def gradient_variance(
     )
     per_sample = [losses.per_sample_objective]
     if model.paired_baseline:
-        log_prob = categorical_log_prob(losses.logits, data.actions)
+        log_prob = model.policy.action_spec.log_prob(losses.logits, data.actions)
         per_sample.append(reinforce(-losses.advantages, log_prob))
     rows, *base = _group_gradients(per_sample, groups, actor)
     n = len(groups)

@@ -1,6 +1,6 @@
 """The one on-policy base that every agent shares (an SB3 ``OnPolicyAlgorithm``).
 
-It owns what every agent shares: the collect loop (Gumbel-max from stored noise), the rollout
+It owns what every agent shares: the collect loop (actions from stored noise), the rollout
 buffer, the returns (:func:`relax_rl.buffers.compute_gae`), a batch's forward pass
 (:meth:`~GumbelOnPolicyAlgorithm.losses`: log-probs, entropy, value loss and the agent's
 surrogate), the finiteness checks, gradient clipping, logging and save/load. Each algorithm owns
@@ -25,9 +25,9 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from relax_rl.actions import ActionSpec
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
-from relax_rl.estimators import gumbel_max
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
@@ -103,8 +103,9 @@ def _check_observation_space(agent: str, space: spaces.Space) -> None:
 
 
 class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
-    """Shared base of REINFORCE, A2C and RELAX for ``Discrete`` action spaces (abstract: an
-    algorithm adds its ``policy_surrogate`` and its ``train``).
+    """Shared base of REINFORCE, A2C and RELAX for factorised discrete action spaces
+    (``Discrete``, ``MultiDiscrete``, ``MultiBinary``; abstract: an algorithm adds its
+    ``policy_surrogate`` and its ``train``).
 
     :param policy: ``"MlpPolicy"`` (a :class:`~relax_rl.policies.GumbelPolicy`) or a subclass.
     :param env: a gymnasium env, a VecEnv or an env id.
@@ -198,10 +199,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             _init_setup_model=False,
         )
         action_space = getattr(self, "action_space", None)  # None while SB3's load() builds us
-        if action_space is not None and not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"{type(self).__name__} needs a Discrete action space, got {self.action_space}"
-            )
+        if action_space is not None:
+            try:
+                ActionSpec(action_space)
+            except ValueError as exc:
+                raise ValueError(f"{type(self).__name__}: {exc}") from None
         if _init_setup_model:
             self._setup_model()
 
@@ -280,6 +282,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             rollout_buffer.draw_noise(self._noise_gen)
         no_values = th.zeros(n_envs, device=device)
         logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
+        sample = self.policy.action_spec.sample
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
@@ -287,9 +290,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, device)
                 logits, state_values = logits_and_values(obs_tensor)
-                log_p = th.log_softmax(logits, dim=-1)
-                _, actions = gumbel_max(log_p, rollout_buffer.gumbel_u[step])
-                log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+                actions, log_probs = sample(logits, rollout_buffer.noise_g[step])
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
@@ -356,10 +357,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """The losses of a batch; ``actor_objective`` has minus the policy-gradient estimate as
         its gradient w.r.t. the actor."""
         logits, values = self.policy.logits_and_values(data.observations)
-        log_p = th.log_softmax(logits, -1)
-        log_prob = log_p.gather(-1, data.actions.unsqueeze(-1)).squeeze(-1)
-        with th.set_grad_enabled(th.is_grad_enabled() and self.ent_coef != 0):
-            entropy = -(log_p.exp() * log_p).sum(-1).mean()  # with ent_coef 0, only logged
+        # (with ent_coef 0 the entropy is only logged: no graph)
+        log_prob, entropy = self.policy.action_spec.log_prob_and_entropy(
+            logits, data.actions, entropy_grad=self.ent_coef != 0
+        )
+        entropy = entropy.mean()
         advantages = data.advantages
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

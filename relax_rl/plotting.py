@@ -325,3 +325,40 @@ def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
         text.set_fontsize("medium")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_variance_decomposition(results: list[dict[str, Any]], path: Path) -> None:
+    """``variance.png``: the three terms of the policy-gradient variance (log10) against the
+    checkpoint's env steps, one panel per term, a line per run and estimator (dashed: the
+    plain advantage estimator on the same samples)."""
+    terms = ("state", "action", "trajectory")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for run in results:
+        for name in dict.fromkeys(e["estimator"] for p in run["points"] for e in p["estimators"]):
+            paired = "same samples" in name
+            label = f"{run.get('label', run['algo'])}: {name}" if len(results) > 1 else name
+            for ax, term in zip(axes, terms, strict=True):
+                xs, ys = [], []
+                for point in run["points"]:
+                    row = next(e for e in point["estimators"] if e["estimator"] == name)
+                    xs.append(point["env_steps"])
+                    ys.append(row[f"log10_{term}"] if row[f"log10_{term}"] is not None else np.nan)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    ls="--" if paired else "-",
+                    color=COLORS.get("a2c" if paired else run["algo"]),
+                    label=label,
+                )
+    for ax, term in zip(axes, terms, strict=True):
+        symbol = {"state": "s", "action": "a", "trajectory": "tau"}[term]
+        ax.set_title(f"Sigma_{symbol}: the {term} term")
+        ax.set_xlabel("env steps")
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("log10 variance (summed over actor parameters)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,9 +1,11 @@
-"""Policies that act by Gumbel-max from explicit noise, and the RELAX control variate.
+"""Policies that act from explicit noise, and the RELAX control variate.
 
 :class:`GumbelPolicy` is SB3's :class:`ActorCriticPolicy` (same networks, initialisation,
-optimizer and save format) restricted to ``Discrete`` actions, with a lean path for the collect
-loop: logits and values in one pass, the action ``argmax(log p + G(u))`` from stored uniforms
-``u`` (no distribution objects). ``predict`` keeps SB3's API, so evaluation callbacks work as is.
+optimizer and save format) for factorised discrete actions (``Discrete``, ``MultiDiscrete``,
+``MultiBinary``: :class:`~relax_rl.actions.ActionSpec`), with a lean path for the collect loop:
+logits and values in one pass, the action from stored noise (Gumbel-max per categorical
+dimension, a logistic threshold per bit), no distribution objects. ``predict`` keeps SB3's API,
+so evaluation callbacks work as is.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
-from relax_rl.estimators import categorical_sample, uniform_noise
+from relax_rl.actions import ActionSpec
+from relax_rl.estimators import uniform_noise
 
 #: Hidden activations by name (configs, ``policy_kwargs.activation_fn``, RELAX's ``cv_activation``).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -45,21 +48,19 @@ _MODE_FREE: tuple[type[nn.Module], ...] = (
 
 
 class GumbelPolicy(ActorCriticPolicy):
-    """Categorical actor (logits) and critic V(s) over SB3's MLP extractor."""
+    """Factorised discrete actor (flat logits, SB3's layout: ``n`` for ``Discrete(n)``,
+    ``sum(nvec)`` for ``MultiDiscrete``, ``d`` for ``MultiBinary(d)``) and critic V(s) over SB3's
+    MLP extractor."""
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, *args: Any, **kwargs: Any
     ) -> None:
-        if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"this agent needs a Discrete action space, got {action_space}; "
-                "continuous (Box) actions are not supported yet"
-            )
+        self.action_spec = ActionSpec(action_space)  # refuses other spaces in one line
         super().__init__(observation_space, action_space, *args, **kwargs)
         self._mode_free = all(m is self or type(m) in _MODE_FREE for m in self.modules())
 
     def logits_and_values(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Action logits ``(N, A)`` and state values ``(N,)`` in one pass (SB3's ``forward``'s
+        """Action logits ``(N, K)`` and state values ``(N,)`` in one pass (SB3's ``forward``'s
         modules and numbers); for many calls with the same parameters, :meth:`forward_function`."""
         return self.forward_function()(obs)
 
@@ -123,9 +124,11 @@ class GumbelPolicy(ActorCriticPolicy):
         features = self.extract_features(observation)
         pi_features = features if self.share_features_extractor else features[0]
         logits = self.action_net(self.mlp_extractor.forward_actor(pi_features))
+        spec = self.action_spec
         if deterministic:
-            return logits.argmax(-1)
-        return categorical_sample(logits, uniform_noise(logits.shape, device=logits.device))[1]
+            return spec.mode(logits)
+        noise = spec.perturb(uniform_noise(logits.shape, device=logits.device))
+        return spec.sample(logits, noise)[0]
 
 
 #: Stateless activations as the tensor functions they call.
@@ -152,32 +155,49 @@ def _plain(module: nn.Module) -> Callable[[th.Tensor], th.Tensor]:
 
 
 class StateActionControlVariate(nn.Module):
-    """RELAX's discrete control variate ``c_hat(z, s) = kappa * MLP([s, softmax(z / tau)])``
-    (Grathwohl et al. 2018, Sec. 6.3 and App. E), ``kappa`` and ``tau`` learned, both starting
-    at 1.
+    """RELAX's discrete control variate ``c_hat(z, s) = kappa * MLP([s, r])`` with
+    ``r = relax(z / tau)`` the relaxed action (each categorical dimension's softmax, each bit's
+    sigmoid: :meth:`~relax_rl.actions.ActionSpec.relax`) (Grathwohl et al. 2018, Sec. 6.3 and
+    App. E), ``kappa`` and ``tau`` learned, both starting at 1. It sees the whole relaxed action
+    at once, so each dimension's score term is corrected with the other dimensions' noise.
 
-    :param obs_dim: flattened observation size; :param n_actions: size of ``z``.
+    With ``linear_term``, ``c_hat = kappa * (MLP([s, r]) + (W s + w0) . r)``: a term linear in
+    the relaxed action with state-dependent coefficients, which represents a reward that is a
+    sum over action dimensions (each weighed by the state) exactly, where an MLP over the
+    concatenation has to learn the products; it starts at 0.
+
+    :param obs_dim: flattened observation size.
+    :param action_spec: the action space's distribution (the size and relaxation of ``z``).
     :param net_arch: hidden layer sizes (the paper: ``[10, 10]``).
     :param activation_fn: hidden activation (the paper: ReLU).
     :param kappa_init: initial ``kappa`` (1 in the paper; 0 starts RELAX as its baseline agent).
+    :param linear_term: add the state-dependent linear term.
     """
 
     def __init__(
         self,
         obs_dim: int,
-        n_actions: int,
+        action_spec: ActionSpec,
         net_arch: list[int] | None = None,
         activation_fn: type[nn.Module] = nn.ReLU,
         kappa_init: float = 1.0,
+        linear_term: bool = False,
     ) -> None:
         super().__init__()
+        self.action_spec = action_spec
+        n_logits = action_spec.n_logits
         layers: list[nn.Module] = []
-        width = obs_dim + n_actions
+        width = obs_dim + n_logits
         for hidden in net_arch if net_arch is not None else [10, 10]:
             layers += [nn.Linear(width, hidden), activation_fn()]
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.coefficients: nn.Linear | None = None
+        if linear_term:
+            self.coefficients = nn.Linear(obs_dim, n_logits)
+            nn.init.zeros_(self.coefficients.weight)
+            nn.init.zeros_(self.coefficients.bias)
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
         self.log_tau = nn.Parameter(th.zeros(()))
         # Output scale set from outside (RELAX's running advantage scale), applied where
@@ -186,12 +206,14 @@ class StateActionControlVariate(nn.Module):
         self.scaled = True
 
     def shape(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
-        """``c_hat / kappa`` per sample: ``z`` is ``(N, A)``, ``obs`` the flattened
+        """``c_hat / kappa`` per sample: ``z`` is ``(N, K)``, ``obs`` the flattened
         ``(N, obs_dim)``."""
-        relaxed = th.softmax(z / self.log_tau.exp(), dim=-1)
+        relaxed = self.action_spec.relax(z, self.log_tau.exp())
         out = _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+        if self.coefficients is not None:
+            out = out + (_plain(self.coefficients)(obs) * relaxed).sum(-1)
         return self.scale * out if self.scaled else out
 
     def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
-        """``c_hat(z, s) = kappa * scale * MLP([s, softmax(z / tau)])`` per sample."""
+        """``c_hat(z, s)`` per sample."""
         return self.kappa * self.shape(z, obs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
+import math
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -311,13 +312,20 @@ def _signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
-def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dict]) -> None:
+def write_report(
+    out: Path,
+    summaries: Sequence[dict],
+    aggregates: dict[str, dict],
+    variance: dict[str, list[dict]] | None = None,
+) -> None:
     """``report.md``: one row per algo (medians and IQRs), rliable's aggregates (IQM with
-    95% CIs, probability of improvement), then every failed run with its error line.
+    95% CIs, probability of improvement), the variance decomposition where the runs have one,
+    then every failed run with its error line.
 
     :param out: the folder to write it into.
     :param summaries: the runs' summaries.
     :param aggregates: :func:`aggregate`'s output for them.
+    :param variance: per algo, its runs' ``variance.json`` contents (``relax-rl variance``).
     """
     env_ids = sorted({s.get("env_id", "?") for s in summaries})
     lines = [
@@ -361,6 +369,8 @@ def write_report(out: Path, summaries: Sequence[dict], aggregates: dict[str, dic
             "variance is not measured (it needs independent envs within one batch).",
         ]
     lines += _rliable_section(aggregates)
+    if variance:
+        lines += variance_section(variance)
     failures = [s for s in summaries if s.get("status") not in FINISHED]
     if failures:
         lines += ["", "## Failed runs", ""]
@@ -449,3 +459,41 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
             float(before.mean()) if before.size else None
         ),
     }
+
+
+def variance_section(variance: dict[str, list[dict]]) -> list[str]:
+    """The report's variance decomposition: per algo, estimator and point of the runs (a
+    fraction of their length), the medians over seeds of log10 of the total variance and of the
+    shares of its state, action and trajectory terms."""
+    lines = [
+        "",
+        "## Where the gradient's variance comes from",
+        "",
+        "Variance of one sample of the update's gradient estimator, split into the state, action "
+        "and trajectory terms (Tucker et al. 2018; `relax-rl variance`); medians over seeds. "
+        "Only the action term can be reduced by an action-dependent control variate.",
+        "",
+        "| algo | estimator | at | env steps | log10 total | state | action | trajectory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for algo, runs in variance.items():
+        rows: dict[tuple[str, float], list[tuple[int, dict]]] = {}
+        for run in runs:
+            for point in run["points"]:
+                for e in point["estimators"]:
+                    key = (e["estimator"], point["fraction"])
+                    rows.setdefault(key, []).append((point["env_steps"], e))
+        for (name, fraction), items in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            steps = statistics.median(st for st, _ in items)
+            totals = [math.log10(e["total"]) for _, e in items if e["total"] > 0]
+            cells = []
+            for term in ("state", "action", "trajectory"):
+                shares = [e[f"share_{term}"] for _, e in items if e[f"share_{term}"] is not None]
+                cells.append(f"{statistics.median(shares):.0%}" if shares else "-")
+            total = f"{statistics.median(totals):.2f}" if totals else "-"
+            lines.append(
+                f"| {algo} | {name} | {fraction:g} | {steps:,.0f} | {total} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines

@@ -204,7 +204,9 @@ class RunSpec:
             folder,
             run,
             agent_kwargs,
-            functools.partial(make_env, env_id, vec_env=run["vec_env"]),
+            functools.partial(
+                make_env, env_id, vec_env=run["vec_env"], env_kwargs=run["env_kwargs"]
+            ),
             progress=progress,
             extra_callbacks=list(callbacks),
             tracking=tracking,

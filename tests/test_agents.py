@@ -138,7 +138,7 @@ def test_save_load_continue_equals_straight(name, tmp_path):
 
 @pytest.mark.parametrize("name", ALL)
 def test_box_action_space_is_refused(name):
-    with pytest.raises(ValueError, match="Discrete action space"):
+    with pytest.raises(ValueError, match="takes Discrete, MultiDiscrete or MultiBinary actions"):
         ALGOS[name]("MlpPolicy", make_env("Pendulum-v1", 1, 0))
 
 

@@ -98,7 +98,7 @@ def odd_envs():
     [
         (["--algo", "ppo", "--env", "CartPole-v1"], "invalid choice: 'ppo' (choose from"),
         (["--algo", "a2c", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
-        (["--algo", "a2c", "--env", "Pendulum-v1"], "needs a Discrete action space"),
+        (["--algo", "a2c", "--env", "Pendulum-v1"], "takes Discrete, MultiDiscrete or MultiBinary"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "lr=1"], "unknown config key 'lr'"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma=high"], "wrong type"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma"], "not key=value"),

@@ -21,3 +21,25 @@ def test_readme_example_runs(code, tmp_path, monkeypatch):
     if "wandb" in sys.modules:  # its settings keep the folder of the process's first run
         sys.modules["wandb"].teardown()
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
+
+
+COMMANDS = [
+    line.split("#")[0].split()[1:]
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    for line in block.replace("\\\n", " ").splitlines()  # (continued lines joined)
+    if line.startswith(".venv/bin/relax-rl ")
+    and not re.search(r"[\[\]{}]|\.\.\.|\b[A-Z_]{3,}\b", line.split("#")[0])  # a synopsis
+]
+
+
+def test_the_readme_has_complete_commands():
+    assert len(COMMANDS) >= 3
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c[:3]) for c in COMMANDS])
+def test_readme_commands_parse(argv):
+    """Every complete `relax-rl` command of the README is one the CLI takes (its flags exist);
+    synopses with placeholders are left out."""
+    from relax_rl.cli import build_parser
+
+    build_parser().parse_args(argv)

@@ -9,10 +9,11 @@ Sub-commands:
   compare  a grid of algos x seeds on one env (local process pool or Ray Tune), then report
   plot   the comparison's report and figures from existing run folders
   params   an algorithm's keys, their defaults and meaning
+  variance  a run's policy-gradient variance split into state, action and trajectory terms
 
 One module per command (train.py: train and eval; experiments.py: toy and vae; compare.py:
-compare and plot; params.py), what they share in common.py; this module keeps the root parser
-and the error handling.
+compare and plot; params.py; variance.py), what they share in common.py; this module keeps the
+root parser and the error handling.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from relax_rl.cli.compare import add_compare
 from relax_rl.cli.experiments import add_toy, add_vae
 from relax_rl.cli.params import add_params
 from relax_rl.cli.train import add_train
+from relax_rl.cli.variance import add_variance
 from relax_rl.errors import UsageError, sigterm_as_interrupt
 
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vae(sub)
     add_compare(sub)
     add_params(sub)
+    add_variance(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--threads",

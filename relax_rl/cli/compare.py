@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from relax_rl.cli.common import (
     tracking_config,
 )
 from relax_rl.cli.flags import add_dataclass_flags, bounded
+from relax_rl.cli.variance import parse_fractions
 from relax_rl.config import RunSettings
 from relax_rl.errors import UsageError
 from relax_rl.runner import BACKENDS, GridRun
@@ -59,6 +61,16 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="a running Ray cluster (host:port, ray://host:port or auto); default: start a "
         "local Ray. OUT must be on storage every node sees.",
+    )
+    p.add_argument(
+        "--variance",
+        nargs="?",
+        const="0.25,0.5,0.75",
+        default=None,
+        metavar="FRACTIONS",
+        help="after the runs, split each run's gradient variance into its state, action and "
+        "trajectory terms at these fractions of its length (default 0.25,0.5,0.75; as "
+        "`relax-rl variance` with 16 states and 4 repeats) and report them",
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="(default runs/compare)")
     add_tracking_args(p)
@@ -166,7 +178,18 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     (out / "summary.json").write_text(
         json.dumps({"runs": summaries, "aggregates": aggregates}, indent=2)
     )
-    write_report(out, summaries, aggregates)
+    variance: dict[str, list[dict]] = {}  # the runs' decompositions (relax-rl variance)
+    for d, s in zip(run_dirs, summaries, strict=True):
+        with contextlib.suppress(OSError, ValueError):
+            variance.setdefault(s["algo"], []).append(json.loads((d / "variance.json").read_text()))
+    write_report(out, summaries, aggregates, {a: v for a, v in variance.items() if v})
+    if any(variance.values()):
+        from relax_rl.plotting import plot_variance_decomposition
+
+        labelled = [
+            {**r, "label": f"{a} s{i}"} for a, runs in variance.items() for i, r in enumerate(runs)
+        ]
+        plot_variance_decomposition(labelled, out / "variance.png")
     curves: dict[str, list] = {}
     for d, s in zip(run_dirs, summaries, strict=True):
         curves.setdefault(s["algo"], []).append(read_curves(d))
@@ -199,6 +222,15 @@ def _run_compare(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     check_writable(args.out)
     overrides = _grid_overrides(args)
+    if args.variance is not None:  # refused now rather than after the runs
+        from relax_rl.decomposition import check_copyable
+
+        parse_fractions(args.variance)
+        first = _grid_spec(GridRun(args.algos[0], args.env, 0, args.out), overrides, None)
+        try:
+            check_copyable(args.env, first.settings["env_kwargs"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     tracking = tracking_config(args)
     if tracking is not None and tracking.group is None:
         # Named after the output folder, so that a resumed comparison stays in one group.
@@ -226,12 +258,32 @@ def _run_compare(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_storage=args.out / "ray",
     )
+    if args.variance is not None:
+        _decompose_runs(cells, summaries, parse_fractions(args.variance))
     _write_comparison(args.out, [cell.out for cell in cells], summaries)
     print((args.out / "report.md").read_text())
     if all(s.get("status") in ("failed", "diverged") for s in summaries):
         print(f"relax-rl compare: every run failed; see {args.out}/report.md", file=sys.stderr)
         return 1
     return 0
+
+
+def _decompose_runs(cells, summaries: list[dict], fractions: list[float]) -> None:
+    """``relax-rl variance`` on every finished run of the grid (16 states, 4 actions and
+    continuations each), unless it has its ``variance.json`` at those points already."""
+    from relax_rl.decomposition import decompose_run
+    from relax_rl.runner import FINISHED
+
+    for cell, summary in zip(cells, summaries, strict=True):
+        path = cell.out / "variance.json"
+        if summary.get("status") not in FINISHED:
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if [p["fraction"] for p in json.loads(path.read_text())["points"]] == fractions:
+                continue
+        print(f"{cell.algo} seed {cell.seed}: variance decomposition", file=sys.stderr)
+        result = decompose_run(cell.out, fractions, n_states=16, repeats=4, seed=cell.seed)
+        path.write_text(json.dumps(result, indent=2))
 
 
 def _read_summary(d: Path) -> dict:

@@ -1,7 +1,8 @@
 """Command-line flags generated from a typed config dataclass (CleanRL's pattern): each field is
 one flag, its default and help written once, on the field.
 
-A field's ``metadata`` may hold ``help`` (the flag's help text), ``choices`` (valid values),
+A field's ``metadata`` may hold ``help`` (the flag's help text), ``cli`` (False: no flag),
+``choices`` (valid values),
 ``min`` (the smallest valid number), ``type`` (a parser for the value), ``metavar`` and ``flag``
 (the flag's name when it is not ``--field-name``)::
 
@@ -87,7 +88,7 @@ def add_dataclass_flags(
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in exclude or not f.init:
+        if f.name in exclude or not f.init or not f.metadata.get("cli", True):
             continue
         tp, _ = _unwrap_optional(hints[f.name])
         default = _default(f)
@@ -134,7 +135,7 @@ def given_overrides(
     """The fields of ``cls`` whose flag (added with ``overrides=True``) was given."""
     out = {}
     for f in dataclasses.fields(cls):
-        if f.name in exclude or not f.init:
+        if f.name in exclude or not f.init or not f.metadata.get("cli", True):
             continue
         value = getattr(args, prefix.replace("-", "_") + f.name, None)
         if value is not None:

@@ -99,6 +99,7 @@ RESUME_FIXED = {
         f.name: flag_name(f)
         for f in dataclasses.fields(RunSettings)
         if f.name != "total_steps"  # (with --resume: N more steps)
+        and f.metadata.get("cli", True)
     },
 }
 
@@ -204,6 +205,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    import yaml
+
     from relax_rl.envs import make_env
     from relax_rl.evaluation import evaluate
 
@@ -223,7 +226,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError):
         raise UsageError(f"{summary_path} is missing or unreadable") from None
     algo_cls = algo_class(algo)
-    env = make_env(env_id, 1, args.seed)
+    try:  # the env's own options, as the run had them
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    env = make_env(env_id, 1, args.seed, env_kwargs=config.get("env_kwargs"))
     try:
         model = algo_cls.load(model_path, env=env, device="cpu")
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as exc:

@@ -154,6 +154,27 @@ class DiscreteFamily(Protocol):
         """``b`` in the same continuous representation as :meth:`relax` returns."""
         ...
 
+    def perturb(self, u: Tensor) -> Tensor:
+        """The noise ``G(u)`` that :meth:`sample_perturbed` adds (computed once when acting and
+        kept: the acting step and RELAX's ``z`` both need it)."""
+        ...
+
+    def sample_perturbed(self, logits: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`sample` from the perturbation ``g = perturb(u)``."""
+        ...
+
+    def score(self, logits: Tensor, b: Tensor) -> Tensor:
+        """``d log p(b) / d logits``, elementwise, in closed form (no graph)."""
+        ...
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        """The entropy of each variable (not summed over latent dimensions)."""
+        ...
+
+    def mode(self, logits: Tensor) -> Tensor:
+        """The most likely ``b``."""
+        ...
+
 
 @dataclass(frozen=True)
 class BernoulliFamily:
@@ -178,6 +199,24 @@ class BernoulliFamily:
     def hard(self, b: Tensor, like: Tensor) -> Tensor:
         return b.to(like.dtype)
 
+    def perturb(self, u: Tensor) -> Tensor:
+        return torch.logit(u)  # standard logistic noise
+
+    def sample_perturbed(self, logits: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        z = logits + g
+        return z, (z > 0).to(logits.dtype)
+
+    def score(self, logits: Tensor, b: Tensor) -> Tensor:
+        return b.to(logits.dtype) - torch.sigmoid(logits)
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        # -p log p - (1 - p) log(1 - p), with log p = -softplus(-l), log(1 - p) = -softplus(l)
+        p = torch.sigmoid(logits)
+        return p * F.softplus(-logits) + (1 - p) * F.softplus(logits)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        return (logits > 0).to(logits.dtype)
+
 
 @dataclass(frozen=True)
 class CategoricalFamily:
@@ -199,6 +238,22 @@ class CategoricalFamily:
 
     def hard(self, b: Tensor, like: Tensor) -> Tensor:
         return F.one_hot(b.long(), like.shape[-1]).to(like.dtype)
+
+    def perturb(self, u: Tensor) -> Tensor:
+        return gumbel(u)
+
+    def sample_perturbed(self, logits: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        return gumbel_max(torch.log_softmax(logits, dim=-1), g)
+
+    def score(self, logits: Tensor, b: Tensor) -> Tensor:
+        return categorical_score(logits, b)
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        log_p = torch.log_softmax(logits, dim=-1)
+        return -(log_p.exp() * log_p).sum(-1)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=-1)
 
 
 BERNOULLI = BernoulliFamily()

@@ -1,0 +1,216 @@
+"""Action spaces as factorised discrete distributions with stored noise.
+
+A ``Discrete(n)`` action is one categorical over ``n`` logits, ``MultiDiscrete(nvec)`` one
+categorical per dimension (``sum(nvec)`` logits, SB3's layout), ``MultiBinary(d)`` one
+Bernoulli per bit (``d`` logits). The policy's head emits the flat logits ``(N, K)`` and every
+operation below works on them: acting from stored noise, log-probabilities and entropies summed
+over dimensions, the closed-form score, and RELAX's ``z``, ``z~`` and relaxation, all through the
+estimators' families (:data:`~relax_rl.estimators.CATEGORICAL`,
+:data:`~relax_rl.estimators.BERNOULLI`), so that there is one implementation of each sampler.
+
+The noise is one uniform per logit for the sample (``u``, kept as ``G(u)``: Gumbel noise for
+categoricals, logistic for bits) and one per logit for the conditional sample (``v``).
+Dimensions of a ``MultiDiscrete`` with the same number of classes are processed together (one
+tensor of shape ``(N, count, n)`` per run of equal sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+
+from relax_rl.estimators import (
+    BERNOULLI,
+    CATEGORICAL,
+    DiscreteFamily,
+    conditional_gumbel_max,
+    gumbel_max,
+)
+
+SUPPORTED = "Discrete, MultiDiscrete or MultiBinary"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """``count`` consecutive action dimensions of ``n`` classes each (``n = 1``: bits), on
+    logit columns ``start:stop`` and action columns ``first:first + count``."""
+
+    start: int
+    stop: int
+    first: int
+    count: int
+    n: int
+
+
+class ActionSpec:
+    """The factorised discrete distribution of an action space.
+
+    :param space: a ``Discrete``, ``MultiDiscrete`` (one-dimensional ``nvec``) or
+        ``MultiBinary`` (one-dimensional) space; anything else raises ``ValueError`` naming what
+        is supported.
+    """
+
+    def __init__(self, space: spaces.Space) -> None:
+        self.space = space
+        self.family: DiscreteFamily
+        groups: list[_Group] = []
+        if isinstance(space, spaces.Discrete):
+            if int(space.start) != 0:
+                raise ValueError(f"Discrete actions must start at 0, got start={space.start}")
+            self.family, self.n_logits, self.action_shape = CATEGORICAL, int(space.n), ()
+            groups.append(_Group(0, int(space.n), 0, 1, int(space.n)))
+        elif isinstance(space, spaces.MultiDiscrete) and len(space.nvec.shape) == 1:
+            if np.any(space.start != 0):
+                raise ValueError(f"MultiDiscrete actions must start at 0, got {space}")
+            nvec = [int(n) for n in space.nvec]
+            if min(nvec) < 2:
+                raise ValueError(f"every dimension of {space} needs at least 2 choices")
+            self.family, self.n_logits, self.action_shape = CATEGORICAL, sum(nvec), (len(nvec),)
+            start = first = 0
+            while first < len(nvec):  # runs of equal sizes share one tensor
+                count = 1
+                while first + count < len(nvec) and nvec[first + count] == nvec[first]:
+                    count += 1
+                stop = start + count * nvec[first]
+                groups.append(_Group(start, stop, first, count, nvec[first]))
+                start, first = stop, first + count
+        elif isinstance(space, spaces.MultiBinary) and len(space.shape) == 1:
+            d = int(space.shape[0])
+            self.family, self.n_logits, self.action_shape = BERNOULLI, d, (d,)
+            groups.append(_Group(0, d, 0, d, 1))
+        else:
+            shape = getattr(space, "shape", None)
+            what = f"{type(space).__name__} of shape {shape}" if shape else type(space).__name__
+            raise ValueError(
+                f"unsupported action space {what}: this agent takes {SUPPORTED} actions "
+                "(one-dimensional for the multi-dimensional ones)"
+            )
+        self.groups = tuple(groups)
+        self.discrete = isinstance(space, spaces.Discrete)
+        self.action_dims = 1 if self.discrete else int(self.action_shape[0])
+        self._single = len(self.groups) == 1
+
+    def __repr__(self) -> str:
+        return f"ActionSpec({self.space})"
+
+    # ---------------------------------------------------------------- layout
+    def _views(self, x: th.Tensor) -> list[th.Tensor]:
+        """Per group, the columns of ``x`` (``(N, K)``) as ``(N, n)`` (Discrete),
+        ``(N, count, n)`` (categoricals) or ``(N, d)`` (bits)."""
+        if self.discrete or self.family is BERNOULLI:
+            return [x]
+        return [x[:, g.start : g.stop].unflatten(-1, (g.count, g.n)) for g in self.groups]
+
+    def _action_views(self, actions: th.Tensor) -> list[th.Tensor]:
+        if self._single:
+            return [actions]
+        return [actions[:, g.first : g.first + g.count] for g in self.groups]
+
+    def _flat(self, parts: list[th.Tensor]) -> th.Tensor:
+        """Inverse of :meth:`_views`: ``(N, K)``."""
+        if self.discrete or self.family is BERNOULLI:
+            return parts[0]
+        flat = [p.flatten(1) for p in parts]
+        return flat[0] if self._single else th.cat(flat, dim=-1)
+
+    def _join_actions(self, parts: list[th.Tensor]) -> th.Tensor:
+        return parts[0] if self._single else th.cat(parts, dim=-1)
+
+    @staticmethod
+    def _sum_dims(x: th.Tensor) -> th.Tensor:
+        """Per sample: a Discrete's ``(N,)`` as is, a group's ``(N, count)`` summed."""
+        return x if x.dim() == 1 else x.sum(-1)
+
+    # ---------------------------------------------------------------- acting and log-probs
+    def perturb(self, u: th.Tensor) -> th.Tensor:
+        """``G(u)`` per logit (elementwise: Gumbel or logistic noise)."""
+        return self.family.perturb(u)
+
+    def sample(self, logits: th.Tensor, g: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The action ``b = H(z)`` from the perturbation ``g`` (``(N, K)``), and its log-prob
+        summed over dimensions. Actions are integer ``(N,)`` for ``Discrete``, ``(N, D)``
+        otherwise."""
+        actions, log_probs = [], None
+        for lg, gg in zip(self._views(logits), self._views(g), strict=True):
+            if self.family is BERNOULLI:
+                _, b = self.family.sample_perturbed(lg, gg)
+                lp = self._sum_dims(self.family.log_prob(lg, b))
+                b = b.long()
+            else:
+                log_p = th.log_softmax(lg, dim=-1)
+                _, b = gumbel_max(log_p, gg)
+                lp = self._sum_dims(log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1))
+            actions.append(b)
+            log_probs = lp if log_probs is None else log_probs + lp
+        assert log_probs is not None
+        return self._join_actions(actions), log_probs
+
+    def log_prob(self, logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        """``log pi(a)`` per sample, summed over the action's dimensions."""
+        total = None
+        for lg, b in zip(self._views(logits), self._action_views(actions), strict=True):
+            if self.family is BERNOULLI:
+                b = b.to(lg.dtype)
+            lp = self._sum_dims(self.family.log_prob(lg, b))
+            total = lp if total is None else total + lp
+        assert total is not None
+        return total
+
+    def log_prob_and_entropy(
+        self, logits: th.Tensor, actions: th.Tensor, entropy_grad: bool = True
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """``log pi(a)`` and the policy's entropy per sample (both summed over dimensions);
+        the entropy without a graph unless ``entropy_grad``."""
+        log_prob = self.log_prob(logits, actions)
+        with th.set_grad_enabled(th.is_grad_enabled() and entropy_grad):
+            entropy = None
+            for lg in self._views(logits):
+                h = self._sum_dims(self.family.entropy(lg))
+                entropy = h if entropy is None else entropy + h
+        assert entropy is not None
+        return log_prob, entropy
+
+    def mode(self, logits: th.Tensor) -> th.Tensor:
+        """The greedy action (each dimension's most likely value)."""
+        return self._join_actions([self.family.mode(lg).long() for lg in self._views(logits)])
+
+    # ---------------------------------------------------------------- RELAX's pieces
+    def score(self, logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        """``d log pi(a) / d logits`` (``(N, K)``), in closed form (no graph)."""
+        return self._flat(
+            [
+                self.family.score(lg, b)
+                for lg, b in zip(self._views(logits), self._action_views(actions), strict=True)
+            ]
+        )
+
+    def rebuild(
+        self, logits: th.Tensor, actions: th.Tensor, g: th.Tensor, v: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """RELAX's ``z`` (from the stored perturbation ``g``: the sample the action was taken
+        from, at the current logits) and ``z~ ~ p(z | a)`` (from the stored ``v``), both
+        ``(N, K)`` and differentiable in the logits."""
+        zs, z_tildes = [], []
+        for lg, b, gg, vv in zip(
+            self._views(logits),
+            self._action_views(actions),
+            self._views(g),
+            self._views(v),
+            strict=True,
+        ):
+            if self.family is BERNOULLI:
+                zs.append(lg + gg)
+                z_tildes.append(self.family.conditional(lg, b.to(lg.dtype), vv))
+            else:
+                log_p = th.log_softmax(lg, dim=-1)  # one node for z and z~
+                zs.append(log_p + gg)
+                z_tildes.append(conditional_gumbel_max(log_p, b, vv))
+        return self._flat(zs), self._flat(z_tildes)
+
+    def relax(self, z: th.Tensor, temperature: th.Tensor | float) -> th.Tensor:
+        """The continuous relaxation of ``H`` at ``temperature``, ``(N, K)``: each dimension's
+        softmax (categoricals) or sigmoid (bits)."""
+        return self._flat([self.family.relax(zz, temperature) for zz in self._views(z)])

@@ -1,0 +1,111 @@
+"""``relax-rl variance``: where a run's policy-gradient variance comes from (state, action,
+trajectory), at its checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from relax_rl.cli.common import check_writable, seed_arg
+from relax_rl.cli.flags import bounded
+from relax_rl.errors import UsageError
+
+
+def add_variance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "variance",
+        help="split a run's policy-gradient variance into its state, action and trajectory terms",
+        description="At the run's checkpoints nearest to --at (fractions of its length), "
+        "estimate the three terms of the variance of the update's gradient estimator (Tucker "
+        "et al. 2018): from the state distribution, from the action drawn at a state (the only "
+        "one an action-dependent control variate can reduce) and from the rest of the "
+        "trajectory, by restarting copies of the env at N stored states with K actions each "
+        "and K continuations per action. Writes variance.json and variance.png. Needs an env "
+        "whose state can be copied (pure-Python envs: the project's own, classic control).",
+    )
+    p.add_argument("run_dir", type=Path, help="the run folder train wrote (its checkpoints)")
+    p.add_argument(
+        "--states", type=bounded(int, 2), default=32, metavar="N", help="states (default 32)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=bounded(int, 2),
+        default=8,
+        metavar="K",
+        help="actions per state and continuations per action (default 8)",
+    )
+    p.add_argument(
+        "--at",
+        default="0.25,0.5,0.75",
+        metavar="FRACTIONS",
+        help="points of the run, as fractions of its length (default 0.25,0.5,0.75; 1: the end)",
+    )
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the design (default 0)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for variance.json and variance.png (default: the run folder)",
+    )
+    p.set_defaults(func=_run_variance)
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--at {text!r}: expected fractions such as 0.25,0.5,0.75") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise UsageError(f"--at {text!r}: every fraction must be in [0, 1]")
+    return values
+
+
+def _run_variance(args: argparse.Namespace) -> int:
+    import yaml
+
+    from relax_rl.decomposition import check_copyable, decompose_run, run_checkpoints
+    from relax_rl.plotting import plot_variance_decomposition
+
+    run_dir: Path = args.run_dir
+    fractions = parse_fractions(args.at)
+    if not (run_dir / "config.yaml").is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no config.yaml)")
+    if not run_checkpoints(run_dir):
+        raise UsageError(f"{run_dir} holds no checkpoint and no model.zip")
+    out = args.out or run_dir
+    check_writable(out)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:
+        check_copyable(config["env_id"], config.get("env_kwargs"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    result = decompose_run(run_dir, fractions, args.states, args.repeats, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variance.json").write_text(json.dumps(result, indent=2))
+    plot_variance_decomposition([result], out / "variance.png")
+    print(format_decomposition(result))
+    print(f"wrote {out}/variance.json, variance.png")
+    return 0
+
+
+def format_decomposition(result: dict) -> str:
+    """A table: per checkpoint and estimator, total variance and the three terms' shares."""
+    lines = [
+        f"{result['algo']} on {result['env_id']}: variance of the update's gradient estimator",
+        f"{'env steps':>10}  {'estimator':<20} {'log10 total':>11}  "
+        f"{'state':>6} {'action':>6} {'trajectory':>10}",
+    ]
+    for point in result["points"]:
+        for e in point["estimators"]:
+            total = f"{math.log10(e['total']):.2f}" if e["total"] > 0 else "-"
+            shares = [
+                f"{e[f'share_{t}']:.0%}" if e[f"share_{t}"] is not None else "-"
+                for t in ("state", "action", "trajectory")
+            ]
+            lines.append(
+                f"{point['env_steps']:>10,}  {e['estimator']:<20} {total:>11}  "
+                f"{shares[0]:>6} {shares[1]:>6} {shares[2]:>10}"
+            )
+    return "\n".join(lines)

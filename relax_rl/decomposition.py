@@ -1,0 +1,443 @@
+"""Where the policy gradient's variance comes from: the state, the action, or the rest of the
+trajectory (Tucker et al. 2018, "The Mirage of Action-Dependent Baselines", Sec. 3).
+
+For one sample of the update's estimator, ``g(s, a, tau)`` (a state from the on-policy state
+distribution, an action drawn there, and the continuation the advantage is computed from), the
+law of total variance splits ``Var(g)`` (the trace of its covariance, summed over the actor's
+parameters: the project's one convention) into
+
+- ``Sigma_s = Var_s(E[g | s])``: the state term;
+- ``Sigma_a = E_s[Var_a(E[g | s, a])]``: the action term, the only one an action-dependent
+  control variate such as RELAX's can reduce;
+- ``Sigma_tau = E_{s,a}[Var_tau(g | s, a)]``: the trajectory term (later actions, the env's
+  randomness).
+
+Measured by a nested design at a fixed policy: ``N`` states from the policy's own episodes
+(copies of the env at those moments), ``K`` actions per state (fresh noise, the agent's own
+sampler), ``M`` continuations per action (the copy stepped with that action, then the policy,
+the env's random number generator reseeded per continuation), and for each the per-sample
+gradient of the agent's update (:meth:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm.losses`:
+its advantage estimator over the continuation, its control variate). The three terms come from
+the nested (random-effects) ANOVA estimators, unbiased for each term:
+``Sigma_tau = W_tau``, ``Sigma_a = W_a - W_tau / M``, ``Sigma_s = W_s - W_a / K``, with
+``W_tau`` the mean within-action variance, ``W_a`` the mean variance of the action means within
+a state and ``W_s`` the variance of the state means. A term can come out slightly negative when
+it is near 0 (estimation noise).
+
+Which envs: those whose state can be copied by ``copy.deepcopy`` of the env object, i.e. pure
+Python envs: the project's own (toy, Chain, bandits, MultiBinaryMatch, ParallelCartPole) and
+gymnasium's classic control (CartPole, Acrobot, MountainCar, Pendulum). Box2D and MuJoCo envs
+are refused in one line.
+
+The advantage over a continuation is the agent's: with ``n_steps > 0``, the GAE(lambda) of an
+``n_steps`` window starting at the state (the first step of a rollout; later steps of a rollout
+bootstrap sooner), bootstrapped with V at the end and at time-limit truncations; with
+``n_steps = 0``, the return to the end of the episode (minus V(s) with a baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+
+from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.envs import check_env_id
+from relax_rl.estimators import reinforce, uniform_noise
+
+if TYPE_CHECKING:
+    from relax_rl.on_policy import GumbelOnPolicyAlgorithm
+
+TERMS = ("state", "action", "trajectory")
+
+
+@dataclass
+class Decomposition:
+    """The three terms (and their sum) of one estimator's variance, with the design's sizes."""
+
+    estimator: str
+    state: float
+    action: float
+    trajectory: float
+    n_states: int
+    n_actions: int
+    n_continuations: int
+
+    @property
+    def total(self) -> float:
+        return self.state + self.action + self.trajectory
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.total
+        out: dict[str, Any] = {
+            "estimator": self.estimator,
+            "total": total,
+            **{t: getattr(self, t) for t in TERMS},
+            "n_states": self.n_states,
+            "n_actions": self.n_actions,
+            "n_continuations": self.n_continuations,
+        }
+        for t in TERMS:  # shares of the total, and log10 of the positive terms
+            out[f"share_{t}"] = getattr(self, t) / total if total > 0 else None
+            value = getattr(self, t)
+            out[f"log10_{t}"] = math.log10(value) if value > 0 else None
+        return out
+
+
+def check_copyable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line, an env whose state cannot be copied."""
+    check_env_id(env_id)  # registers the project's envs, imports a module:EnvId's module
+    env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        env.reset(seed=0)
+        copy.deepcopy(env)
+    except Exception as exc:  # e.g. Box2D's worlds, MuJoCo's data: no deepcopy
+        raise ValueError(
+            f"{env_id}: its state cannot be copied ({type(exc).__name__}), so the variance "
+            "decomposition cannot restart it; supported: pure-Python envs (the project's own, "
+            "gymnasium's classic control)"
+        ) from None
+    finally:
+        env.close()
+
+
+def _state_pool(
+    model: GumbelOnPolicyAlgorithm,
+    env: gym.Env,
+    n: int,
+    rng: np.random.Generator,
+    gen: th.Generator,
+) -> list[tuple[gym.Env, np.ndarray]]:
+    """``n`` states drawn uniformly from the policy's own episodes (whole episodes, until at
+    least ``10 n`` states are visited): each a copy of the env at that moment and its
+    observation. A visited state is copied with probability 1/4 (copies cost more than steps),
+    and the ``n`` are drawn from the copies: a uniform draw from the visited states either
+    way."""
+    spec = model.policy.action_spec
+    visited: list[tuple[gym.Env, np.ndarray]] = []
+    steps = 0
+    obs, _ = env.reset(seed=int(rng.integers(2**31)))
+    while True:
+        steps += 1
+        if rng.random() < 0.25:
+            visited.append((copy.deepcopy(env), obs))
+        with th.no_grad():
+            logits, _ = model.policy.logits_and_values(_obs_tensor(model, obs[None]))
+            noise = spec.perturb(uniform_noise(logits.shape, gen).to(logits.device))
+            action = spec.sample(logits, noise)[0][0].cpu().numpy()
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            if steps >= 10 * n and len(visited) >= n:
+                break
+            obs, _ = env.reset(seed=int(rng.integers(2**31)))
+    picks = rng.choice(len(visited), size=n, replace=False)
+    return [visited[i] for i in picks]
+
+
+def _obs_tensor(model: GumbelOnPolicyAlgorithm, obs: np.ndarray) -> th.Tensor:
+    return th.as_tensor(np.asarray(obs, dtype=np.float32), device=model.device)
+
+
+def _advantages(
+    model: GumbelOnPolicyAlgorithm,
+    starts: list[gym.Env],
+    first_obs: np.ndarray,
+    first_actions: np.ndarray,
+    rng: np.random.Generator,
+    gen: th.Generator,
+    max_steps: int,
+) -> np.ndarray:
+    """The agent's advantage estimate for each (state copy, first action), over one fresh
+    continuation each, all stepped in lockstep."""
+    n = len(starts)
+    envs = [copy.deepcopy(e) for e in starts]
+    for e in envs:  # independent randomness per continuation
+        e.unwrapped.np_random = np.random.default_rng(int(rng.integers(2**63)))
+    spec, gamma = model.policy.action_spec, model.gamma
+    window = model.n_steps if model.n_steps > 0 else max_steps
+    rewards = np.zeros((window, n))
+    values = np.zeros((window + 1, n))  # V(s_t), and the bootstrap at the end
+    alive = np.ones((window + 1, n), dtype=bool)  # step t taken (episode not over before it)
+    obs, actions = first_obs, first_actions
+    active = np.ones(n, dtype=bool)
+    for t in range(window):
+        with th.no_grad():
+            logits, v = model.policy.logits_and_values(_obs_tensor(model, obs))
+        values[t] = v.cpu().numpy() if model.use_baseline else 0.0
+        if t > 0:
+            noise = spec.perturb(uniform_noise(logits.shape, gen).to(logits.device))
+            actions = spec.sample(logits, noise)[0].cpu().numpy()
+        next_obs = np.array(obs, copy=True)
+        for i in np.flatnonzero(active):
+            o, r, terminated, truncated, _ = envs[i].step(actions[i])
+            rewards[t, i] = r
+            if truncated and not terminated and model.use_baseline:
+                with th.no_grad():  # the collect loop's rule at a time-limit cut
+                    boot = model.policy.logits_and_values(_obs_tensor(model, o[None]))[1]
+                rewards[t, i] += gamma * float(boot)
+            if terminated or truncated:
+                active[i] = False
+            next_obs[i] = o
+        alive[t + 1] = active
+        obs = next_obs
+        if not active.any():
+            break
+    if active.any() and model.use_baseline:  # the window's end: bootstrap
+        with th.no_grad():
+            values[window] = model.policy.logits_and_values(_obs_tensor(model, obs))[1].numpy()
+    values[window] *= active
+    # GAE(lambda) backwards over the window (steps after an episode's end carry nothing)
+    lam, adv, last = model.gae_lambda, np.zeros(n), np.zeros(n)
+    for t in reversed(range(window)):
+        taken = alive[t]
+        cont = alive[t + 1]
+        delta = rewards[t] + gamma * values[t + 1] * cont - values[t]
+        last = np.where(taken, delta + gamma * lam * cont * last, 0.0)
+        adv = last
+    return adv
+
+
+class _Logits(th.nn.Module):
+    """The policy's logits as a module whose ``policy`` parameters ``functional_call`` swaps."""
+
+    def __init__(self, policy: th.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: th.Tensor) -> th.Tensor:
+        return self.policy.logits_and_values(obs)[0]
+
+
+def _actor_jacobians(model: GumbelOnPolicyAlgorithm, obs: th.Tensor) -> th.Tensor:
+    """``d logits / d theta_actor`` per state: ``(N, K, P)`` (``torch.func``: vectorised
+    reverse passes)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    policy = model.policy
+    actor_ids = {id(p) for p in policy.actor_parameters()}
+    params = {name: p.detach() for name, p in policy.named_parameters() if id(p) in actor_ids}
+    module = _Logits(policy)
+
+    def logits(theta: dict[str, th.Tensor], one_obs: th.Tensor) -> th.Tensor:
+        swapped = {f"policy.{name}": value for name, value in theta.items()}
+        return functional_call(module, swapped, (one_obs[None],), strict=False)[0]
+
+    jac = vmap(jacrev(logits), in_dims=(None, 0))(params, obs)  # name -> (N, K, *shape)
+    return th.cat([jac[name].flatten(2) for name in params], dim=2)
+
+
+def _per_sample_gradients(
+    model: GumbelOnPolicyAlgorithm,
+    pool: list[tuple[gym.Env, np.ndarray]],
+    k: int,
+    m: int,
+    rng: np.random.Generator,
+    gen: th.Generator,
+    max_steps: int,
+) -> dict[str, th.Tensor]:
+    """Per estimator, the actor gradients ``(N, K, M, P)`` of the update's per-sample
+    surrogate: ``K`` actions per state of ``pool``, ``M`` continuations per action."""
+    spec, device = model.policy.action_spec, model.device
+    n = len(pool)
+    rows = n * k * m  # sample (i, j, c) at row (i * k + j) * m + c
+    state_obs = _obs_tensor(model, np.stack([o for _, o in pool]))
+    # K actions per state from fresh noise (u for the sample, v for RELAX's z~), shared by
+    # the M continuations of that action
+    u = uniform_noise((n * k, spec.n_logits), gen).to(device)
+    v = uniform_noise((n * k, spec.n_logits), gen).to(device)
+    g = spec.perturb(u)
+    with th.no_grad():
+        logits, _ = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))
+        actions = spec.sample(logits, g)[0]
+    adv = _advantages(
+        model,
+        [pool[i][0] for i in range(n) for _ in range(k * m)],
+        np.stack([pool[i][1] for i in range(n) for _ in range(k * m)]),
+        np.repeat(actions.cpu().numpy(), m, axis=0),
+        rng,
+        gen,
+        max_steps,
+    )
+    expand = lambda x: x.repeat_interleave(m, dim=0)  # noqa: E731  (per action -> per row)
+    zeros = th.zeros(rows, device=device)
+    data = GumbelRolloutSamples(
+        observations=state_obs.repeat_interleave(k * m, dim=0),
+        actions=expand(actions),
+        values=zeros,
+        log_probs=zeros,
+        advantages=th.as_tensor(adv, dtype=th.float32, device=device),
+        returns=zeros,
+        noise_u=expand(u),
+        noise_v=expand(v),
+        # RELAX's cross-fitting halves (its kappa) by action draw: no action in both halves
+        env_index=th.arange(n * k, device=device).repeat_interleave(m) % 2,
+        noise_g=expand(g),
+    )
+    losses = model.losses(data)  # the update's own estimator, sample by sample
+    estimators = {type(model).__name__: losses.per_sample_objective}
+    if model.paired_baseline:
+        log_prob = spec.log_prob(losses.logits, data.actions)
+        estimators["A2C (same samples)"] = reinforce(-losses.advantages, log_prob)
+    jac = _actor_jacobians(model, state_obs)  # (N, K_logits, P)
+    out = {}
+    for name, per_sample in estimators.items():
+        (logit_grads,) = th.autograd.grad(per_sample.sum(), losses.logits, retain_graph=True)
+        grads = th.einsum("iak,ikp->iap", logit_grads.reshape(n, k * m, -1).detach(), jac)
+        out[name] = grads.reshape(n, k, m, -1)
+    return out
+
+
+def _pool(
+    model: GumbelOnPolicyAlgorithm,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None,
+    n: int,
+    rng: np.random.Generator,
+    gen: th.Generator,
+) -> list[tuple[gym.Env, np.ndarray]]:
+    check_env_id(env_id)
+    env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        return _state_pool(model, env, n, rng, gen)
+    finally:
+        env.close()
+
+
+def decompose(
+    model: GumbelOnPolicyAlgorithm,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    n_states: int = 32,
+    n_actions: int = 8,
+    n_continuations: int = 8,
+    seed: int = 0,
+    max_steps: int = 1000,
+) -> list[Decomposition]:
+    """The decomposition of the update's estimator at ``model``'s current policy (and, for an
+    agent with a control variate, of the plain advantage estimator on the very same samples).
+
+    :param n_states: ``N``, states from the policy's episodes.
+    :param n_actions: ``K``, actions per state (>= 2).
+    :param n_continuations: ``M``, continuations per action (>= 2).
+    :param seed: seed of the states, the noise and the continuations.
+    :param max_steps: longest continuation of a whole-episode agent (``n_steps=0``).
+    """
+    if min(n_states, n_actions, n_continuations) < 2:
+        raise ValueError("the nested design needs at least 2 states, actions and continuations")
+    rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
+    pool = _pool(model, env_id, env_kwargs, n_states, rng, gen)
+    grads = _per_sample_gradients(model, pool, n_actions, n_continuations, rng, gen, max_steps)
+    return [_nested_anova(name, g) for name, g in grads.items()]
+
+
+def _nested_anova(name: str, grads: th.Tensor) -> Decomposition:
+    """The three terms from per-sample gradients ``(N, K, M, P)`` (in float64)."""
+    grads = grads.double()
+    n, k, m, _ = grads.shape
+    action_means = grads.mean(2)  # (N, K, P)
+    state_means = action_means.mean(1)  # (N, P)
+    w_tau = float(((grads - action_means[:, :, None]) ** 2).sum((2, 3)).mean() / (m - 1))
+    w_a = float(((action_means - state_means[:, None]) ** 2).sum((1, 2)).mean() / (k - 1))
+    w_s = float(((state_means - state_means.mean(0)) ** 2).sum() / (n - 1))
+    return Decomposition(
+        estimator=name,
+        state=w_s - w_a / k,
+        action=w_a - w_tau / m,
+        trajectory=w_tau,
+        n_states=n,
+        n_actions=k,
+        n_continuations=m,
+    )
+
+
+def direct_variance(
+    model: GumbelOnPolicyAlgorithm,
+    env_id: str,
+    n_samples: int,
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    max_steps: int = 1000,
+) -> float:
+    """``Var(g)`` of the update's estimator measured directly, from ``n_samples`` independent
+    (state, action, continuation) samples, each from its own state: what the three terms of
+    :func:`decompose` add up to."""
+    rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
+    pool = _pool(model, env_id, env_kwargs, n_samples, rng, gen)
+    grads = _per_sample_gradients(model, pool, 1, 1, rng, gen, max_steps)
+    g = grads[type(model).__name__][:, 0, 0].double()
+    return float(((g - g.mean(0)) ** 2).sum() / (n_samples - 1))
+
+
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The models a run folder holds, by env steps: its periodic checkpoints and, for a run that
+    stopped, ``model.zip``."""
+    import json
+
+    found: dict[int, Path] = {}
+    for path in (run_dir / "checkpoints").glob("model_*_steps.zip"):
+        steps = path.stem.removesuffix("_steps").rpartition("_")[2]
+        if steps.isdigit():
+            found[int(steps)] = path
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("status", "running") != "running" and (run_dir / "model.zip").is_file():
+        found[int(summary["total_env_steps"])] = run_dir / "model.zip"
+    return sorted(found.items())
+
+
+def pick_checkpoints(
+    checkpoints: list[tuple[int, Path]], fractions: list[float]
+) -> list[tuple[float, int, Path]]:
+    """For each fraction of the run's last checkpoint's env steps, the nearest checkpoint (each
+    checkpoint at most once)."""
+    if not checkpoints:
+        return []
+    last = checkpoints[-1][0]
+    out, used = [], set()
+    for fraction in fractions:
+        steps, path = min(checkpoints, key=lambda c: abs(c[0] - fraction * last))
+        if steps not in used:
+            used.add(steps)
+            out.append((fraction, steps, path))
+    return out
+
+
+def decompose_run(
+    run_dir: Path,
+    fractions: list[float],
+    n_states: int = 32,
+    repeats: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The decomposition at the checkpoints of a run folder nearest to ``fractions`` of its
+    length (``repeats`` actions per state and continuations per action), as written to
+    ``variance.json``."""
+    import yaml
+
+    from relax_rl.agents import ALGOS
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    algo, env_id = config["algo"], config["env_id"]
+    env_kwargs = config.get("env_kwargs")
+    check_copyable(env_id, env_kwargs)
+    points = []
+    for fraction, steps, path in pick_checkpoints(run_checkpoints(run_dir), fractions):
+        model = ALGOS[algo].load(path, device="cpu")
+        terms = decompose(model, env_id, env_kwargs, n_states, repeats, repeats, seed)
+        points.append(
+            {
+                "fraction": fraction,
+                "env_steps": steps,
+                "checkpoint": str(path.relative_to(run_dir)),
+                "estimators": [t.as_dict() for t in terms],
+            }
+        )
+    return {"algo": algo, "env_id": env_id, "env_kwargs": env_kwargs, "points": points}

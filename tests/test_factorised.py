@@ -1,0 +1,516 @@
+"""Factorised discrete actions (MultiDiscrete, MultiBinary): the action distribution, every
+agent's unbiasedness through ``train()`` on bandits with exact gradients, and the SB3 habits
+(callbacks, save/load, eval, compare, plot) on the new spaces."""
+
+import itertools
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from conftest import run_updates
+from gymnasium import spaces
+from gymnasium.envs.classic_control import CartPoleEnv
+from stable_baselines3.common.callbacks import BaseCallback
+
+from relax_rl.actions import ActionSpec
+from relax_rl.agents import A2C, ALGOS, REINFORCE, RELAX
+from relax_rl.cli import main
+from relax_rl.envs import MATCH_ENV_ID, MultiBinaryMatchEnv, ParallelCartPoleEnv, make_env
+from relax_rl.estimators import uniform_noise
+
+SPACES = {
+    "Discrete(4)": spaces.Discrete(4),
+    "MultiDiscrete([3,3,5,2])": spaces.MultiDiscrete([3, 3, 5, 2]),
+    "MultiBinary(5)": spaces.MultiBinary(5),
+}
+
+
+def _enumerate(space):
+    if isinstance(space, spaces.Discrete):
+        return th.arange(space.n)
+    sizes = [2] * space.n if isinstance(space, spaces.MultiBinary) else list(space.nvec)
+    return th.tensor(list(itertools.product(*[range(n) for n in sizes])))
+
+
+# ------------------------------------------------------------------------------------------
+# the action distribution
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(SPACES))
+def test_sampling_log_probs_and_entropy_are_one_distribution(name):
+    space, gen = SPACES[name], th.Generator().manual_seed(0)
+    spec = ActionSpec(space)
+    logits = th.randn(1, spec.n_logits, generator=gen)
+    every = _enumerate(space)
+    probs = spec.log_prob(logits.expand(len(every), -1), every).exp()
+    assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-5)  # a distribution over actions
+    n = 40_000
+    actions, log_probs = spec.sample(
+        logits.expand(n, -1), spec.perturb(uniform_noise((n, spec.n_logits), gen))
+    )
+    assert all(space.contains(a) for a in actions[:50].numpy())
+    th.testing.assert_close(log_probs, spec.log_prob(logits.expand(n, -1), actions))
+    # the sampled frequencies are the probabilities (each action's, within 4.5 SE)
+    index = {tuple(np.atleast_1d(a.numpy())): i for i, a in enumerate(every)}
+    counts = np.bincount(
+        [index[tuple(np.atleast_1d(a))] for a in actions.numpy()], minlength=len(every)
+    )
+    p = probs.detach().numpy()
+    assert np.all(np.abs(counts / n - p) <= 4.5 * np.sqrt(p * (1 - p) / n) + 1e-4)
+    _, entropy = spec.log_prob_and_entropy(logits, every[:1])
+    exact = -(probs * probs.log()).sum()
+    assert math.isclose(float(entropy), float(exact), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_score_z_and_z_tilde(name):
+    """The closed-form score is autograd's; z (rebuilt from the stored perturbation) and z~
+    (from v) both map to the taken action, and each dimension's z~ is that dimension's exact
+    conditional sample (the estimators' family, no second sampler)."""
+    space, gen = SPACES[name], th.Generator().manual_seed(1)
+    spec = ActionSpec(space)
+    n = 256
+    logits = th.randn(n, spec.n_logits, generator=gen, requires_grad=True)
+    g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
+    v = uniform_noise((n, spec.n_logits), gen)
+    actions, _ = spec.sample(logits.detach(), g)
+    (autograd,) = th.autograd.grad(spec.log_prob(logits, actions).sum(), logits)
+    th.testing.assert_close(spec.score(logits.detach(), actions), autograd)
+    z, z_tilde = spec.rebuild(logits, actions, g, v)
+    assert th.equal(spec.mode(z), actions) and th.equal(spec.mode(z_tilde), actions)
+    assert z_tilde.requires_grad and spec.relax(z, 0.5).shape == (n, spec.n_logits)
+    if isinstance(space, spaces.MultiDiscrete):  # dimension 2 (5 classes) on its own
+        cols, dim = slice(6, 11), 2
+        one = ActionSpec(spaces.Discrete(5))
+        _, z_one = one.rebuild(logits[:, cols], actions[:, dim], g[:, cols], v[:, cols])
+        th.testing.assert_close(z_tilde[:, cols], z_one)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Box(-1, 1, (2,)),
+        spaces.Dict({"a": spaces.Discrete(2)}),
+        spaces.Tuple([spaces.Discrete(2), spaces.Discrete(3)]),
+        spaces.MultiDiscrete([[2, 3], [2, 2]]),
+        spaces.MultiBinary((2, 3)),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_unsupported_spaces_are_refused_in_one_line(space):
+    with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary") as err:
+        ActionSpec(space)
+    assert "\n" not in str(err.value)
+
+
+class _SpaceEnv(gym.Env):
+    observation_space = spaces.Box(-1, 1, (2,))
+
+    def __init__(self, action_space):
+        self.action_space = action_space
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+def test_agents_refuse_unsupported_action_spaces(name):
+    env = _SpaceEnv(spaces.Box(-1, 1, (2,)))
+    with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary") as err:
+        ALGOS[name]("MlpPolicy", env)
+    assert "\n" not in str(err.value) and ALGOS[name].__name__ in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------
+# unbiasedness through train() on bandits whose exact gradient is a finite sum
+# ------------------------------------------------------------------------------------------
+class ContextualMultiDiscreteBandit(gym.Env):
+    """Two one-hot contexts, MultiDiscrete([3, 2]) actions, a fixed N(0, 1) reward per
+    (context, action): not a sum over the dimensions."""
+
+    observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+    action_space = spaces.MultiDiscrete([3, 2])
+    rewards = np.random.default_rng(7).standard_normal((2, 3, 2))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.context = int(self.np_random.integers(2))
+        return np.eye(2, dtype=np.float32)[self.context], {}
+
+    def step(self, action):
+        reward = float(self.rewards[self.context, int(action[0]), int(action[1])])
+        return np.eye(2, dtype=np.float32)[self.context], reward, True, False, {}
+
+
+MD_ID = "relax_rl_test/MultiDiscreteBandit-v0"
+if MD_ID not in gym.registry:
+    gym.register(MD_ID, entry_point=ContextualMultiDiscreteBandit)
+MATCH_D = 3
+
+
+def _contexts_and_rewards(env_id):
+    """Every context's observation (equally likely) and the reward of every action there."""
+    if env_id == MD_ID:
+        every = _enumerate(ContextualMultiDiscreteBandit.action_space)
+        rewards = th.tensor(ContextualMultiDiscreteBandit.rewards, dtype=th.float32)
+        table = th.stack([rewards[c, every[:, 0], every[:, 1]] for c in range(2)])
+        return th.eye(2), every, table
+    targets = _enumerate(spaces.MultiBinary(MATCH_D)).float()
+    table = (targets[:, None, :] == targets[None, :, :]).float().mean(-1)  # [target, action]
+    return targets, targets.long(), table
+
+
+def _exact_gradient(model, env_id):
+    """``grad pg_loss`` in expectation, ``-grad J`` (one-step episodes)."""
+    obs, every, table = _contexts_and_rewards(env_id)
+    actor = model.policy.actor_parameters()
+    spec = model.policy.action_spec
+    j = th.zeros(())
+    for c in range(len(obs)):
+        logits, _ = model.policy.logits_and_values(obs[c : c + 1])
+        probs = spec.log_prob(logits.expand(len(every), -1), every).exp()
+        j = j + (probs * table[c]).sum() / len(obs)
+    return -th.cat([g.reshape(-1) for g in th.autograd.grad(j, actor)])
+
+
+def _bandit_agent(cls, env_id, n_envs, seed=0, **kwargs):
+    env_kwargs = {"d": MATCH_D} if env_id == MATCH_ENV_ID else None
+    use_baseline = kwargs.pop("use_baseline", cls is not REINFORCE)
+    model = cls(
+        "MlpPolicy",
+        make_env(env_id, n_envs, seed, env_kwargs=env_kwargs),
+        n_steps=1 if use_baseline else 0,
+        use_baseline=use_baseline,
+        gamma=1.0,
+        ent_coef=0.0,
+        max_grad_norm=None,
+        learning_rate=0.0,
+        seed=seed,
+        policy_kwargs={"net_arch": [8], "activation_fn": th.nn.Tanh},
+        **kwargs,
+    )
+    with th.no_grad():  # away from uniform, so that the gradient is large
+        bias = model.policy.action_net.bias
+        bias.copy_(th.linspace(-0.8, 0.8, bias.numel()))
+    return model
+
+
+def _assert_unbiased(estimates, expected):
+    se = estimates.std(0) / math.sqrt(estimates.shape[0])
+    z = (estimates.mean(0) - expected) / se.clamp_min(1e-12)
+    assert z.abs().max() < 4.5, z
+    assert (expected.abs() > 4 * se).any(), "the test cannot tell the gradient from zero"
+
+
+@pytest.mark.parametrize("env_id", [MATCH_ENV_ID, MD_ID], ids=["MultiBinary", "MultiDiscrete"])
+@pytest.mark.parametrize(
+    ("cls", "n_envs", "updates", "kwargs"),
+    [
+        (REINFORCE, 1, 3000, {}),
+        (A2C, 16, 600, {}),
+        (RELAX, 16, 600, {"cv_learning_rate": 3e-3}),
+        (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
+        (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
+    ],
+    ids=["reinforce", "a2c", "relax", "relax-linear-term", "relax-learned-kappa"],
+)
+def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
+    model = _bandit_agent(cls, env_id, n_envs, seed=2, **kwargs)
+    if cls is RELAX:  # the control variate trained first (the policy does not move)
+        run_updates(model, 200)
+    grads, records = run_updates(model, updates)
+    if cls is RELAX and kwargs.get("kappa_mode") != "learned":
+        kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
+        assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
+    _assert_unbiased(grads, _exact_gradient(model, env_id))
+
+
+def test_relax_removes_most_of_the_action_noise_on_many_bits():
+    """With many bits, a control variate over the whole relaxed action has most of the
+    variance to remove: after training phi alone, RELAX's update gradient has a small fraction
+    of A2C's variance at the very same policy and critic."""
+    kw = {"env_kwargs": {"d": 16}}
+    relax = RELAX(
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 16, 4, **kw),
+        n_steps=1,
+        learning_rate=0.0,
+        cv_learning_rate=3e-3,
+        cv_linear_term=True,
+        max_grad_norm=None,
+        seed=4,
+        policy_kwargs={"net_arch": [8]},
+    )
+    run_updates(relax, 400)
+    after, _ = run_updates(relax, 200)
+    a2c = A2C(
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 16, 5, **kw),
+        n_steps=1,
+        learning_rate=0.0,
+        max_grad_norm=None,
+        seed=5,
+        policy_kwargs={"net_arch": [8]},
+    )
+    a2c.policy.load_state_dict(relax.policy.state_dict())
+    baseline, _ = run_updates(a2c, 200)
+    assert after.var(0).sum() < 0.3 * baseline.var(0).sum()
+
+
+# ------------------------------------------------------------------------------------------
+# the agents on the new spaces, SB3-style
+# ------------------------------------------------------------------------------------------
+def _match_model(name, d=8, seed=0, **kwargs):
+    whole = name == "reinforce"
+    return ALGOS[name](
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 1 if whole else 4, seed, env_kwargs={"d": d}),
+        n_steps=0 if whole else 8,
+        seed=seed,
+        policy_kwargs={"net_arch": [16]},
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+def test_agents_learn_multibinary_match(name):
+    model = _match_model(name, learning_rate=1e-2)
+    model.learn(6_000)
+    rewards = [e["r"] for e in model.ep_info_buffer]
+    assert np.mean(rewards[-50:]) > 0.7, np.mean(rewards[-50:])  # random: 0.5
+    obs = model.env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (model.n_envs, 8) and model.action_space.contains(action[0])
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+def test_callbacks_read_sb3_shapes_and_save_load_continues(name, tmp_path):
+    seen = {}
+
+    class Reader(BaseCallback):
+        def _on_step(self):
+            loc, n = self.locals, self.training_env.num_envs
+            assert isinstance(loc["actions"], np.ndarray) and loc["actions"].shape == (n, 8)
+            assert loc["log_probs"].shape == (n,) and loc["values"].shape == (n, 1)
+            seen["steps"] = seen.get("steps", 0) + 1
+            return True
+
+    straight = _match_model(name, seed=5)
+    straight.learn(320, callback=Reader())
+    straight.learn(320, reset_num_timesteps=False)
+    first = _match_model(name, seed=5)
+    first.learn(320)
+    first.save(tmp_path / "m")
+    loaded = ALGOS[name].load(tmp_path / "m", env=first.env, force_reset=False)
+    loaded.learn(320, reset_num_timesteps=False)
+    for p, q in zip(straight.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert th.allclose(p, q)
+    assert seen["steps"] > 0
+
+
+def test_cli_train_eval_compare_plot_on_multibinary(tmp_path, capsys):
+    common = ["--env", MATCH_ENV_ID, "--set", "env_kwargs.d=6", "--total-steps", "600"]
+    common += ["--set", "policy_kwargs.net_arch=[8]"]
+    out = tmp_path / "run"
+    assert main(["train", "--algo", "relax", *common, "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"] == 0.95 and summary["episodes"] == summary["total_env_steps"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--episodes", "3"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    grid = tmp_path / "grid"
+    args = ["compare", "--algos", "a2c", "relax", *common, "--seeds", "0", "--out", str(grid)]
+    assert main([*args, "--n-envs", "4", "--checkpoint-freq", "300", "--variance", "0.5,1"]) == 0
+    assert (grid / "returns.png").exists() and (grid / "variance.png").exists()
+    report = (grid / "report.md").read_text()
+    assert "Where the gradient's variance comes from" in report
+    assert "| relax | A2C (same samples) | 1 |" in report and "| a2c | A2C | 0.5 |" in report
+    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
+    assert "variance comes from" in (tmp_path / "plots" / "report.md").read_text()
+    # an env whose state cannot be copied is refused before any run
+    bad = ["compare", "--algos", "a2c", "--env", UNCOPYABLE_ID, "--variance"]
+    assert main([*bad, "--out", str(tmp_path / "g2")]) == 2
+    assert not (tmp_path / "g2").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# the factorised tasks
+# ------------------------------------------------------------------------------------------
+def test_parallel_cartpole_is_cartpole_per_pole():
+    env = ParallelCartPoleEnv(d=3)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    refs = []
+    for i in range(3):
+        r = CartPoleEnv()
+        r.reset()
+        r.state = env.state[i].copy()
+        refs.append(r)
+    for _ in range(8):  # before any pole can fall
+        action = rng.integers(0, 2, 3)
+        obs, reward, *_ = env.step(action)
+        for i, r in enumerate(refs):
+            expected, *_ = r.step(int(action[i]))
+            np.testing.assert_allclose(obs[4 * i : 4 * i + 4], expected, atol=1e-6)
+        assert reward == 1.0
+    # a fallen pole counts 0 and starts again on its own
+    env.state[1, 2] = 0.5
+    _, reward, terminated, _, info = env.step(np.zeros(3, np.int64))
+    assert math.isclose(reward, 2 / 3) and not terminated and info["falls"] == 1
+    assert abs(env.state[1, 2]) <= 0.05
+    state = env.get_state()
+    a = env.step(np.ones(3, np.int64))[0]
+    env.set_state(state)
+    np.testing.assert_array_equal(env.step(np.ones(3, np.int64))[0], a)
+
+
+def test_parallel_cartpole_episodes_last_500_steps():
+    env = gym.make("relax_rl/ParallelCartPole-v0", d=2)
+    env.reset(seed=0)
+    steps, total, done = 0, 0.0, False
+    while not done:
+        _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps, total, done = steps + 1, total + r, terminated or truncated
+    assert steps == 500 and 0 < total < 500
+    assert gym.spec("relax_rl/ParallelCartPole-v0").reward_threshold == 475.0
+
+
+def test_multibinary_match_rewards():
+    env = MultiBinaryMatchEnv(d=4)
+    target, _ = env.reset(seed=0)
+    assert env.step(target.astype(np.int64))[1] == 1.0
+    env.set_state({"target": target})
+    assert env.step(1 - target.astype(np.int64))[1] == 0.0
+    noisy = MultiBinaryMatchEnv(d=4, sigma=0.1)
+    noisy.reset(seed=0)
+    rewards = [noisy.step(np.zeros(4, np.int64))[1] for _ in range(200)]
+    assert 0.05 < np.std(rewards) < 0.15
+    with pytest.raises(ValueError, match="d must be a positive integer"):
+        MultiBinaryMatchEnv(d=0)
+
+
+# ------------------------------------------------------------------------------------------
+# the variance decomposition
+# ------------------------------------------------------------------------------------------
+def test_decomposition_adds_up_to_the_directly_measured_variance():
+    """On the Chain env with a fixed policy, Sigma_s + Sigma_a + Sigma_tau (nested design)
+    equals Var(g) measured from independent (state, action, continuation) samples, within the
+    noise of both estimates."""
+    from relax_rl.decomposition import decompose, direct_variance
+    from relax_rl.envs import CHAIN_ENV_ID
+
+    model = A2C(
+        "MlpPolicy",
+        make_env(CHAIN_ENV_ID, 4, 0),
+        n_steps=3,
+        gamma=1.0,
+        seed=0,
+        policy_kwargs={"net_arch": [8]},
+    )
+    totals = [
+        decompose(model, CHAIN_ENV_ID, n_states=48, n_actions=4, n_continuations=4, seed=s)[0]
+        for s in range(6)
+    ]
+    for t in totals:  # every term is there: states, 2 actions, a random continuation
+        assert min(t.state, t.action, t.trajectory) > 0
+    summed = np.array([t.total for t in totals])
+    direct = np.array([direct_variance(model, CHAIN_ENV_ID, 600, seed=100 + s) for s in range(3)])
+    se = math.sqrt(summed.var(ddof=1) / len(summed) + direct.var(ddof=1) / len(direct))
+    assert abs(summed.mean() - direct.mean()) < 4 * se + 0.02 * direct.mean(), (summed, direct)
+
+
+def test_decomposition_sees_what_relax_removes_and_where():
+    """On a one-step bandit the continuation adds nothing (Sigma_tau = 0 without reward noise,
+    > 0 with it), and RELAX's trained control variate shrinks the action term, not the
+    state term, of the very same samples' plain estimator."""
+    from relax_rl.decomposition import decompose
+
+    kw = {"env_kwargs": {"d": 12}}
+    relax = RELAX(
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 16, 4, **kw),
+        n_steps=1,
+        learning_rate=0.0,
+        cv_learning_rate=3e-3,
+        cv_linear_term=True,
+        seed=4,
+        policy_kwargs={"net_arch": [8]},
+    )
+    run_updates(relax, 300)
+    ours, plain = decompose(relax, MATCH_ENV_ID, {"d": 12}, 24, 6, 2, seed=1)
+    assert ours.estimator == "RELAX" and plain.estimator == "A2C (same samples)"
+    assert abs(ours.trajectory) < 1e-9 and abs(plain.trajectory) < 1e-9
+    assert ours.action < 0.5 * plain.action
+    noisy = decompose(relax, MATCH_ENV_ID, {"d": 12, "sigma": 0.5}, 12, 4, 4, seed=1)[1]
+    assert noisy.trajectory > 0
+
+
+def test_variance_command_writes_json_and_figure(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--algo", "relax", "--env", MATCH_ENV_ID, "--set", "env_kwargs.d=6"]
+    args += ["--total-steps", "800", "--checkpoint-freq", "200", "--n-envs", "4"]
+    args += ["--set", "policy_kwargs.net_arch=[8]", "--out", str(run), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    code = main(["variance", str(run), "--states", "6", "--repeats", "3", "--at", "0.5,1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "A2C (same samples)" in printed and "action" in printed
+    result = json.loads((run / "variance.json").read_text())
+    assert [p["env_steps"] for p in result["points"]] == [400, 800]
+    assert result["points"][-1]["checkpoint"] == "model.zip"
+    assert (run / "variance.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--at", "1.5"], "every fraction must be in [0, 1]"),
+        (["--states", "1"], "--states: invalid value 1"),
+        (["{nothing}"], "is not a run folder"),
+    ],
+)
+def test_variance_command_refuses_in_one_line(tmp_path, capsys, args, needle):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("algo: a2c\nenv_id: CartPole-v1\n")
+    argv = [a.replace("{nothing}", str(tmp_path / "nothing")) for a in args]
+    if "{nothing}" not in args:
+        argv = [str(run), *argv]
+    code = main(["variance", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+class Uncopyable(gym.Env):
+    """An env whose state cannot be copied (as Box2D's and MuJoCo's)."""
+
+    observation_space = spaces.Box(-1, 1, (2,))
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, True, False, {}
+
+    def __deepcopy__(self, memo):
+        raise TypeError("a C++ world")
+
+
+UNCOPYABLE_ID = "relax_rl_test/Uncopyable-v0"
+if UNCOPYABLE_ID not in gym.registry:
+    gym.register(UNCOPYABLE_ID, entry_point=Uncopyable)
+
+
+def test_variance_refuses_an_env_it_cannot_copy():
+    from relax_rl.decomposition import check_copyable
+
+    with pytest.raises(ValueError, match="its state cannot be copied") as err:
+        check_copyable(UNCOPYABLE_ID)
+    assert "\n" not in str(err.value)
