@@ -207,8 +207,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     head = (
-        f"{'agent':<11}{'solved':>8}{'env steps to solve':>28}{'episodes to solve':>24}"
-        f"{'env-steps/s':>26}"
+        f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
+        f"{'env-steps/s':>24}"
     )
     print(head)
     for agent in args.agents:
@@ -216,9 +216,9 @@ def main() -> None:
         solved = [r for r in rs if r["solved_at_env_steps"] is not None]
         print(
             f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
-            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>28}"
-            f"{_fmt([r['solved_at_episodes'] for r in solved]):>24}"
-            f"{_fmt([r['env_steps_per_s'] for r in rs]):>26}"
+            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>30}"
+            f"{_fmt([r['solved_at_episodes'] for r in solved]):>30}"
+            f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
         )
     if args.paired and len(args.agents) >= 2:
         a, b = args.agents[:2]

@@ -90,7 +90,6 @@ class ActionSpec:
             )
         self.groups = tuple(groups)
         self.discrete = isinstance(space, spaces.Discrete)
-        self.action_dims = 1 if self.discrete else int(self.action_shape[0])
         self._single = len(self.groups) == 1
 
     def __repr__(self) -> str:
