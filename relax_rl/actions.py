@@ -132,6 +132,10 @@ class ActionSpec:
         """The action ``b = H(z)`` from the perturbation ``g`` (``(N, K)``), and its log-prob
         summed over dimensions. Actions are integer ``(N,)`` for ``Discrete``, ``(N, D)``
         otherwise."""
+        if self.discrete:  # the common case, without the per-group bookkeeping
+            log_p = th.log_softmax(logits, dim=-1)
+            _, b = gumbel_max(log_p, g)
+            return b, log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1)
         actions, log_probs = [], None
         for lg, gg in zip(self._views(logits), self._views(g), strict=True):
             if self.family is BERNOULLI:
@@ -179,6 +183,8 @@ class ActionSpec:
     # ---------------------------------------------------------------- RELAX's pieces
     def score(self, logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
         """``d log pi(a) / d logits`` (``(N, K)``), in closed form (no graph)."""
+        if self.discrete:
+            return self.family.score(logits, actions)
         return self._flat(
             [
                 self.family.score(lg, b)
@@ -192,6 +198,9 @@ class ActionSpec:
         """RELAX's ``z`` (from the stored perturbation ``g``: the sample the action was taken
         from, at the current logits) and ``z~ ~ p(z | a)`` (from the stored ``v``), both
         ``(N, K)`` and differentiable in the logits."""
+        if self.discrete:
+            log_p = th.log_softmax(logits, dim=-1)  # one node for z and z~
+            return log_p + g, conditional_gumbel_max(log_p, actions, v)
         zs, z_tildes = [], []
         for lg, b, gg, vv in zip(
             self._views(logits),
@@ -212,4 +221,6 @@ class ActionSpec:
     def relax(self, z: th.Tensor, temperature: th.Tensor | float) -> th.Tensor:
         """The continuous relaxation of ``H`` at ``temperature``, ``(N, K)``: each dimension's
         softmax (categoricals) or sigmoid (bits)."""
+        if self.discrete or self.family is BERNOULLI:
+            return self.family.relax(z, temperature)
         return self._flat([self.family.relax(zz, temperature) for zz in self._views(z)])
