@@ -34,9 +34,7 @@ def check_writable(out: Path) -> None:
     try:
         probe = Path(tempfile.mkdtemp(prefix=".relax-rl-probe-", dir=base))
     except OSError as exc:
-        raise UsageError(
-            f"--out {out} is not writable ({base}: {exc.strerror or exc})"
-        ) from None
+        raise UsageError(f"--out {out} is not writable ({base}: {exc.strerror or exc})") from None
     probe.rmdir()
 
 
