@@ -230,14 +230,11 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     _assert_unbiased(grads, _exact_gradient(model, env_id))
 
 
-def test_relax_removes_most_of_the_action_noise_on_many_bits():
-    """With many bits, a control variate over the whole relaxed action has most of the
-    variance to remove: after training phi alone, RELAX's update gradient has a small fraction
-    of A2C's variance at the very same policy and critic."""
-    kw = {"env_kwargs": {"d": 16}}
-    relax = RELAX(
+def _fixed_policy_relax(d: int) -> RELAX:
+    """RELAX on MultiBinaryMatch(d) whose policy does not move (lr 0): only phi trains."""
+    return RELAX(
         "MlpPolicy",
-        make_env(MATCH_ENV_ID, 16, 4, **kw),
+        make_env(MATCH_ENV_ID, 16, 4, env_kwargs={"d": d}),
         n_steps=1,
         learning_rate=0.0,
         cv_learning_rate=3e-3,
@@ -246,6 +243,14 @@ def test_relax_removes_most_of_the_action_noise_on_many_bits():
         seed=4,
         policy_kwargs={"net_arch": [8]},
     )
+
+
+def test_relax_removes_most_of_the_action_noise_on_many_bits():
+    """With many bits, a control variate over the whole relaxed action has most of the
+    variance to remove: after training phi alone, RELAX's update gradient has a small fraction
+    of A2C's variance at the very same policy and critic."""
+    kw = {"env_kwargs": {"d": 16}}
+    relax = _fixed_policy_relax(16)
     run_updates(relax, 400)
     after, _ = run_updates(relax, 200)
     a2c = A2C(
@@ -430,17 +435,7 @@ def test_decomposition_sees_what_relax_removes_and_where():
     state term, of the very same samples' plain estimator."""
     from relax_rl.decomposition import decompose
 
-    kw = {"env_kwargs": {"d": 12}}
-    relax = RELAX(
-        "MlpPolicy",
-        make_env(MATCH_ENV_ID, 16, 4, **kw),
-        n_steps=1,
-        learning_rate=0.0,
-        cv_learning_rate=3e-3,
-        cv_linear_term=True,
-        seed=4,
-        policy_kwargs={"net_arch": [8]},
-    )
+    relax = _fixed_policy_relax(12)
     run_updates(relax, 300)
     ours, plain = decompose(relax, MATCH_ENV_ID, {"d": 12}, 24, 6, 2, seed=1)
     assert ours.estimator == "RELAX" and plain.estimator == "A2C (same samples)"
