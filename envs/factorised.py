@@ -5,7 +5,7 @@ the other ``d - 1`` bits).
 - :class:`MultiBinaryMatchEnv` (``relax_rl/MultiBinaryMatch-v0``): a one-step contextual bandit,
   match a random target of ``d`` bits.
 - :class:`ParallelCartPoleEnv` (``relax_rl/ParallelCartPole-v0``): ``d`` independent CartPoles
-  steered at once, a real MDP whose action dimension is a dial.
+  steered at once, a real MDP whose action dimension is a dial (``d = 1`` is CartPole-v1).
 
 Both expose ``get_state`` / ``set_state`` so that the variance decomposition can restart them
 from a stored state.
@@ -78,10 +78,15 @@ class MultiBinaryMatchEnv(gym.Env):
 class ParallelCartPoleEnv(gym.Env):
     """``d`` independent CartPole-v1 systems (the same physics, vectorised), one bit of action
     each (push left or right). Observation: the ``4 d`` concatenated states. Reward per step:
-    the fraction of poles that are still up after it. A pole that falls (angle beyond 12
-    degrees or cart beyond 2.4) is reset on its own, as a new CartPole episode would start;
-    the episode itself is cut at 500 steps (registered with ``max_episode_steps=500``), so a
-    perfect policy earns 500, CartPole-v1's maximum, whatever ``d``; ``reward_threshold`` 475.
+    the fraction of poles that were up when it began (CartPole-v1 pays +1 for the step on which
+    its pole falls too). A pole that falls (angle beyond 12 degrees or cart beyond 2.4) stays
+    down until the episode ends (its state frozen, its bit ignored); the episode ends when
+    every pole is down, or is cut at 500 steps (registered with ``max_episode_steps=500``).
+    So ``d = 1`` is CartPole-v1 exactly, a perfect policy earns 500 whatever ``d`` and
+    ``reward_threshold`` 475 is CartPole-v1's rule.
+
+    Why not reset a fallen pole on its own (the issue's first sketch): a fall would then cost
+    one step's reward, and a random policy (a fall every ~22 steps) would earn ~477 > 475.
 
     :param d: number of poles (default 4).
     """
@@ -103,15 +108,12 @@ class ParallelCartPoleEnv(gym.Env):
         self.observation_space = spaces.Box(-high, high, dtype=np.float32)
         self.action_space = spaces.MultiBinary(self.d)
         self.state = np.zeros((self.d, 4), dtype=np.float64)
-        self.falls = 0
-
-    def _fresh(self, n: int) -> np.ndarray:
-        return self.np_random.uniform(-0.05, 0.05, size=(n, 4))
+        self.up = np.ones(self.d, dtype=bool)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self.state = self._fresh(self.d)
-        self.falls = 0
+        self.state = self.np_random.uniform(-0.05, 0.05, size=(self.d, 4))
+        self.up = np.ones(self.d, dtype=bool)
         return self._obs(), {}
 
     def _obs(self) -> np.ndarray:
@@ -136,20 +138,19 @@ class ParallelCartPoleEnv(gym.Env):
         x_dot = x_dot + self.tau * x_acc
         theta = theta + self.tau * theta_dot
         theta_dot = theta_dot + self.tau * theta_acc
-        self.state = np.stack([x, x_dot, theta, theta_dot], axis=1)
-        fallen = (np.abs(x) > self.x_limit) | (np.abs(theta) > self.theta_limit)
-        reward = float(1.0 - fallen.mean())
-        if fallen.any():
-            self.state[fallen] = self._fresh(int(fallen.sum()))
-            self.falls += int(fallen.sum())
-        return self._obs(), reward, False, False, {"falls": self.falls}
+        moved = np.stack([x, x_dot, theta, theta_dot], axis=1)
+        reward = float(self.up.mean())  # the poles up when the step began
+        self.state = np.where(self.up[:, None], moved, self.state)  # a fallen pole stays put
+        fell = self.up & ((np.abs(x) > self.x_limit) | (np.abs(theta) > self.theta_limit))
+        self.up = self.up & ~fell
+        return self._obs(), reward, not self.up.any(), False, {"poles_up": int(self.up.sum())}
 
     def get_state(self) -> dict[str, Any]:
-        return {"state": self.state.copy(), "falls": self.falls}
+        return {"state": self.state.copy(), "up": self.up.copy()}
 
     def set_state(self, state: dict[str, Any]) -> np.ndarray:
         self.state = np.array(state["state"], dtype=np.float64)
-        self.falls = int(state["falls"])
+        self.up = np.array(state["up"], dtype=bool)
         return self._obs()
 
     def render(self) -> np.ndarray:
