@@ -238,7 +238,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             int(self.seed) if self.seed is not None else int(th.randint(0, 2**31, ()).item())
         )
         self.noise_rng_state = self._noise_gen.get_state()
-        self.n_updates = 0
+        # (a loaded model keeps its count: SB3's load sets the attributes, then calls this)
+        self.n_updates = getattr(self, "n_updates", 0)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], ["noise_rng_state"]

@@ -549,3 +549,33 @@ def test_a_users_env_without_render_modes_gets_one_line_and_no_warning(tmp_path)
     )  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "FlattenObservation" in lines[0], lines
+
+
+def test_eval_seed_reproduces_trains_own_evaluation(tmp_path, capsys):
+    """`eval --seed S` runs the episodes of env seed S: with the run's seed + 10000 it prints
+    the evaluation train wrote into summary.json."""
+    code, out = _train(tmp_path)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out), "--seed", str(summary["seed"] + 10_000)]) == 0
+    printed = capsys.readouterr().out
+    assert f"mean return {summary['eval_mean_return']:.2f}" in printed, (printed, summary)
+
+
+def test_resume_keeps_the_update_count(tmp_path, capsys):
+    out = _stopped_run(tmp_path, stop_at=600)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    with (out / "progress.csv").open() as f:
+        updates = [int(r["train/n_updates"]) for r in csv.DictReader(f) if r["train/n_updates"]]
+    assert updates == sorted(updates)  # the continued run counts on from the checkpoint's
+
+
+def test_integer_flags_take_scientific_notation(capsys):
+    from relax_rl.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--algo", "a2c", "--env", "CartPole-v1",
+                                      "--total-steps", "1e4"])  # fmt: skip
+    assert args.total_steps == 10_000
+    assert main(["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "1.5"]) == 2
+    assert "invalid value '1.5'" in capsys.readouterr().err

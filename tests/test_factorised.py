@@ -339,6 +339,9 @@ def test_cli_train_eval_compare_plot_on_multibinary(tmp_path, capsys):
     assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
     assert "variance comes from" in (tmp_path / "plots" / "report.md").read_text()
     # an env whose state cannot be copied is refused before any run
+    bad_fraction = ["compare", "--algos", "a2c", *common[:4], "--variance", "0.5,2"]
+    assert main([*bad_fraction, "--out", str(tmp_path / "g3")]) == 2
+    assert "--variance '0.5,2'" in capsys.readouterr().err
     bad = ["compare", "--algos", "a2c", "--env", UNCOPYABLE_ID, "--variance"]
     assert main([*bad, "--out", str(tmp_path / "g2")]) == 2
     assert not (tmp_path / "g2").exists()
@@ -494,6 +497,7 @@ def test_variance_command_writes_json_and_figure(tmp_path, capsys):
     "args,needle",
     [
         (["--at", "1.5"], "every fraction must be in [0, 1]"),
+        (["--at", ""], "expected fractions such as"),
         (["--states", "1"], "--states: invalid value 1"),
         (["{nothing}"], "is not a run folder"),
     ],

@@ -187,6 +187,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
         (["--latents", "0"], "--latents: invalid value 0: expected an integer >= 1"),
         (["--batch-size", "5000"], "larger than the training set"),
         (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from 'mnist5k', 'digits')"),
+        (["--lr", "0"], "--lr must be a positive number, got 0.0"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, needle):

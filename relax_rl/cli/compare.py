@@ -225,7 +225,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.variance is not None:  # refused now rather than after the runs
         from relax_rl.decomposition import check_copyable
 
-        parse_fractions(args.variance)
+        parse_fractions(args.variance, "--variance")
         first = _grid_spec(GridRun(args.algos[0], args.env, 0, args.out), overrides, None)
         try:
             check_copyable(args.env, first.settings["env_kwargs"])
@@ -259,7 +259,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         ray_storage=args.out / "ray",
     )
     if args.variance is not None:
-        _decompose_runs(cells, summaries, parse_fractions(args.variance))
+        _decompose_runs(cells, summaries, parse_fractions(args.variance, "--variance"))
     _write_comparison(args.out, [cell.out for cell in cells], summaries)
     print((args.out / "report.md").read_text())
     if all(s.get("status") in ("failed", "diverged") for s in summaries):
@@ -319,8 +319,9 @@ def _run_plot(args: argparse.Namespace) -> int:
     if into_a_run:
         raise UsageError(f"--out {out} is a run folder; plot never writes over a run's files")
     _write_comparison(out, run_dirs, summaries)
+    variance = ", variance.png" if (out / "variance.png").exists() else ""
     print(
         f"wrote {out}/report.md, returns.png, grad_variance.png, performance_profile.png, "
-        "aggregates.png, summary.json"
+        f"aggregates.png{variance}, summary.json"
     )
     return 0

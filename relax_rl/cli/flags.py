@@ -38,8 +38,8 @@ def bounded(parse: type, low: float | int) -> Any:
     kind = "an integer" if parse is int else "a number"
 
     def check(text: str) -> Any:
-        try:
-            value = parse(text)
+        try:  # (an integer may be written 1e4, as config values may)
+            value = parse(text) if parse is not int else _integer(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"invalid value {text!r}: expected {kind} >= {low}"
@@ -49,6 +49,16 @@ def bounded(parse: type, low: float | int) -> Any:
         return value
 
     return check
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def flag_name(f: dataclasses.Field, prefix: str = "") -> str:

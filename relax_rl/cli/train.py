@@ -232,7 +232,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = {}
     env = make_env(env_id, 1, args.seed, env_kwargs=config.get("env_kwargs"))
     try:
-        model = algo_cls.load(model_path, env=env, device="cpu")
+        # (without env=: SB3's load would take the seeded first reset, and --seed would not
+        # give the episodes train's own evaluation ran)
+        model = algo_cls.load(model_path, device="cpu")
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as exc:
         raise UsageError(f"{model_path} is corrupt or not a {algo} model ({exc})") from None
     result = evaluate(model, env, args.episodes, deterministic=not args.stochastic)

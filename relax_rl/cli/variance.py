@@ -52,14 +52,16 @@ def add_variance(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_variance)
 
 
-def parse_fractions(text: str) -> list[float]:
+def parse_fractions(text: str, flag: str = "--at") -> list[float]:
+    """``0.25,0.5,0.75`` as sorted distinct fractions in [0, 1] (one-line errors naming
+    ``flag``)."""
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise UsageError(f"--at {text!r}: expected fractions such as 0.25,0.5,0.75") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise UsageError(f"--at {text!r}: every fraction must be in [0, 1]")
-    return values
+        raise UsageError(f"{flag} {text!r}: expected fractions such as 0.25,0.5,0.75") from None
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise UsageError(f"{flag} {text!r}: every fraction must be in [0, 1]")
+    return sorted(set(values))
 
 
 def _run_variance(args: argparse.Namespace) -> int:

@@ -380,6 +380,9 @@ class VAEConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        for name, value in (("lr", self.lr), ("cv-lr", self.cv_lr)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name} must be a positive number, got {value}")
         if n_train is not None and self.batch_size > n_train:
             raise ValueError(
                 f"--batch-size {self.batch_size} is larger than the training set "
