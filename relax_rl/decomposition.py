@@ -47,7 +47,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 
-from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.buffers import GumbelRolloutSamples, compute_gae
 from relax_rl.envs import check_env_id
 from relax_rl.estimators import reinforce, uniform_noise
 
@@ -191,16 +191,18 @@ def _advantages(
     if active.any() and model.use_baseline:  # the window's end: bootstrap
         with th.no_grad():
             values[window] = model.policy.logits_and_values(_obs_tensor(model, obs))[1].numpy()
-    values[window] *= active
-    # GAE(lambda) backwards over the window (steps after an episode's end carry nothing)
-    lam, adv, last = model.gae_lambda, np.zeros(n), np.zeros(n)
-    for t in reversed(range(window)):
-        taken = alive[t]
-        cont = alive[t + 1]
-        delta = rewards[t] + gamma * values[t + 1] * cont - values[t]
-        last = np.where(taken, delta + gamma * lam * cont * last, 0.0)
-        adv = last
-    return adv
+    # The project's one returns computation: an episode that ended after step t starts anew
+    # at t + 1 (no bootstrap across it); the window's end bootstraps with V where alive.
+    adv, _ = compute_gae(
+        rewards,
+        values[:window],
+        (~alive[:window]).astype(np.float64),
+        values[window] * active,
+        (~active).astype(np.float64),
+        gamma,
+        model.gae_lambda,
+    )
+    return adv[0]
 
 
 class _Logits(th.nn.Module):
