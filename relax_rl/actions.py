@@ -167,6 +167,11 @@ class ActionSpec:
     ) -> tuple[th.Tensor, th.Tensor]:
         """``log pi(a)`` and the policy's entropy per sample (both summed over dimensions);
         the entropy without a graph unless ``entropy_grad``."""
+        if self.discrete:  # one log_softmax for both (the update's hot path)
+            log_p = th.log_softmax(logits, dim=-1)
+            log_prob = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            with th.set_grad_enabled(th.is_grad_enabled() and entropy_grad):
+                return log_prob, -(log_p.exp() * log_p).sum(-1)
         log_prob = self.log_prob(logits, actions)
         with th.set_grad_enabled(th.is_grad_enabled() and entropy_grad):
             entropy = None
