@@ -104,6 +104,9 @@ class RELAX(A2C):
         state-dependent coefficients, ``(W s + w0) . r``
         (:class:`~relax_rl.policies.StateActionControlVariate`): for rewards that are sums over
         many action dimensions.
+    :param cv_zero_init: start the MLP's output layer at 0 (``c_hat = 0``: RELAX starts as
+        A2C, and phi's first Adam steps grow ``c_hat`` from there instead of correcting with a
+        random function the size of the default initialisation).
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -136,6 +139,7 @@ class RELAX(A2C):
         kappa_decay: float = 0.95,
         cv_scale_decay: float | None = None,
         cv_linear_term: bool = False,
+        cv_zero_init: bool = False,
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -169,6 +173,7 @@ class RELAX(A2C):
         self.kappa_decay = kappa_decay
         self.cv_scale_decay = cv_scale_decay
         self.cv_linear_term = cv_linear_term
+        self.cv_zero_init = cv_zero_init
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
@@ -208,6 +213,7 @@ class RELAX(A2C):
             ACTIVATIONS[self.cv_activation],
             0.0 if optimal else self.kappa_init,
             linear_term=self.cv_linear_term,
+            zero_init=self.cv_zero_init,
         )
         if optimal:
             cv.kappa.requires_grad_(False)

@@ -172,6 +172,9 @@ class StateActionControlVariate(nn.Module):
     :param activation_fn: hidden activation (the paper: ReLU).
     :param kappa_init: initial ``kappa`` (1 in the paper; 0 starts RELAX as its baseline agent).
     :param linear_term: add the state-dependent linear term.
+    :param zero_init: start the MLP's output layer at 0, so that ``c_hat`` starts at 0 (RELAX
+        starts as its baseline agent) and its first steps grow it from there instead of
+        correcting with a random function of the size of PyTorch's initialisation.
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class StateActionControlVariate(nn.Module):
         activation_fn: type[nn.Module] = nn.ReLU,
         kappa_init: float = 1.0,
         linear_term: bool = False,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         self.action_spec = action_spec
@@ -191,7 +195,11 @@ class StateActionControlVariate(nn.Module):
         for hidden in net_arch if net_arch is not None else [10, 10]:
             layers += [nn.Linear(width, hidden), activation_fn()]
             width = hidden
-        layers.append(nn.Linear(width, 1))
+        output = nn.Linear(width, 1)
+        if zero_init:
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+        layers.append(output)
         self.net = nn.Sequential(*layers)
         self.coefficients: nn.Linear | None = None
         if linear_term:

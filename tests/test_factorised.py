@@ -230,6 +230,29 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     _assert_unbiased(grads, _exact_gradient(model, env_id))
 
 
+
+def test_zero_init_control_variate_starts_relax_as_a2c():
+    """``cv_zero_init`` (with the linear term, which starts at 0 anyway): c_hat is 0 at every
+    input, so RELAX's first update is A2C's, gradient for gradient, on the same batch."""
+    kw = dict(n_steps=1, seed=3, policy_kwargs={"net_arch": [8]})
+    relax = RELAX(
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 16, 3, env_kwargs={"d": 8}),
+        kappa_mode="learned",
+        cv_linear_term=True,
+        cv_zero_init=True,
+        **kw,
+    )
+    z = th.randn(5, 8)
+    obs = th.randn(5, 8)
+    assert th.equal(relax.control_variate(z, obs), th.zeros(5))
+    a2c = A2C("MlpPolicy", make_env(MATCH_ENV_ID, 16, 3, env_kwargs={"d": 8}), **kw)
+    a2c.policy.load_state_dict(relax.policy.state_dict())
+    g_relax, _ = run_updates(relax, 1)
+    g_a2c, _ = run_updates(a2c, 1)
+    th.testing.assert_close(g_relax, g_a2c)
+    assert g_relax.abs().sum() > 0
+
 def _fixed_policy_relax(d: int) -> RELAX:
     """RELAX on MultiBinaryMatch(d) whose policy does not move (lr 0): only phi trains."""
     return RELAX(
