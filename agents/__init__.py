@@ -2,9 +2,11 @@
 only in their policy-gradient surrogate (and RELAX in its control variate)."""
 
 from relax_rl.agents.a2c import A2C
+from relax_rl.agents.ppo import PPO
 from relax_rl.agents.reinforce import REINFORCE
 from relax_rl.agents.relax import RELAX
+from relax_rl.agents.relax_ppo import RELAXPPO
 
-ALGOS = {"reinforce": REINFORCE, "a2c": A2C, "relax": RELAX}
+ALGOS = {"reinforce": REINFORCE, "a2c": A2C, "relax": RELAX, "ppo": PPO, "relax-ppo": RELAXPPO}
 
-__all__ = ["A2C", "ALGOS", "REINFORCE", "RELAX"]
+__all__ = ["A2C", "ALGOS", "PPO", "REINFORCE", "RELAX", "RELAXPPO"]

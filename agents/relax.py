@@ -254,21 +254,12 @@ class RELAX(A2C):
             correction = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde_const) - score
             self._kappa_terms = None
             return score + cv.kappa * correction, None
-        # Per-sample logit gradients, from a detached copy of the logits: the update sends them
-        # through the network, and phi's objective (a function of h) gets a graph of its own.
-        logits = logits.detach().requires_grad_()
-        # z: the sample the action was taken from (H(z) = a is known), at the current logits
-        z, z_tilde = spec.rebuild(logits, data.actions, data.noise_g, data.noise_v)
-        c_hat_z, c_hat_tilde = cv.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
-        # The score terms' in closed form (d log p(b) / d logits: onehot(b) - p per categorical
-        # dimension, b - sigmoid(l) per bit), c's through z and z~ by autograd with the graph
-        # to phi. RELAX's correction (what kappa
-        # multiplies) is -c(z~.detach()) log p(b) + c(z) - c(z~) with c = -c_hat / kappa;
-        # c(z~) stands in for c(z~.detach()) where only its value and phi-gradient count.
-        score_dir = spec.score(logits.detach(), data.actions)
+        # Per-sample logit gradients: the update sends them through the network, and phi's
+        # objective (a function of h) gets a graph of its own.
+        h, score_dir, c_hat_z, c_hat_tilde = cv.correction(
+            logits, data.actions, data.noise_g, data.noise_v, obs
+        )
         g = f_b.unsqueeze(-1) * score_dir
-        (dc,) = th.autograd.grad((c_hat_tilde - c_hat_z).sum(), logits, create_graph=True)
-        h = th.addcmul(dc, c_hat_tilde.unsqueeze(-1), score_dir)
         if self.kappa_mode == "learned":
             kappa = cv.kappa
             logit_grad = g + kappa.detach() * h.detach()

@@ -14,6 +14,7 @@ be filled partially: a whole-episode rollout ends when its episode does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -180,3 +181,17 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 self.noise_g[:n].reshape(rows, -1),
             )
         return self._samples
+
+    def minibatches(self, batch_size: int) -> Iterator[GumbelRolloutSamples]:
+        """The filled part in a random order (numpy's global generator, which the agent's
+        seed sets: SB3's ``get(batch_size)``), as minibatches of ``batch_size`` rows; the last
+        one is smaller where ``batch_size`` does not divide the rollout."""
+        data = self.get_all()
+        rows = data.observations.shape[0]
+        if batch_size >= rows:  # one minibatch: the whole rollout (its order does not matter)
+            yield data
+            return
+        order = th.from_numpy(np.random.permutation(rows)).to(self.device)
+        for start in range(0, rows, batch_size):
+            idx = order[start : start + batch_size]
+            yield GumbelRolloutSamples(*(field[idx] for field in data))

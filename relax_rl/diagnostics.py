@@ -105,8 +105,7 @@ def gradient_variance(
     )
     per_sample = [losses.per_sample_objective]
     if model.paired_baseline:
-        log_prob = model.policy.action_spec.log_prob(losses.logits, data.actions)
-        per_sample.append(reinforce(-losses.advantages, log_prob))
+        per_sample.append(reinforce(-losses.advantages, losses.log_prob))
     rows, *base = _group_gradients(per_sample, groups, actor)
     n = len(groups)
     out = {"grad/log10_var": log10_total_variance(rows, n), "grad/norm": float(rows.mean(0).norm())}

@@ -64,6 +64,8 @@ class Losses(NamedTuple):
     #: ``d surrogate_i / d logits_i`` (constant), or None: then autograd differentiates the
     #: surrogate itself.
     logit_grad: th.Tensor | None = None
+    #: ``log pi(a_i | s_i)`` at the current parameters (with its graph)
+    log_prob: th.Tensor | None = None
 
     @property
     def pg_loss(self) -> th.Tensor:
@@ -368,11 +370,15 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         surrogate, logit_grad = self.policy_surrogate(data, logits, log_prob, advantages)
         value_loss = (
-            F.mse_loss(values, data.returns)
+            self.value_loss(values, data)
             if self.use_baseline
             else th.zeros((), device=values.device)
         )
-        return Losses(surrogate, logits, value_loss, entropy, advantages, logit_grad)
+        return Losses(surrogate, logits, value_loss, entropy, advantages, logit_grad, log_prob)
+
+    def value_loss(self, values: th.Tensor, data: GumbelRolloutSamples) -> th.Tensor:
+        """The critic's loss: the mean squared error to the returns (an algorithm may clip it)."""
+        return F.mse_loss(values, data.returns)
 
     def _record_update(self, losses: Losses, grad_norm: float, **extra: th.Tensor) -> None:
         """Log what every update has and an algorithm's ``extra`` scalars (``train/<name>``),

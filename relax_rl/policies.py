@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch as th
 import torch.nn.functional as F
@@ -225,3 +225,53 @@ class StateActionControlVariate(nn.Module):
     def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
         """``c_hat(z, s)`` per sample."""
         return self.kappa * self.shape(z, obs)
+
+    def correction(
+        self,
+        logits: th.Tensor,
+        actions: th.Tensor,
+        noise_g: th.Tensor,
+        noise_v: th.Tensor,
+        obs: th.Tensor,
+        tilde_weight: th.Tensor | None = None,
+        create_graph: bool = True,
+    ) -> RelaxCorrection:
+        """RELAX's per-sample correction in logit space, per unit of ``kappa``: with
+        ``c = c_hat / kappa`` (:meth:`shape`), ``w`` = ``tilde_weight`` (1 by default),
+
+        ``h_i = w_i c(z~_i) dlog pi(a_i)/dl_i + d(w_i c(z~_i) - c(z_i))/dl_i``,
+
+        so that ``-A_i dlog pi/dl_i + kappa h_i`` is the logit gradient of RELAX's surrogate
+        to minimise (Grathwohl et al. 2018, Eq. 10, with ``f = -A``); ``w`` weighs the terms
+        that depend on the taken action (PPO's ratio). ``z`` is rebuilt from the stored
+        perturbation at the current logits and ``z~ ~ p(z | a)`` from the stored ``v``; the
+        score term is in closed form. With ``create_graph``, ``h`` keeps its graph to phi (for
+        the variance objective); ``obs`` are the actor's features, constant in theta.
+
+        :param logits: the current logits ``(N, K)`` (detached inside: ``h`` is a constant in
+            theta, to be sent back through the network by the caller).
+        """
+        spec = self.action_spec
+        logits = logits.detach().requires_grad_()
+        with th.enable_grad():
+            z, z_tilde = spec.rebuild(logits, actions, noise_g, noise_v)
+            c_z, c_tilde = self.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
+            weighted = c_tilde if tilde_weight is None else tilde_weight * c_tilde
+            (dc,) = th.autograd.grad((weighted - c_z).sum(), logits, create_graph=create_graph)
+        score = spec.score(logits.detach(), actions)
+        h = th.addcmul(dc, weighted.unsqueeze(-1), score)
+        if not create_graph:
+            h, c_z, c_tilde = h.detach(), c_z.detach(), c_tilde.detach()
+        return RelaxCorrection(h, score, c_z, c_tilde)
+
+
+class RelaxCorrection(NamedTuple):
+    """:meth:`StateActionControlVariate.correction`'s output (per unit of ``kappa``)."""
+
+    #: ``(N, K)``: the correction's logit gradient
+    h: th.Tensor
+    #: ``(N, K)``: ``dlog pi(a)/d logits`` (constant)
+    score: th.Tensor
+    #: ``(N,)``: ``c(z)`` and ``c(z~)``
+    c_z: th.Tensor
+    c_tilde: th.Tensor

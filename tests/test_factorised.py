@@ -230,7 +230,6 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     _assert_unbiased(grads, _exact_gradient(model, env_id))
 
 
-
 def test_zero_init_control_variate_starts_relax_as_a2c():
     """``cv_zero_init`` (with the linear term, which starts at 0 anyway): c_hat is 0 at every
     input, so RELAX's first update is A2C's, gradient for gradient, on the same batch."""
@@ -252,6 +251,7 @@ def test_zero_init_control_variate_starts_relax_as_a2c():
     g_a2c, _ = run_updates(a2c, 1)
     th.testing.assert_close(g_relax, g_a2c)
     assert g_relax.abs().sum() > 0
+
 
 def _fixed_policy_relax(d: int) -> RELAX:
     """RELAX on MultiBinaryMatch(d) whose policy does not move (lr 0): only phi trains."""

@@ -1,0 +1,237 @@
+"""PPO whose advantage term carries RELAX's learned, action-dependent control variate
+(Grathwohl et al. 2018, Eq. 10, inside Schulman et al. 2017's clipped surrogate). The whole
+update lives here and in :class:`~relax_rl.agents.PPO`, whose loop it reuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+
+from relax_rl.agents.ppo import PPO, clipped_objective
+from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.on_policy import total_grad_norm
+from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVariate
+
+
+class RELAXPPO(PPO):
+    """PPO with RELAX's control variate on the advantage term. Per sample, with the ratio
+    ``r = pi(a|s) / pi_old(a|s)``, the normalised advantage ``A`` (PPO's), PPO's unclipped
+    indicator ``m`` (1 unless the clip holds the sample: ``A > 0, r > 1 + eps`` or
+    ``A < 0, r < 1 - eps``) and ``c_hat(z, s) = kappa * c(z, s)``
+    (:class:`~relax_rl.policies.StateActionControlVariate`, in the units of ``A``), the
+    gradient estimate is
+
+    ``g = m * ( r [A - c_hat(z~)] dlog pi(a|s) - r dc_hat(z~) + dc_hat(z) )``
+
+    - Every term that depends on the taken action (the score term and ``c_hat(z~)``, with
+      ``z~ ~ p(z | a)`` at the *current* logits from the stored ``v``) carries the ratio: it is
+      the importance weight of ``a ~ pi_old`` for ``a ~ pi``. ``z~`` is an exact conditional
+      sample at the current parameters at every epoch, since ``v`` is independent of ``a``.
+    - ``dc_hat(z)`` needs ``z ~ p(z | theta)``, no action: ``z = log pi + G(u)`` rebuilt from
+      the stored ``u`` at the current logits is one (``u`` is uniform whatever the action it
+      made), so it carries no ratio; keeping the stored ``u`` keeps ``z`` coupled with ``z~``
+      (the same action while the policy has not moved far), which is where RELAX's reduction
+      comes from.
+    - The correction uses the same normalised ``A``, so ``c_hat`` is in its units (about 1),
+      and the same mask ``m``.
+
+    Where ``m = 1`` the expectation of ``g`` is the gradient of PPO's importance-weighted
+    surrogate ``E_old[r A]`` (RELAX is unbiased for any ``c_hat``); at the first epoch
+    (``r = 1``, ``m = 1``) it is exactly on-policy RELAX. Where the clip holds a sample, PPO's
+    gradient is 0 and so is the correction: the clipped objective is biased there anyway.
+
+    phi (the MLP, ``tau`` and ``kappa``) is fit on the variance objective
+    (Grathwohl et al. 2018, Eq. 11) per sample in logit space, ``mean_i ||g_i||^2``, on its own
+    Adam optimizer, one step per minibatch of the first ``cv_n_epochs`` epochs. The
+    correction applied to a rollout uses phi as it was *before* that rollout (a frozen copy),
+    so phi is never fit on the samples it corrects; outside an update the two are equal.
+
+    :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
+    :param cv_net_arch: hidden sizes of ``c``'s MLP (default ``[64, 64]``).
+    :param cv_activation: ``relu``, ``tanh`` or ``elu``.
+    :param kappa_init: initial ``kappa``.
+    :param cv_linear_term: add to ``c`` a term linear in the relaxed action with
+        state-dependent coefficients (for rewards that sum over many action dimensions).
+    :param cv_zero_init: start ``c``'s MLP output at 0: RELAX-PPO starts as PPO.
+    :param cv_n_epochs: epochs of each rollout whose minibatches also step phi (``None``: all).
+    The other parameters are :class:`~relax_rl.agents.PPO`'s (same defaults).
+    """
+
+    paired_baseline = True
+    control_variate: StateActionControlVariate
+
+    def __init__(
+        self,
+        policy: str | type[GumbelPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        target_kl: float | None = None,
+        optimizer: str = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        cv_learning_rate: float | None = None,
+        cv_net_arch: list[int] | None = None,
+        cv_activation: str = "relu",
+        kappa_init: float = 1.0,
+        cv_linear_term: bool = False,
+        cv_zero_init: bool = True,
+        cv_n_epochs: int | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "cpu",
+        _init_setup_model: bool = True,
+    ) -> None:
+        if cv_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown cv_activation {cv_activation!r}; valid: {', '.join(ACTIVATIONS)}"
+            )
+        if cv_n_epochs is not None and cv_n_epochs < 0:
+            raise ValueError(f"cv_n_epochs must be >= 0 or None (all), got {cv_n_epochs}")
+        self.cv_learning_rate = cv_learning_rate
+        self.cv_net_arch = list(cv_net_arch) if cv_net_arch is not None else [64, 64]
+        self.cv_activation = cv_activation
+        self.kappa_init = kappa_init
+        self.cv_linear_term = cv_linear_term
+        self.cv_zero_init = cv_zero_init
+        self.cv_n_epochs = cv_n_epochs
+        self._in_update = False  # inside train(): corrections by the frozen copy
+        self._cv_loss: th.Tensor | None = None  # this minibatch's phi objective, if it fits phi
+        self._cv_losses: list[th.Tensor] = []
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
+            optimizer=optimizer,
+            optimizer_kwargs=optimizer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    # ---------------------------------------------------------------- set-up and save/load
+    def _new_control_variate(self) -> StateActionControlVariate:
+        cv = StateActionControlVariate(
+            int(self.policy.features_dim),
+            self.policy.action_spec,
+            self.cv_net_arch,
+            ACTIVATIONS[self.cv_activation],
+            self.kappa_init,
+            linear_term=self.cv_linear_term,
+            zero_init=self.cv_zero_init,
+        )
+        cv.scaled = False  # c is in the units of the normalised advantages
+        return cv.to(self.device)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.control_variate = self._new_control_variate()
+        self._frozen_cv = self._new_control_variate().requires_grad_(False)
+        lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
+        self.cv_optimizer = th.optim.Adam(
+            self.control_variate.parameters(), lr=lr, eps=1e-5, fused=True
+        )
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, tensors = super()._get_torch_save_params()
+        return [*state_dicts, "control_variate", "cv_optimizer"], tensors
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_frozen_cv", "_cv_loss", "_cv_losses"]
+
+    # ---------------------------------------------------------------- the estimator
+    def policy_surrogate(
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
+        advantages: th.Tensor,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """PPO's clipped surrogate (its value, logged) and the logit gradients of the
+        corrected estimate (the class docstring's ``-g`` per sample, in logit space)."""
+        ratio = th.exp(log_prob - data.log_probs)
+        surrogate, unclipped = clipped_objective(advantages, ratio, self._clip)
+        obs = self.policy.actor_features(data.observations).detach()  # constant in theta
+        r = ratio.detach()
+        pieces = (logits, data.actions, data.noise_g, data.noise_v, obs)
+        cv = self._frozen_cv if self._in_update else self.control_variate
+        corr = cv.correction(*pieces, tilde_weight=r, create_graph=False)
+        score_term = -(r * advantages.detach()).unsqueeze(-1) * corr.score  # PPO's
+        mask = unclipped.unsqueeze(-1)
+        logit_grad = mask * (score_term + cv.kappa.detach() * corr.h)
+        n_fit = self.n_epochs if self.cv_n_epochs is None else self.cv_n_epochs
+        if self._in_update and self._epoch < n_fit:
+            # phi's objective: the same estimate with the live phi (its graph to phi only).
+            live = self.control_variate
+            h = live.correction(*pieces, tilde_weight=r).h
+            self._cv_loss = (mask * (score_term + live.kappa * h)).pow(2).sum(-1).mean()
+        return surrogate.detach(), logit_grad
+
+    # ---------------------------------------------------------------- the update
+    def train(self) -> None:
+        """PPO's epochs with the correction from phi as it was before this rollout, and phi's
+        steps on the first ``cv_n_epochs`` epochs' minibatches."""
+        self._frozen_cv.load_state_dict(self.control_variate.state_dict())
+        self._in_update, self._cv_losses = True, []
+        try:
+            super().train()
+        finally:
+            self._in_update, self._cv_loss = False, None
+        cv = self.control_variate
+        scalars = [cv.kappa.detach(), cv.log_tau.detach().exp()]
+        if self._cv_losses:
+            scalars.append(th.stack(self._cv_losses).mean())
+        names = ("kappa", "tau", "cv_loss")[: len(scalars)]
+        for name, value in zip(names, th.stack(scalars).tolist(), strict=True):
+            self.logger.record(f"train/{name}", value)
+
+    def _step(self, loss: th.Tensor) -> float:
+        """PPO's step, and where this minibatch fits phi, phi's step on its variance objective
+        (the two graphs are disjoint: one backward pass)."""
+        cv_loss, self._cv_loss = self._cv_loss, None
+        if cv_loss is None:
+            return super()._step(loss)
+        cv_params = list(self.control_variate.parameters())
+        params = [*self._policy_parameters(), *cv_params]
+        for p in params:
+            p.grad = None
+        (loss + cv_loss).backward(inputs=params)
+        self._check_finite(
+            cv_loss=cv_loss,
+            cv_grad_norm=total_grad_norm([p.grad for p in cv_params if p.grad is not None]),
+        )
+        grad_norm = self._clip_and_check()
+        self.policy.optimizer.step()
+        self.cv_optimizer.step()
+        self._cv_losses.append(cv_loss.detach())
+        return grad_norm
