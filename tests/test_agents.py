@@ -45,7 +45,11 @@ SMOKE = {
     "reinforce": dict(n_envs=1, n_steps=0, learning_rate=1e-2),
     "a2c": dict(learning_rate=3e-3),
     "relax": dict(learning_rate=3e-3),
+    "ppo": dict(learning_rate=1e-3, n_steps=32, batch_size=64, n_epochs=4),
+    "relax-ppo": dict(learning_rate=1e-3, n_steps=32, batch_size=64, n_epochs=4),
 }
+#: agents that can learn from one whole episode per update (PPO's rollouts are n_steps long)
+WHOLE_EPISODE = [name for name in ALL if "ppo" not in name]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -60,7 +64,7 @@ def test_learns_something_on_cartpole(name):
     assert action.shape == (model.n_envs,) and model.action_space.contains(int(action[0]))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", WHOLE_EPISODE)
 def test_whole_episode_mode(name):
     model = _model(name, n_envs=1, n_steps=0)
     model.learn(600)
@@ -142,7 +146,7 @@ def test_box_action_space_is_refused(name):
         ALGOS[name]("MlpPolicy", make_env("Pendulum-v1", 1, 0))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", WHOLE_EPISODE)  # (PPO always learns V)
 def test_returns_without_baseline_need_whole_episodes(name):
     """A cut rollout without V(s) would bootstrap with 0: refused in one line, before any work."""
     with pytest.raises(ValueError, match=r"use_baseline=False needs .*n_steps=5") as err:

@@ -16,7 +16,7 @@ from gymnasium.envs.classic_control import CartPoleEnv
 from stable_baselines3.common.callbacks import BaseCallback
 
 from relax_rl.actions import ActionSpec
-from relax_rl.agents import A2C, ALGOS, REINFORCE, RELAX
+from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.cli import main
 from relax_rl.envs import MATCH_ENV_ID, MultiBinaryMatchEnv, ParallelCartPoleEnv, make_env
 from relax_rl.estimators import uniform_noise
@@ -180,12 +180,14 @@ def _exact_gradient(model, env_id):
 
 def _bandit_agent(cls, env_id, n_envs, seed=0, **kwargs):
     env_kwargs = {"d": MATCH_D} if env_id == MATCH_ENV_ID else None
-    use_baseline = kwargs.pop("use_baseline", cls is not REINFORCE)
+    if issubclass(cls, PPO):  # its first epoch: one step on the whole rollout, ratio 1
+        kwargs = dict(n_epochs=1, batch_size=n_envs, normalize_advantage=False, **kwargs)
+    else:
+        kwargs["use_baseline"] = kwargs.pop("use_baseline", cls is not REINFORCE)
     model = cls(
         "MlpPolicy",
         make_env(env_id, n_envs, seed, env_kwargs=env_kwargs),
-        n_steps=1 if use_baseline else 0,
-        use_baseline=use_baseline,
+        n_steps=1 if kwargs.get("use_baseline", True) else 0,
         gamma=1.0,
         ent_coef=0.0,
         max_grad_norm=None,
@@ -216,12 +218,22 @@ def _assert_unbiased(estimates, expected):
         (RELAX, 16, 600, {"cv_learning_rate": 3e-3}),
         (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
+        (PPO, 16, 600, {}),
+        (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
     ],
-    ids=["reinforce", "a2c", "relax", "relax-linear-term", "relax-learned-kappa"],
+    ids=[
+        "reinforce",
+        "a2c",
+        "relax",
+        "relax-linear-term",
+        "relax-learned-kappa",
+        "ppo",
+        "relax-ppo",
+    ],
 )
 def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     model = _bandit_agent(cls, env_id, n_envs, seed=2, **kwargs)
-    if cls is RELAX:  # the control variate trained first (the policy does not move)
+    if cls in (RELAX, RELAXPPO):  # the control variate trained first (the policy does not move)
         run_updates(model, 200)
     grads, records = run_updates(model, updates)
     if cls is RELAX and kwargs.get("kappa_mode") != "learned":

@@ -15,7 +15,7 @@ import pytest
 import torch as th
 from conftest import run_updates
 
-from relax_rl.agents import A2C, REINFORCE, RELAX
+from relax_rl.agents import A2C, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
 
 TINY = {"net_arch": [8], "activation_fn": th.nn.Tanh}
@@ -28,8 +28,12 @@ def _agent(cls, env_id, n_envs, seed=0, **kwargs):
     each update's gradient is one draw of its batch estimator at a fixed policy. Without a
     baseline, whole episodes of one env; with one, rollouts of exactly one episode per env."""
     env_kwargs = {"target": TARGET} if env_id == TOY_ENV_ID else None
-    kwargs.setdefault("use_baseline", cls is not REINFORCE)
-    n_steps = HORIZON[env_id] if kwargs["use_baseline"] else 0
+    if issubclass(cls, PPO):  # its first epoch: one step on the whole rollout, ratio 1
+        n_steps = HORIZON[env_id]
+        kwargs = dict(n_epochs=1, batch_size=n_envs * n_steps, normalize_advantage=False, **kwargs)
+    else:
+        kwargs.setdefault("use_baseline", cls is not REINFORCE)
+        n_steps = HORIZON[env_id] if kwargs["use_baseline"] else 0
     model = cls(
         "MlpPolicy",
         make_env(env_id, n_envs, seed, env_kwargs=env_kwargs),
@@ -83,7 +87,7 @@ def _assert_unbiased(estimates: th.Tensor, expected: th.Tensor) -> None:
 
 
 # (agent, n_envs, updates): one env learns from one episode per update, so it needs more.
-AGENTS = [(REINFORCE, 1, 3000), (A2C, 16, 600), (RELAX, 16, 600)]
+AGENTS = [(REINFORCE, 1, 3000), (A2C, 16, 600), (RELAX, 16, 600), (PPO, 16, 600)]
 
 
 @pytest.mark.parametrize("env_id", [TOY_ENV_ID, CHAIN_ENV_ID])
@@ -120,6 +124,17 @@ def test_relax_variants_unbiased_with_trained_control_variate(variant, env_id):
     grads, records = run_updates(model, 3000 if n_envs == 1 else 600)
     kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
     assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
+    _assert_unbiased(grads, exact_gradient(model, env_id))
+
+
+@pytest.mark.parametrize("env_id", [TOY_ENV_ID, CHAIN_ENV_ID])
+def test_relax_ppo_first_epoch_unbiased_with_trained_control_variate(env_id):
+    """RELAX-PPO's first epoch (ratio 1) is on-policy RELAX: unbiased while phi trains (200
+    updates of phi alone first, so that the correction is far from 0)."""
+    model = _agent(RELAXPPO, env_id, 16, seed=3, cv_learning_rate=3e-3)
+    run_updates(model, 200)
+    grads, records = run_updates(model, 600)
+    assert abs(records[-1]["train/kappa"]) > 0.05 and records[-1]["train/cv_loss"] > 0
     _assert_unbiased(grads, exact_gradient(model, env_id))
 
 
