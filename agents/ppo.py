@@ -15,6 +15,8 @@ from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 from relax_rl.policies import GumbelPolicy
 
+RATIOS = ("joint", "per_dimension")
+
 
 def _schedule(value: float | Schedule) -> Schedule:
     """SB3's schedule of a constant or a callable (FloatSchedule from SB3 2.6, earlier
@@ -75,6 +77,11 @@ class PPO(GumbelOnPolicyAlgorithm):
     :param max_grad_norm: clip of the gradient norm (``None``: no clipping).
     :param target_kl: stop the rollout's epochs once a minibatch's approximate KL to the
         collecting policy exceeds ``1.5 * target_kl`` (``None``: never).
+    :param ratio: ``joint`` (SB3's: ``r = pi(a|s) / pi_old(a|s)`` over the whole action, the
+        product of the dimensions' ratios) or ``per_dimension``: one clipped term per action
+        dimension, ``sum_d min(r_d A, clip(r_d) A)`` with ``r_d`` that dimension's ratio (the
+        same gradient at ``r = 1``; with many dimensions the joint ratio leaves the clip range
+        after a small change per dimension).
     :param optimizer: ``"adam"`` (SB3 PPO's) or ``"rmsprop"``.
     :param optimizer_kwargs: overrides of the optimizer's settings.
     :param stats_window_size: episodes in SB3's rollout statistics.
@@ -102,6 +109,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
         target_kl: float | None = None,
+        ratio: str = "joint",
         optimizer: str = "adam",
         optimizer_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -112,6 +120,8 @@ class PPO(GumbelOnPolicyAlgorithm):
         device: th.device | str = "cpu",
         _init_setup_model: bool = True,
     ) -> None:
+        if ratio not in RATIOS:
+            raise ValueError(f"unknown ratio {ratio!r}; valid: {', '.join(RATIOS)}")
         if n_steps < 1:
             raise ValueError(
                 f"n_steps must be >= 1 for PPO (steps per env per rollout), got {n_steps}"
@@ -135,6 +145,8 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.clip_range = clip_range  # a schedule after _setup_model (SB3's convention)
         self.clip_range_vf = clip_range_vf
         self.target_kl = target_kl
+        self.ratio = ratio
+        self._old_log_prob_dims: th.Tensor | None = None  # per_dimension, during train()
         super().__init__(
             policy,
             env,
@@ -158,8 +170,12 @@ class PPO(GumbelOnPolicyAlgorithm):
             _init_setup_model=_init_setup_model,
         )
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_old_log_prob_dims"]
+
     def _setup_model(self) -> None:
         super()._setup_model()
+        self._old_log_prob_dims = None
         self.clip_range = _schedule(self.clip_range)
         self._clip = float(self.clip_range(1.0))
         self._epoch = 0  # the epoch train() is in
@@ -172,6 +188,11 @@ class PPO(GumbelOnPolicyAlgorithm):
         log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> tuple[th.Tensor, th.Tensor | None]:
+        if self._old_log_prob_dims is not None:  # per dimension, within train()
+            new = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
+            ratios = th.exp(new - self._old_log_prob_dims)
+            surrogate, _ = clipped_objective(advantages.unsqueeze(-1), ratios, self._clip)
+            return surrogate.sum(-1), None
         ratio = th.exp(log_prob - data.log_probs)
         surrogate, _ = clipped_objective(advantages, ratio, self._clip)
         return surrogate, None
@@ -194,13 +215,21 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         self._clip = float(self.clip_range(self._current_progress_remaining))
+        old_dims = None
+        if self.ratio == "per_dimension":  # the collecting policy's, from the same parameters
+            data = self.rollout_buffer.get_all()
+            with th.no_grad():
+                logits = self.policy.logits_and_values(data.observations)[0]
+                old_dims = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
         sums: dict[str, list[th.Tensor]] = {}
         grad_norms: list[float] = []
         epochs = 0
         stopped = False
         for epoch in range(self.n_epochs):
             self._epoch = epoch
-            for batch in self.rollout_buffer.minibatches(self.batch_size):
+            for rows, batch in self.rollout_buffer.minibatches(self.batch_size):
+                if old_dims is not None:
+                    self._old_log_prob_dims = old_dims[rows]
                 losses = self.losses(batch)
                 with th.no_grad():
                     log_ratio = losses.log_prob - batch.log_probs
@@ -229,6 +258,7 @@ class PPO(GumbelOnPolicyAlgorithm):
             epochs = epoch + 1 - int(stopped)
             if stopped:
                 break
+        self._old_log_prob_dims = None
         self.n_updates += 1
         buffer = self.rollout_buffer
         with th.no_grad():

@@ -46,6 +46,15 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
             clip_range=0.2,
         ),
     ),
+    ("sb3-ppo", "Acrobot-v1"): dict(  # (without the zoo's VecNormalize, as configs/ppo.yaml)
+        n_envs=16, kwargs=dict(n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0)
+    ),
+    ("sb3-ppo", "LunarLander-v3"): dict(
+        n_envs=16,
+        kwargs=dict(
+            n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01
+        ),
+    ),
     # The factorised bandit: SB3's defaults over the same 16 envs our agents use, A2C with our
     # one-step rollouts, PPO with n_steps 128 (16 x 128 = SB3's default 2,048 samples per update).
     ("sb3-a2c", "relax_rl/MultiBinaryMatch-v0"): dict(n_envs=16, kwargs=dict(n_steps=1)),

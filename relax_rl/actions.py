@@ -162,6 +162,17 @@ class ActionSpec:
         assert total is not None
         return total
 
+    def log_prob_per_dimension(self, logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        """``log pi(a_d)`` of each action dimension, ``(N, D)`` (``D = 1`` for ``Discrete``):
+        the terms :meth:`log_prob` sums."""
+        parts = []
+        for lg, b in zip(self._views(logits), self._action_views(actions), strict=True):
+            if self.family is BERNOULLI:
+                b = b.to(lg.dtype)
+            lp = self.family.log_prob(lg, b)
+            parts.append(lp.unsqueeze(-1) if lp.dim() == 1 else lp)
+        return parts[0] if self._single else th.cat(parts, dim=-1)
+
     def log_prob_and_entropy(
         self, logits: th.Tensor, actions: th.Tensor, entropy_grad: bool = True
     ) -> tuple[th.Tensor, th.Tensor]:

@@ -182,15 +182,17 @@ class GumbelRolloutBuffer(RolloutBuffer):
             )
         return self._samples
 
-    def minibatches(self, batch_size: int) -> Iterator[GumbelRolloutSamples]:
+    def minibatches(
+        self, batch_size: int
+    ) -> Iterator[tuple[th.Tensor | slice, GumbelRolloutSamples]]:
         """The filled part in a random order (numpy's global generator, which the agent's
         seed sets: SB3's ``get(batch_size)``, the same minibatches for the same state), as
-        minibatches of ``batch_size`` rows; the last one is smaller where ``batch_size`` does
-        not divide the rollout."""
+        ``(rows, minibatch)`` pairs of ``batch_size`` rows (``rows`` index :meth:`get_all`'s
+        batch); the last one is smaller where ``batch_size`` does not divide the rollout."""
         data = self.get_all()
         rows = data.observations.shape[0]
         if batch_size >= rows:  # one minibatch: the whole rollout (its order does not matter)
-            yield data
+            yield slice(None), data
             return
         # SB3's order: a permutation of the env-major rows (its buffer flattens env by env),
         # mapped to ours (time-major), so that a seed gives SB3's very minibatches.
@@ -198,4 +200,4 @@ class GumbelRolloutBuffer(RolloutBuffer):
         order = th.from_numpy(step * self.n_envs + env).to(self.device)
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]
-            yield GumbelRolloutSamples(*(field[idx] for field in data))
+            yield idx, GumbelRolloutSamples(*(field[idx] for field in data))

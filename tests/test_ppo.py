@@ -180,3 +180,38 @@ def test_target_kl_stops_the_epochs():
     grads, _ = run_updates(model, 2)
     assert model.logger.name_to_value["train/n_epochs"] < 50
     assert len(grads) < 2 * 50 * 4
+
+
+def _match_ppo(ratio, env_id=MATCH_ENV_ID, **kwargs):
+    return PPO(
+        "MlpPolicy",
+        make_env(env_id, 8, 3, env_kwargs={"d": 6} if env_id == MATCH_ENV_ID else None),
+        n_steps=4,
+        batch_size=16,
+        n_epochs=3,
+        learning_rate=3e-2,
+        ratio=ratio,
+        seed=3,
+        policy_kwargs={"net_arch": [8]},
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("env_id", [MATCH_ENV_ID, "CartPole-v1"])
+def test_per_dimension_ratio(env_id):
+    """One clipped term per bit: the same first step as the joint ratio (r = 1), then other
+    steps once the policy has moved; on a Discrete action (one dimension) the same update."""
+    grads = {}
+    for ratio in ("joint", "per_dimension"):
+        np.random.seed(0)
+        grads[ratio], _ = run_updates(_match_ppo(ratio, env_id), 1)
+    th.testing.assert_close(grads["joint"][0], grads["per_dimension"][0])
+    if env_id == MATCH_ENV_ID:
+        assert not th.allclose(grads["joint"][1:], grads["per_dimension"][1:])
+    else:
+        th.testing.assert_close(grads["joint"], grads["per_dimension"])
+
+
+def test_unknown_ratio_is_refused():
+    with pytest.raises(ValueError, match="unknown ratio 'bits'; valid: joint, per_dimension"):
+        _match_ppo("bits")
