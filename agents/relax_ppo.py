@@ -60,6 +60,7 @@ class RELAXPPO(PPO):
     """
 
     paired_baseline = True
+    paired_baseline_name = "PPO"
     control_variate: StateActionControlVariate
 
     def __init__(

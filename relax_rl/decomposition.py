@@ -256,7 +256,7 @@ def _per_sample_gradients(
     g = spec.perturb(u)
     with th.no_grad():
         logits, _ = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))
-        actions = spec.sample(logits, g)[0]
+        actions, log_probs = spec.sample(logits, g)  # the collecting policy's (PPO: r = 1)
     adv = _advantages(
         model,
         [pool[i][0] for i in range(n) for _ in range(k * m)],
@@ -272,7 +272,7 @@ def _per_sample_gradients(
         observations=state_obs.repeat_interleave(k * m, dim=0),
         actions=expand(actions),
         values=zeros,
-        log_probs=zeros,
+        log_probs=expand(log_probs),
         advantages=th.as_tensor(adv, dtype=th.float32, device=device),
         returns=zeros,
         noise_u=expand(u),
@@ -284,8 +284,8 @@ def _per_sample_gradients(
     losses = model.losses(data)  # the update's own estimator, sample by sample
     estimators = {type(model).__name__: losses.per_sample_objective}
     if model.paired_baseline:
-        log_prob = spec.log_prob(losses.logits, data.actions)
-        estimators["A2C (same samples)"] = reinforce(-losses.advantages, log_prob)
+        plain = f"{model.paired_baseline_name} (same samples)"
+        estimators[plain] = reinforce(-losses.advantages, losses.log_prob)
     jac = _actor_jacobians(model, state_obs)  # (N, K_logits, P)
     out = {}
     for name, per_sample in estimators.items():

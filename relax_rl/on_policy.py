@@ -131,6 +131,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     #: Whether the gradient-variance diagnostics should also measure the plain advantage
     #: estimator on the same batch (agents whose estimator adds a control variate to it).
     paired_baseline: ClassVar[bool] = False
+    #: The name of that plain estimator (the agent it is the estimator of).
+    paired_baseline_name: ClassVar[str] = "A2C"
     policy: GumbelPolicy
     rollout_buffer: GumbelRolloutBuffer
 

@@ -2,6 +2,8 @@
 phi corrects a rollout, what the clip does to the correction. (Unbiasedness of the first epoch:
 tests/test_rl_gradients.py and tests/test_factorised.py, with the other agents.)"""
 
+import json
+
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
@@ -11,6 +13,7 @@ from stable_baselines3.common.logger import configure
 
 from relax_rl.agents import PPO, RELAXPPO
 from relax_rl.agents.ppo import clipped_objective
+from relax_rl.cli import main
 from relax_rl.envs import MATCH_ENV_ID, make_env
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
@@ -215,3 +218,25 @@ def test_per_dimension_ratio(env_id):
 def test_unknown_ratio_is_refused():
     with pytest.raises(ValueError, match="unknown ratio 'bits'; valid: joint, per_dimension"):
         _match_ppo("bits")
+
+
+def test_cli_compare_eval_plot_variance_with_ppo(tmp_path, capsys):
+    common = ["--env", "CartPole-v1", "--total-steps", "1024", "--n-envs", "4"]
+    common += [
+        "--set",
+        "policy_kwargs.net_arch=[8]",
+        "--set",
+        "n_steps=32",
+        "--set",
+        "batch_size=64",
+    ]
+    grid = tmp_path / "grid"
+    args = ["compare", "--algos", "ppo", "relax-ppo", *common, "--seeds", "0"]
+    assert main([*args, "--checkpoint-freq", "512", "--variance", "1", "--out", str(grid)]) == 0
+    report = (grid / "report.md").read_text()
+    assert "| relax-ppo | PPO (same samples) | 1 |" in report, report
+    assert main(["eval", str(grid / "relax-ppo-s0"), "--episodes", "2"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
+    summary = json.loads((grid / "ppo-s0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_env_steps"] >= 1024
