@@ -88,7 +88,9 @@ class PPO(GumbelOnPolicyAlgorithm):
     :param tensorboard_log: SB3's tensorboard folder.
     :param policy_kwargs: SB3 policy arguments (``net_arch``, ``activation_fn``, ...).
     :param verbose: SB3's verbosity.
-    :param seed: seed of the networks, the envs, the acting noise and the minibatch order.
+    :param seed: seed of the networks, the envs, the acting noise and the minibatch order
+        (``minibatch_rng``, a ``numpy.random.RandomState``: SB3's permutation for the same
+        seed of numpy's global generator).
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
 
@@ -146,6 +148,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.clip_range_vf = clip_range_vf
         self.target_kl = target_kl
         self.ratio = ratio
+        self.minibatch_rng: np.random.RandomState | None = None
         self._old_log_prob_dims: th.Tensor | None = None  # per_dimension, during train()
         super().__init__(
             policy,
@@ -176,6 +179,11 @@ class PPO(GumbelOnPolicyAlgorithm):
     def _setup_model(self) -> None:
         super()._setup_model()
         self._old_log_prob_dims = None
+        # The minibatch order has its own generator, saved with the model (a loaded model
+        # keeps its state), so that a run continued from a checkpoint draws the minibatches a
+        # straight run would; SB3 uses numpy's global one.
+        if getattr(self, "minibatch_rng", None) is None:
+            self.minibatch_rng = np.random.RandomState(self.seed)
         self.clip_range = _schedule(self.clip_range)
         self._clip = float(self.clip_range(1.0))
         self._epoch = 0  # the epoch train() is in
@@ -227,7 +235,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         stopped = False
         for epoch in range(self.n_epochs):
             self._epoch = epoch
-            for rows, batch in self.rollout_buffer.minibatches(self.batch_size):
+            for rows, batch in self.rollout_buffer.minibatches(self.batch_size, self.minibatch_rng):
                 if old_dims is not None:
                     self._old_log_prob_dims = old_dims[rows]
                 losses = self.losses(batch)

@@ -23,6 +23,7 @@ BANDIT_ARMS = (2, 10, 50)
 BANDIT_ENV_IDS = {n: f"relax_rl/ContextualBandit{n}-v0" for n in BANDIT_ARMS}
 MATCH_ENV_ID = "relax_rl/MultiBinaryMatch-v0"
 PARALLEL_CARTPOLE_ENV_ID = "relax_rl/ParallelCartPole-v0"
+GAUSSIAN_BANDIT_ENV_ID = "relax_rl/GaussianBandit-v0"
 
 if TOY_ENV_ID not in registry:
     register(id=TOY_ENV_ID, entry_point="relax_rl.envs.toy:BernoulliToyEnv")
@@ -36,6 +37,8 @@ for _arms, _id in BANDIT_ENV_IDS.items():
             kwargs={"n_actions": _arms},
         )
 
+if GAUSSIAN_BANDIT_ENV_ID not in registry:
+    register(id=GAUSSIAN_BANDIT_ENV_ID, entry_point="relax_rl.envs.bandit:GaussianBanditEnv")
 if MATCH_ENV_ID not in registry:
     register(
         id=MATCH_ENV_ID,
@@ -55,6 +58,7 @@ from relax_rl.envs.factory import check_env_id, make_env, reward_threshold  # no
 __all__ = [
     "BANDIT_ENV_IDS",
     "CHAIN_ENV_ID",
+    "GAUSSIAN_BANDIT_ENV_ID",
     "MATCH_ENV_ID",
     "PARALLEL_CARTPOLE_ENV_ID",
     "TOY_ENV_ID",

@@ -72,3 +72,42 @@ class ContextualBanditEnv(gym.Env):
     def render(self) -> np.ndarray:
         """A blank frame (nothing to show; SB3 asks for ``rgb_array``)."""
         return np.zeros((8, 8, 3), dtype=np.uint8)
+
+
+class GaussianBanditEnv(gym.Env):
+    """A one-step continuous bandit with a known policy gradient: observe a constant 1, answer
+    ``a`` in ``Box(-bound, bound, (d,))``, receive ``-|a - target|^2`` (summed over the
+    dimensions; the env sees the clipped action). For ``a ~ N(mean, std^2)`` far inside the
+    bounds, ``E[r] = -|mean - target|^2 - |std|^2``: the exact gradient that LAX, REINFORCE and
+    A2C are tested against.
+
+    :param d: action dimensions.
+    :param target: the best action (every dimension).
+    :param bound: the action bounds.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self, d: int = 2, target: float = 0.5, bound: float = 10.0, render_mode: str | None = None
+    ) -> None:
+        if d < 1 or bound <= 0:
+            raise ValueError(f"need d >= 1 and bound > 0, got d={d}, bound={bound}")
+        self.render_mode = render_mode
+        self.target = float(target)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Box(-bound, bound, shape=(d,), dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        return np.ones(1, dtype=np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        reward = -float(np.square(np.asarray(action, dtype=np.float64) - self.target).sum())
+        return np.ones(1, dtype=np.float32), reward, True, False, {}
+
+    def render(self) -> np.ndarray:
+        """A blank frame (nothing to show; SB3 asks for ``rgb_array``)."""
+        return np.zeros((8, 8, 3), dtype=np.uint8)

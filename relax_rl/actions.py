@@ -25,12 +25,14 @@ from gymnasium import spaces
 from relax_rl.estimators import (
     BERNOULLI,
     CATEGORICAL,
+    GAUSSIAN,
     DiscreteFamily,
+    GaussianFamily,
     conditional_gumbel_max,
     gumbel_max,
 )
 
-SUPPORTED = "Discrete, MultiDiscrete or MultiBinary"
+SUPPORTED = "Discrete, MultiDiscrete, MultiBinary or Box"
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,21 @@ class _Group:
 class ActionSpec:
     """The factorised discrete distribution of an action space.
 
-    :param space: a ``Discrete``, ``MultiDiscrete`` (one-dimensional ``nvec``) or
-        ``MultiBinary`` (one-dimensional) space; anything else raises ``ValueError`` naming what
-        is supported.
+    A ``Box(low, high, (D,))`` action is a diagonal Gaussian (:data:`GAUSSIAN`) over ``2 D``
+    "logits", ``[mean, log_std]``, acting ``a = mean + std * eps`` from one stored
+    standard-normal ``eps`` per dimension; the env gets ``a`` clipped to the bounds
+    (:meth:`to_env`, SB3's rule) while log-probabilities are of the unclipped ``a``.
+
+    :param space: a ``Discrete``, ``MultiDiscrete`` (one-dimensional ``nvec``),
+        ``MultiBinary`` (one-dimensional) or ``Box`` (one-dimensional, finite bounds) space;
+        anything else raises ``ValueError`` naming what is supported.
     """
 
     def __init__(self, space: spaces.Space) -> None:
         self.space = space
-        self.family: DiscreteFamily
+        self.family: DiscreteFamily | GaussianFamily
         groups: list[_Group] = []
+        self.action_dtype: np.dtype = np.dtype(np.int64)
         if isinstance(space, spaces.Discrete):
             if int(space.start) != 0:
                 raise ValueError(f"Discrete actions must start at 0, got start={space.start}")
@@ -81,6 +89,15 @@ class ActionSpec:
             d = int(space.shape[0])
             self.family, self.n_logits, self.action_shape = BERNOULLI, d, (d,)
             groups.append(_Group(0, d, 0, d, 1))
+        elif isinstance(space, spaces.Box) and len(space.shape) == 1:
+            if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+                raise ValueError(
+                    f"Box actions need finite bounds (actions are clipped to them), got {space}"
+                )
+            d = int(space.shape[0])
+            self.family, self.n_logits, self.action_shape = GAUSSIAN, 2 * d, (d,)
+            self.action_dtype = np.dtype(np.float32)
+            groups.append(_Group(0, 2 * d, 0, d, 0))
         else:
             shape = getattr(space, "shape", None)
             what = f"{type(space).__name__} of shape {shape}" if shape else type(space).__name__
@@ -90,7 +107,12 @@ class ActionSpec:
             )
         self.groups = tuple(groups)
         self.discrete = isinstance(space, spaces.Discrete)
+        self.continuous = self.family is GAUSSIAN
         self._single = len(self.groups) == 1
+        #: uniforms stored per step for the sample (and as many for a conditional sample)
+        self.n_noise = self.n_logits // 2 if self.continuous else self.n_logits
+        #: the width of the relaxed action a control variate sees
+        self.relaxed_dim = self.n_noise
 
     def __repr__(self) -> str:
         return f"ActionSpec({self.space})"
@@ -99,7 +121,7 @@ class ActionSpec:
     def _views(self, x: th.Tensor) -> list[th.Tensor]:
         """Per group, the columns of ``x`` (``(N, K)``) as ``(N, n)`` (Discrete),
         ``(N, count, n)`` (categoricals) or ``(N, d)`` (bits)."""
-        if self.discrete or self.family is BERNOULLI:
+        if self.discrete or self.family is not CATEGORICAL:
             return [x]
         return [x[:, g.start : g.stop].unflatten(-1, (g.count, g.n)) for g in self.groups]
 
@@ -110,7 +132,7 @@ class ActionSpec:
 
     def _flat(self, parts: list[th.Tensor]) -> th.Tensor:
         """Inverse of :meth:`_views`: ``(N, K)``."""
-        if self.discrete or self.family is BERNOULLI:
+        if self.discrete or self.family is not CATEGORICAL:
             return parts[0]
         flat = [p.flatten(1) for p in parts]
         return flat[0] if self._single else th.cat(flat, dim=-1)
@@ -136,6 +158,9 @@ class ActionSpec:
             log_p = th.log_softmax(logits, dim=-1)
             _, b = gumbel_max(log_p, g)
             return b, log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1)
+        if self.continuous:
+            a, _ = self.family.sample_perturbed(logits, g)
+            return a, self.family.log_prob(logits, a).sum(-1)
         actions, log_probs = [], None
         for lg, gg in zip(self._views(logits), self._views(g), strict=True):
             if self.family is BERNOULLI:
@@ -193,7 +218,9 @@ class ActionSpec:
         return log_prob, entropy
 
     def mode(self, logits: th.Tensor) -> th.Tensor:
-        """The greedy action (each dimension's most likely value)."""
+        """The greedy action (each dimension's most likely value; a Gaussian's mean)."""
+        if self.continuous:
+            return self.family.mode(logits)
         return self._join_actions([self.family.mode(lg).long() for lg in self._views(logits)])
 
     # ---------------------------------------------------------------- RELAX's pieces
@@ -213,7 +240,11 @@ class ActionSpec:
     ) -> tuple[th.Tensor, th.Tensor]:
         """RELAX's ``z`` (from the stored perturbation ``g``: the sample the action was taken
         from, at the current logits) and ``z~ ~ p(z | a)`` (from the stored ``v``), both
-        ``(N, K)`` and differentiable in the logits."""
+        ``(N, K)`` and differentiable in the logits. For a Gaussian (LAX), ``z = mean + std *
+        eps`` at the stored ``eps`` (the taken action, rebuilt: never a resampled one) and
+        ``z~`` is the taken action itself, a constant (``(N, D)`` each)."""
+        if self.continuous:
+            return self.family.sample_perturbed(logits, g)[0], actions.to(logits.dtype)
         if self.discrete:
             log_p = th.log_softmax(logits, dim=-1)  # one node for z and z~
             return log_p + g, conditional_gumbel_max(log_p, actions, v)
@@ -236,7 +267,15 @@ class ActionSpec:
 
     def relax(self, z: th.Tensor, temperature: th.Tensor | float) -> th.Tensor:
         """The continuous relaxation of ``H`` at ``temperature``, ``(N, K)``: each dimension's
-        softmax (categoricals) or sigmoid (bits)."""
-        if self.discrete or self.family is BERNOULLI:
+        softmax (categoricals) or sigmoid (bits); a continuous action as it is."""
+        if self.discrete or self.family is not CATEGORICAL:
             return self.family.relax(z, temperature)
         return self._flat([self.family.relax(zz, temperature) for zz in self._views(z)])
+
+    # ---------------------------------------------------------------- the env
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """What the env is given: a ``Box`` action clipped to its bounds (SB3's rule: the
+        buffer keeps the unclipped sample, whose log-probability the update uses)."""
+        if self.continuous:
+            return np.clip(actions, self.space.low, self.space.high)  # type: ignore[attr-defined]
+        return actions

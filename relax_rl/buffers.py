@@ -88,7 +88,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         n_envs: int = 1,
     ) -> None:
         self.action_spec = ActionSpec(action_space)
-        self.n_logits = self.action_spec.n_logits
+        self.n_noise = self.action_spec.n_noise
         super().__init__(
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
         )
@@ -96,16 +96,18 @@ class GumbelRolloutBuffer(RolloutBuffer):
     def reset(self) -> None:
         shape = (self.buffer_size, self.n_envs)
         self.observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
-        self.actions = np.zeros((*shape, *self.action_spec.action_shape), dtype=np.int64)
+        self.actions = np.zeros(
+            (*shape, *self.action_spec.action_shape), dtype=self.action_spec.action_dtype
+        )
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.returns = np.zeros(shape, dtype=np.float32)
         self.episode_starts = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.log_probs = np.zeros(shape, dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
-        self.noise_u = th.zeros((*shape, self.n_logits), device=self.device)
-        self.noise_v = th.zeros((*shape, self.n_logits), device=self.device)
-        self.noise_g = th.zeros((*shape, self.n_logits), device=self.device)
+        self.noise_u = th.zeros((*shape, self.n_noise), device=self.device)
+        self.noise_v = th.zeros((*shape, self.n_noise), device=self.device)
+        self.noise_g = th.zeros((*shape, self.n_noise), device=self.device)
         self.pos, self.full, self.generator_ready = 0, False, False
         self._samples: GumbelRolloutSamples | None = None
 
@@ -114,7 +116,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         CPU ``generator`` (so that runs repeat on any device), in one stream order either way:
         step by step, ``u`` then ``v``, envs, logits."""
         steps = self.buffer_size if step is None else 1
-        noise = uniform_noise((steps, 2, self.n_envs, self.n_logits), generator).to(self.device)
+        noise = uniform_noise((steps, 2, self.n_envs, self.n_noise), generator).to(self.device)
         at = slice(None) if step is None else slice(step, step + 1)
         self.noise_u[at], self.noise_v[at] = noise[:, 0], noise[:, 1]
         self.noise_g[at] = self.action_spec.perturb(noise[:, 0])  # acting needs it; RELAX's z too
@@ -183,12 +185,13 @@ class GumbelRolloutBuffer(RolloutBuffer):
         return self._samples
 
     def minibatches(
-        self, batch_size: int
+        self, batch_size: int, rng: np.random.RandomState
     ) -> Iterator[tuple[th.Tensor | slice, GumbelRolloutSamples]]:
-        """The filled part in a random order (numpy's global generator, which the agent's
-        seed sets: SB3's ``get(batch_size)``, the same minibatches for the same state), as
-        ``(rows, minibatch)`` pairs of ``batch_size`` rows (``rows`` index :meth:`get_all`'s
-        batch); the last one is smaller where ``batch_size`` does not divide the rollout."""
+        """The filled part in a random order drawn from ``rng`` (SB3's ``get(batch_size)``
+        draws the same permutation from numpy's global generator: the same minibatches for the
+        same state), as ``(rows, minibatch)`` pairs of ``batch_size`` rows (``rows`` index
+        :meth:`get_all`'s batch); the last one is smaller where ``batch_size`` does not divide
+        the rollout."""
         data = self.get_all()
         rows = data.observations.shape[0]
         if batch_size >= rows:  # one minibatch: the whole rollout (its order does not matter)
@@ -196,7 +199,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
             return
         # SB3's order: a permutation of the env-major rows (its buffer flattens env by env),
         # mapped to ours (time-major), so that a seed gives SB3's very minibatches.
-        env, step = np.divmod(np.random.permutation(rows), self.pos)
+        env, step = np.divmod(rng.permutation(rows), self.pos)
         order = th.from_numpy(step * self.n_envs + env).to(self.device)
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]

@@ -24,10 +24,11 @@ the nested (random-effects) ANOVA estimators, unbiased for each term:
 a state and ``W_s`` the variance of the state means. A term can come out slightly negative when
 it is near 0 (estimation noise).
 
-Which envs: those whose state can be copied by ``copy.deepcopy`` of the env object, i.e. pure
-Python envs: the project's own (toy, Chain, bandits, MultiBinaryMatch, ParallelCartPole) and
-gymnasium's classic control (CartPole, Acrobot, MountainCar, Pendulum). Box2D and MuJoCo envs
-are refused in one line.
+Which envs: those whose state can be copied (:func:`copy_env`: ``copy.deepcopy`` of the env
+object, plus MuJoCo's ``set_state``), checked by stepping a copy beside the original: pure
+Python envs (the project's own: toy, Chain, bandits, MultiBinaryMatch, ParallelCartPole;
+gymnasium's classic control: CartPole, Acrobot, MountainCar, Pendulum) and gymnasium's MuJoCo
+envs. Box2D envs are refused in one line.
 
 The advantage over a continuation is the agent's: with ``n_steps > 0``, the GAE(lambda) of an
 ``n_steps`` window starting at the state (the first step of a rollout; later steps of a rollout
@@ -90,18 +91,39 @@ class Decomposition:
         return out
 
 
+def copy_env(env: gym.Env) -> gym.Env:
+    """A copy of ``env`` in its current state: ``copy.deepcopy``, and for a MuJoCo env its
+    positions and velocities set again with ``set_state`` (a deep copy of MuJoCo's data does
+    not carry the simulator's state over: its copy steps elsewhere)."""
+    clone = copy.deepcopy(env)
+    inner, source = clone.unwrapped, env.unwrapped
+    if hasattr(inner, "set_state") and hasattr(source, "data"):
+        inner.set_state(source.data.qpos.copy(), source.data.qvel.copy())
+    return clone
+
+
 def check_copyable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Refuse, in one line, an env whose state cannot be copied."""
+    """Refuse, in one line, an env whose state cannot be copied, or whose copy does not step
+    as the original does (checked on a few steps)."""
     check_env_id(env_id)  # registers the project's envs, imports a module:EnvId's module
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
         env.reset(seed=0)
-        copy.deepcopy(env)
-    except Exception as exc:  # e.g. Box2D's worlds, MuJoCo's data: no deepcopy
+        env.action_space.seed(0)
+        env.step(env.action_space.sample())
+        clone = copy_env(env)
+        for _ in range(3):
+            action = env.action_space.sample()
+            first, second = env.step(action), clone.step(action)
+            if not (np.array_equal(first[0], second[0]) and first[1] == second[1]):
+                raise ValueError("its copy steps elsewhere")
+            if first[2] or first[3]:
+                break
+    except Exception as exc:  # e.g. Box2D's worlds: no deepcopy
         raise ValueError(
-            f"{env_id}: its state cannot be copied ({type(exc).__name__}), so the variance "
-            "decomposition cannot restart it; supported: pure-Python envs (the project's own, "
-            "gymnasium's classic control)"
+            f"{env_id}: its state cannot be copied ({type(exc).__name__}: {exc}), so the "
+            "variance decomposition cannot restart it; supported: pure-Python envs (the "
+            "project's own, gymnasium's classic control) and MuJoCo envs"
         ) from None
     finally:
         env.close()
@@ -126,12 +148,12 @@ def _state_pool(
     while True:
         steps += 1
         if rng.random() < 0.25:
-            visited.append((copy.deepcopy(env), obs))
+            visited.append((copy_env(env), obs))
         with th.no_grad():
             logits, _ = model.policy.logits_and_values(_obs_tensor(model, obs[None]))
-            noise = spec.perturb(uniform_noise(logits.shape, gen).to(logits.device))
+            noise = spec.perturb(uniform_noise((1, spec.n_noise), gen).to(logits.device))
             action = spec.sample(logits, noise)[0][0].cpu().numpy()
-        obs, _, terminated, truncated, _ = env.step(action)
+        obs, _, terminated, truncated, _ = env.step(spec.to_env(action))
         if terminated or truncated:
             if steps >= 10 * n and len(visited) >= n:
                 break
@@ -156,7 +178,7 @@ def _advantages(
     """The agent's advantage estimate for each (state copy, first action), over one fresh
     continuation each, all stepped in lockstep."""
     n = len(starts)
-    envs = [copy.deepcopy(e) for e in starts]
+    envs = [copy_env(e) for e in starts]
     for e in envs:  # independent randomness per continuation
         e.unwrapped.np_random = np.random.default_rng(int(rng.integers(2**63)))
     spec, gamma = model.policy.action_spec, model.gamma
@@ -171,11 +193,11 @@ def _advantages(
             logits, v = model.policy.logits_and_values(_obs_tensor(model, obs))
         values[t] = v.cpu().numpy() if model.use_baseline else 0.0
         if t > 0:
-            noise = spec.perturb(uniform_noise(logits.shape, gen).to(logits.device))
+            noise = spec.perturb(uniform_noise((n, spec.n_noise), gen).to(logits.device))
             actions = spec.sample(logits, noise)[0].cpu().numpy()
         next_obs = np.array(obs, copy=True)
         for i in np.flatnonzero(active):
-            o, r, terminated, truncated, _ = envs[i].step(actions[i])
+            o, r, terminated, truncated, _ = envs[i].step(spec.to_env(actions[i]))
             rewards[t, i] = r
             if truncated and not terminated and model.use_baseline:
                 with th.no_grad():  # the collect loop's rule at a time-limit cut
@@ -251,8 +273,8 @@ def _per_sample_gradients(
     state_obs = _obs_tensor(model, np.stack([o for _, o in pool]))
     # K actions per state from fresh noise (u for the sample, v for RELAX's z~), shared by
     # the M continuations of that action
-    u = uniform_noise((n * k, spec.n_logits), gen).to(device)
-    v = uniform_noise((n * k, spec.n_logits), gen).to(device)
+    u = uniform_noise((n * k, spec.n_noise), gen).to(device)
+    v = uniform_noise((n * k, spec.n_noise), gen).to(device)
     g = spec.perturb(u)
     with th.no_grad():
         logits, _ = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))

@@ -287,7 +287,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             rollout_buffer.draw_noise(self._noise_gen)
         no_values = th.zeros(n_envs, device=device)
         logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
-        sample = self.policy.action_spec.sample
+        sample, to_env = self.policy.action_spec.sample, self.policy.action_spec.to_env
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
@@ -299,7 +299,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
-            clipped_actions = actions
+            clipped_actions = to_env(actions)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += n_envs
             callback.update_locals(locals())

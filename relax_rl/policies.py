@@ -49,8 +49,9 @@ _MODE_FREE: tuple[type[nn.Module], ...] = (
 
 class GumbelPolicy(ActorCriticPolicy):
     """Factorised discrete actor (flat logits, SB3's layout: ``n`` for ``Discrete(n)``,
-    ``sum(nvec)`` for ``MultiDiscrete``, ``d`` for ``MultiBinary(d)``) and critic V(s) over SB3's
-    MLP extractor."""
+    ``sum(nvec)`` for ``MultiDiscrete``, ``d`` for ``MultiBinary(d)``), or for ``Box(D)`` a
+    diagonal Gaussian with SB3's state-independent ``log_std`` (logits ``[mean, log_std]``,
+    ``2 D``), and critic V(s) over SB3's MLP extractor."""
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, *args: Any, **kwargs: Any
@@ -74,9 +75,13 @@ class GumbelPolicy(ActorCriticPolicy):
         pi_net, vf_net = _plain(self.mlp_extractor.policy_net), _plain(self.mlp_extractor.value_net)
         action_head, value_head = _plain(self.action_net), _plain(self.value_net)
 
+        log_std = self.log_std if self.action_spec.continuous else None
+
         def forward(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
             pi_features, vf_features = self._features(obs)
             logits = action_head(pi_net(pi_features))
+            if log_std is not None:  # a Gaussian's "logits": [mean, log_std]
+                logits = th.cat([logits, log_std.expand_as(logits)], dim=-1)
             return logits, value_head(vf_net(vf_features)).squeeze(-1)
 
         return forward
@@ -112,7 +117,7 @@ class GumbelPolicy(ActorCriticPolicy):
         modules: list[nn.Module] = [self.mlp_extractor.policy_net, self.action_net]
         modules.append(self.pi_features_extractor)
         seen: set[int] = set()
-        params = []
+        params = [self.log_std] if self.action_spec.continuous else []
         for m in modules:
             for p in m.parameters():
                 if id(p) not in seen:
@@ -125,9 +130,11 @@ class GumbelPolicy(ActorCriticPolicy):
         pi_features = features if self.share_features_extractor else features[0]
         logits = self.action_net(self.mlp_extractor.forward_actor(pi_features))
         spec = self.action_spec
+        if spec.continuous:
+            logits = th.cat([logits, self.log_std.expand_as(logits)], dim=-1)
         if deterministic:
             return spec.mode(logits)
-        noise = spec.perturb(uniform_noise(logits.shape, device=logits.device))
+        noise = spec.perturb(uniform_noise((len(logits), spec.n_noise), device=logits.device))
         return spec.sample(logits, noise)[0]
 
 
@@ -189,9 +196,9 @@ class StateActionControlVariate(nn.Module):
     ) -> None:
         super().__init__()
         self.action_spec = action_spec
-        n_logits = action_spec.n_logits
+        relaxed_dim = action_spec.relaxed_dim
         layers: list[nn.Module] = []
-        width = obs_dim + n_logits
+        width = obs_dim + relaxed_dim
         for hidden in net_arch if net_arch is not None else [10, 10]:
             layers += [nn.Linear(width, hidden), activation_fn()]
             width = hidden
@@ -203,7 +210,7 @@ class StateActionControlVariate(nn.Module):
         self.net = nn.Sequential(*layers)
         self.coefficients: nn.Linear | None = None
         if linear_term:
-            self.coefficients = nn.Linear(obs_dim, n_logits)
+            self.coefficients = nn.Linear(obs_dim, relaxed_dim)
             nn.init.zeros_(self.coefficients.weight)
             nn.init.zeros_(self.coefficients.bias)
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))

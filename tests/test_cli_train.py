@@ -67,10 +67,9 @@ def test_preset_and_config_file(tmp_path):
 
 
 class _OddObservations(gym.Env):
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, observation_space):
+    def __init__(self, observation_space, action_space=None):
         self.observation_space = observation_space
+        self.action_space = action_space or gym.spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -82,23 +81,29 @@ class _OddObservations(gym.Env):
 
 @pytest.fixture(scope="module")
 def odd_envs():
-    """Envs a user may bring: dict observations, image observations."""
+    """Envs a user may bring: dict observations, image observations, unbounded actions."""
     spaces = gym.spaces
     dict_obs = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})
     pixels = spaces.Box(0, 255, (32, 32, 3), np.uint8)
     for name, space in (("test/DictObs-v0", dict_obs), ("test/Pixels-v0", pixels)):
         gym.register(name, entry_point=_OddObservations, kwargs={"observation_space": space})
+    unbounded = {
+        "observation_space": spaces.Box(-1, 1, (2,)),
+        "action_space": spaces.Box(-np.inf, np.inf, (2,)),
+    }
+    gym.register("test/UnboundedActions-v0", entry_point=_OddObservations, kwargs=unbounded)
     yield
-    for name in ("test/DictObs-v0", "test/Pixels-v0"):
+    for name in ("test/DictObs-v0", "test/Pixels-v0", "test/UnboundedActions-v0"):
         gym.registry.pop(name, None)
 
 
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--algo", "ppo", "--env", "CartPole-v1"], "invalid choice: 'ppo' (choose from"),
+        (["--algo", "trpo", "--env", "CartPole-v1"], "invalid choice: 'trpo' (choose from"),
+        (["--algo", "ppo", "--env", "CartPole-v1", "--set", "ratio=bits"], "unknown ratio 'bits'"),
         (["--algo", "a2c", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
-        (["--algo", "a2c", "--env", "Pendulum-v1"], "takes Discrete, MultiDiscrete or MultiBinary"),
+        (["--algo", "a2c", "--env", "test/UnboundedActions-v0"], "finite lower and upper bound"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "lr=1"], "unknown config key 'lr'"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma=high"], "wrong type"),
         (["--algo", "a2c", "--env", "CartPole-v1", "--set", "gamma"], "not key=value"),

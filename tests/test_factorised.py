@@ -91,7 +91,7 @@ def test_score_z_and_z_tilde(name):
 @pytest.mark.parametrize(
     "space",
     [
-        spaces.Box(-1, 1, (2,)),
+        spaces.Box(-1, 1, (2, 2)),
         spaces.Dict({"a": spaces.Discrete(2)}),
         spaces.Tuple([spaces.Discrete(2), spaces.Discrete(3)]),
         spaces.MultiDiscrete([[2, 3], [2, 2]]),
@@ -100,7 +100,7 @@ def test_score_z_and_z_tilde(name):
     ids=lambda s: type(s).__name__,
 )
 def test_unsupported_spaces_are_refused_in_one_line(space):
-    with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary") as err:
+    with pytest.raises(ValueError, match="Discrete, MultiDiscrete, MultiBinary or Box") as err:
         ActionSpec(space)
     assert "\n" not in str(err.value)
 
@@ -120,8 +120,8 @@ class _SpaceEnv(gym.Env):
 
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_agents_refuse_unsupported_action_spaces(name):
-    env = _SpaceEnv(spaces.Box(-1, 1, (2,)))
-    with pytest.raises(ValueError, match="Discrete, MultiDiscrete or MultiBinary") as err:
+    env = _SpaceEnv(spaces.Tuple([spaces.Discrete(2), spaces.Discrete(3)]))
+    with pytest.raises(ValueError, match="Discrete, MultiDiscrete, MultiBinary or Box") as err:
         ALGOS[name]("MlpPolicy", env)
     assert "\n" not in str(err.value) and ALGOS[name].__name__ in str(err.value)
 

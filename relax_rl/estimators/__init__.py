@@ -7,9 +7,11 @@ from relax_rl.estimators.control_variates import RebarControlVariate, RelaxToyCo
 from relax_rl.estimators.distributions import (
     BERNOULLI,
     CATEGORICAL,
+    GAUSSIAN,
     BernoulliFamily,
     CategoricalFamily,
     DiscreteFamily,
+    GaussianFamily,
     bernoulli_conditional,
     bernoulli_log_prob,
     bernoulli_sample,
@@ -41,9 +43,11 @@ from relax_rl.estimators.variance import (
 __all__ = [
     "BERNOULLI",
     "CATEGORICAL",
+    "GAUSSIAN",
     "BernoulliFamily",
     "CategoricalFamily",
     "DiscreteFamily",
+    "GaussianFamily",
     "RebarControlVariate",
     "RelaxToyControlVariate",
     "bernoulli_conditional",

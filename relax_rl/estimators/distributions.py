@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -256,5 +257,58 @@ class CategoricalFamily:
         return logits.argmax(dim=-1)
 
 
+@dataclass(frozen=True)
+class GaussianFamily:
+    """A diagonal Gaussian whose "logits" are ``[mean, log_std]`` on the last dimension
+    (``2 D`` columns for ``D`` action dimensions), acting ``a = mean + std * eps`` from stored
+    standard-normal ``eps`` (LAX: the sample is its own reparameterisation, ``H`` is the
+    identity, and ``z~ | a`` is ``a`` itself). Elementwise functions return ``D`` columns."""
+
+    name: str = "gaussian"
+
+    @staticmethod
+    def split(logits: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, log_std)`` of the logits."""
+        mean, log_std = logits.chunk(2, dim=-1)
+        return mean, log_std
+
+    def sample(self, logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        return self.sample_perturbed(logits, self.perturb(u))
+
+    def conditional(self, logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
+        return b  # the sample determines z: no conditional noise
+
+    def log_prob(self, logits: Tensor, b: Tensor) -> Tensor:
+        return gaussian_log_prob(*self.split(logits), b)
+
+    def relax(self, z: Tensor, temperature: Tensor | float) -> Tensor:
+        return z  # a continuous action needs no relaxation
+
+    def hard(self, b: Tensor, like: Tensor) -> Tensor:
+        return b.to(like.dtype)
+
+    def perturb(self, u: Tensor) -> Tensor:
+        """Standard normal ``eps`` from uniforms (the inverse normal CDF)."""
+        return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+
+    def sample_perturbed(self, logits: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        a = gaussian_sample(*self.split(logits), g)
+        return a, a
+
+    def score(self, logits: Tensor, b: Tensor) -> Tensor:
+        """``d log N(b | mean, std) / d [mean, log_std]``:
+        ``[(b - mean) / std^2, ((b - mean) / std)^2 - 1]``."""
+        mean, log_std = self.split(logits)
+        white = (b - mean) * torch.exp(-log_std)
+        return torch.cat([white * torch.exp(-log_std), white.square() - 1.0], dim=-1)
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        return self.split(logits)[1] + 0.5 * math.log(2.0 * math.pi * math.e)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        return self.split(logits)[0]
+
+
 BERNOULLI = BernoulliFamily()
 CATEGORICAL = CategoricalFamily()
+GAUSSIAN = GaussianFamily()
