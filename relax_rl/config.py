@@ -100,7 +100,13 @@ RUN_KEYS: dict[str, tuple[type, Any]] = {
     for f in fields(RunSettings)
 }
 RUN_KEY_DOCS = {f.name: f.metadata["help"] for f in fields(RunSettings)}
-POLICY_KWARGS = {"net_arch", "activation_fn", "ortho_init", "share_features_extractor"}
+POLICY_KWARGS = {
+    "net_arch",
+    "activation_fn",
+    "ortho_init",
+    "share_features_extractor",
+    "log_std_init",  # a Gaussian policy's initial log std (Box actions; SB3's name)
+}
 NOT_CONFIGURABLE = {
     "self",
     "policy",
@@ -320,6 +326,9 @@ def _policy_kwargs(value: Any) -> dict[str, Any]:
             f"policy_kwargs.net_arch={arch!r} is not a list of layer sizes (e.g. [64, 64]) "
             "or a mapping {pi: [...], vf: [...]}"
         )
+    log_std = out.get("log_std_init")
+    if log_std is not None and (isinstance(log_std, bool) or not isinstance(log_std, (int, float))):
+        raise UsageError(f"policy_kwargs.log_std_init={log_std!r} is not a number")
     act = out.get("activation_fn")
     if isinstance(act, str):
         if act not in ACTIVATIONS:
