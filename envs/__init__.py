@@ -7,7 +7,8 @@ one-step bandit; ``gym.make("relax_rl/BernoulliToy-v0", target=0.45)`` overrides
 rewards: the ladder on which an action-dependent control variate is measured), and the
 factorised tasks ``relax_rl/MultiBinaryMatch-v0`` (match ``d`` random bits in one step; options
 ``d``, default 32, and ``sigma``) and ``relax_rl/ParallelCartPole-v0`` (``d`` CartPoles, one
-bit each; option ``d``, default 4).
+bit each; option ``d``, default 4), and ``relax_rl/GaussianBandit-v0`` (a one-step ``Box``
+bandit with reward ``-|a - target|^2``: an exact policy gradient for Gaussian policies).
 """
 
 from gymnasium.envs.registration import register, registry
