@@ -3,9 +3,10 @@
 :class:`GumbelRolloutBuffer` is SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer`
 with more fields: the sampling noise ``u`` and the conditional noise ``v`` drawn when acting
 (one uniform per logit per step: per class of each categorical dimension, per bit of a
-``MultiBinary``), and the perturbation ``G(u)`` the action was taken with (Gumbel noise for
-categoricals, logistic for bits; :class:`~relax_rl.actions.ActionSpec`), so that RELAX can
-rebuild ``z`` and ``z~`` from the current logits at training time. The per-step fields are
+``MultiBinary``; per dimension of a ``Box``), and the perturbation ``G(u)`` the action was taken
+with (Gumbel noise for categoricals, logistic for bits, the standard normal ``eps`` of a
+Gaussian; :class:`~relax_rl.actions.ActionSpec`), so that RELAX and LAX can rebuild ``z`` and
+``z~`` from the current logits at training time. The per-step fields are
 numpy arrays, as in SB3 (in the per-step loop a numpy write costs a fraction of a torch one),
 handed over once per rollout as torch tensors on the agent's device
 (:meth:`~GumbelRolloutBuffer.get_all`); the noise is drawn by torch and kept as tensors. It may
