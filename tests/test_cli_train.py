@@ -343,7 +343,7 @@ def test_params_lists_every_key_with_default_config_value_and_meaning(capsys):
     assert "relax.yaml[CartPole-v1]: 8" in by_key["n_envs"]  # the zoo entry's value
     assert "0.0007" in by_key["learning_rate"] and "learning rate" in by_key["learning_rate"]
     assert "kappa" in by_key["kappa_mode"] and "optimal" in by_key["kappa_mode"]
-    assert main(["params", "--algo", "ppo"]) == 2
+    assert main(["params", "--algo", "trpo"]) == 2
 
 
 def test_runspec_create_resolves_settings_as_the_cli(tmp_path):
@@ -362,8 +362,8 @@ def test_runspec_create_resolves_settings_as_the_cli(tmp_path):
     assert paper.agent_kwargs["use_baseline"] is False  # the preset's entry
     with pytest.raises(UsageError, match="unknown config key 'lr'"):
         RunSpec.create("a2c", "CartPole-v1", settings={"lr": 1})
-    with pytest.raises(ValueError, match="unknown algo 'ppo'"):
-        RunSpec.create("ppo", "CartPole-v1")
+    with pytest.raises(ValueError, match="unknown algo 'trpo'"):
+        RunSpec.create("trpo", "CartPole-v1")
 
 
 def test_wandb_online_without_a_login_fails_in_one_line_before_any_file(

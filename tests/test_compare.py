@@ -124,7 +124,7 @@ def test_parse_seeds(text, seeds):
     [
         (["--seeds", "4-1"], "malformed seed range '4-1'"),
         (["--seeds", "a-b"], "malformed seed range"),
-        (["--algos", "ppo"], "invalid choice: 'ppo'"),
+        (["--algos", "trpo"], "invalid choice: 'trpo'"),
         (["--env", "CartPol-v1"], "did you mean CartPole-v1"),
         (["--backend", "slurm"], "invalid choice: 'slurm' (choose from 'local', 'ray')"),
         (["--total-steps", "0"], "--total-steps: invalid value 0: expected an integer >= 1"),

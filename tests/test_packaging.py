@@ -69,7 +69,7 @@ def test_wheel_installs_only_the_relax_rl_namespace(tmp_path):
     )
     folder, found = result.stdout.strip().split(" ", 1)
     assert Path(folder).is_relative_to(site), result.stderr
-    assert found == "['a2c.yaml', 'reinforce.yaml', 'relax.yaml']"
+    assert found == "['a2c.yaml', 'ppo.yaml', 'reinforce.yaml', 'relax-ppo.yaml', 'relax.yaml']"
 
 
 @pytest.mark.parametrize(
