@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -48,3 +49,21 @@ def run_updates(model, n_updates: int, callback=None) -> tuple[torch.Tensor, lis
     finally:
         handle.remove()
     return torch.stack(grads), records
+
+
+def compare_eval_plot(tmp_path, capsys, plain: str, corrected: str, settings: list[str]) -> None:
+    """``compare`` (with the variance decomposition at the end), ``eval`` and ``plot`` through
+    the CLI, on the agent ``plain`` and its control-variate version ``corrected``, one seed."""
+    from relax_rl.cli import main
+
+    grid = tmp_path / "grid"
+    args = ["compare", "--algos", plain, corrected, *settings, "--seeds", "0", "--n-envs", "4"]
+    assert main([*args, "--variance", "1", "--out", str(grid)]) == 0
+    report = (grid / "report.md").read_text()
+    paired = f"| {corrected} | {plain.upper()} (same samples) | 1 |"
+    assert paired in report, report
+    assert main(["eval", str(grid / f"{corrected}-s0"), "--episodes", "2"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
+    summary = json.loads((grid / f"{plain}-s0" / "summary.json").read_text())
+    assert summary["status"] == "completed"

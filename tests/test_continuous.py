@@ -3,19 +3,17 @@
 taken action (never a resampled one), and the SB3 habits (callbacks, save/load, eval, compare,
 plot) on a Box env."""
 
-import json
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import run_updates
+from conftest import compare_eval_plot, run_updates
 from gymnasium import spaces
 
 from relax_rl.actions import ActionSpec
 from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
-from relax_rl.cli import main
 from relax_rl.envs import GAUSSIAN_BANDIT_ENV_ID, make_env
 from relax_rl.estimators import uniform_noise
 
@@ -187,18 +185,8 @@ def test_box_callbacks_and_save_load_continue(name, tmp_path):
 
 
 def test_cli_compare_eval_plot_variance_on_pendulum(tmp_path, capsys):
-    common = ["--env", "Pendulum-v1", "--total-steps", "800", "--n-envs", "4"]
-    common += ["--set", "policy_kwargs.net_arch=[8]"]
-    grid = tmp_path / "grid"
-    args = ["compare", "--algos", "a2c", "relax", *common, "--seeds", "0"]
-    assert main([*args, "--checkpoint-freq", "400", "--variance", "1", "--out", str(grid)]) == 0
-    report = (grid / "report.md").read_text()
-    assert "| relax | A2C (same samples) | 1 |" in report, report
-    assert main(["eval", str(grid / "relax-s0"), "--episodes", "2"]) == 0
-    assert "mean return" in capsys.readouterr().out
-    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
-    summary = json.loads((grid / "a2c-s0" / "summary.json").read_text())
-    assert summary["status"] == "completed"
+    settings = ["--env", "Pendulum-v1", "--total-steps", "800", "--checkpoint-freq", "400"]
+    compare_eval_plot(tmp_path, capsys, "a2c", "relax", settings)
 
 
 class DictActions(gym.Env):

@@ -2,18 +2,15 @@
 phi corrects a rollout, what the clip does to the correction. (Unbiasedness of the first epoch:
 tests/test_rl_gradients.py and tests/test_factorised.py, with the other agents.)"""
 
-import json
-
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
 import torch as th
-from conftest import run_updates
+from conftest import compare_eval_plot, run_updates
 from stable_baselines3.common.logger import configure
 
 from relax_rl.agents import PPO, RELAXPPO
 from relax_rl.agents.ppo import clipped_objective
-from relax_rl.cli import main
 from relax_rl.envs import MATCH_ENV_ID, make_env
 
 TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
@@ -219,22 +216,6 @@ def test_unknown_ratio_is_refused():
 
 
 def test_cli_compare_eval_plot_variance_with_ppo(tmp_path, capsys):
-    common = ["--env", "CartPole-v1", "--total-steps", "1024", "--n-envs", "4"]
-    common += [
-        "--set",
-        "policy_kwargs.net_arch=[8]",
-        "--set",
-        "n_steps=32",
-        "--set",
-        "batch_size=64",
-    ]
-    grid = tmp_path / "grid"
-    args = ["compare", "--algos", "ppo", "relax-ppo", *common, "--seeds", "0"]
-    assert main([*args, "--checkpoint-freq", "512", "--variance", "1", "--out", str(grid)]) == 0
-    report = (grid / "report.md").read_text()
-    assert "| relax-ppo | PPO (same samples) | 1 |" in report, report
-    assert main(["eval", str(grid / "relax-ppo-s0"), "--episodes", "2"]) == 0
-    assert "mean return" in capsys.readouterr().out
-    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
-    summary = json.loads((grid / "ppo-s0" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["total_env_steps"] >= 1024
+    settings = ["--env", "CartPole-v1", "--total-steps", "1024", "--checkpoint-freq", "512"]
+    settings += ["--set", "n_steps=32", "--set", "batch_size=64"]
+    compare_eval_plot(tmp_path, capsys, "ppo", "relax-ppo", settings)
