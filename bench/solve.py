@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from torch import nn
+
 from relax_rl.runner import GridRun, run_grid
 
 SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
@@ -53,6 +55,45 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
         n_envs=16,
         kwargs=dict(
             n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01
+        ),
+    ),
+    # Box actions, as configs/ (rl-zoo3's settings without VecNormalize and gSDE).
+    ("sb3-a2c", "InvertedPendulum-v5"): dict(n_envs=8, kwargs={}),
+    ("sb3-a2c", "HalfCheetah-v5"): dict(n_envs=1, kwargs={}),
+    ("sb3-ppo", "InvertedPendulum-v5"): dict(
+        n_envs=1,
+        kwargs=dict(
+            batch_size=64,
+            n_steps=32,
+            gamma=0.999,
+            learning_rate=0.000222425,
+            ent_coef=1.37976e-07,
+            clip_range=0.4,
+            n_epochs=5,
+            gae_lambda=0.9,
+            max_grad_norm=0.3,
+            vf_coef=0.19816,
+        ),
+    ),
+    ("sb3-ppo", "HalfCheetah-v5"): dict(
+        n_envs=1,
+        kwargs=dict(
+            batch_size=64,
+            n_steps=512,
+            gamma=0.98,
+            learning_rate=2.0633e-05,
+            ent_coef=0.000401762,
+            clip_range=0.1,
+            n_epochs=20,
+            gae_lambda=0.92,
+            max_grad_norm=0.8,
+            vf_coef=0.58096,
+            policy_kwargs=dict(
+                log_std_init=-2,
+                ortho_init=False,
+                activation_fn=nn.ReLU,
+                net_arch=dict(pi=[256, 256], vf=[256, 256]),
+            ),
         ),
     ),
     # The factorised bandit: SB3's defaults over the same 16 envs our agents use, A2C with our
