@@ -81,7 +81,8 @@ class PPO(GumbelOnPolicyAlgorithm):
         product of the dimensions' ratios) or ``per_dimension``: one clipped term per action
         dimension, ``sum_d min(r_d A, clip(r_d) A)`` with ``r_d`` that dimension's ratio (the
         same gradient at ``r = 1``; with many dimensions the joint ratio leaves the clip range
-        after a small change per dimension).
+        after a small change per dimension). ``train/clip_fraction`` is of the joint ratio
+        either way; ``per_dimension`` also logs ``train/clip_fraction_per_dimension``.
     :param optimizer: ``"adam"`` (SB3 PPO's) or ``"rmsprop"``.
     :param optimizer_kwargs: overrides of the optimizer's settings.
     :param stats_window_size: episodes in SB3's rollout statistics.
@@ -150,6 +151,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.ratio = ratio
         self.minibatch_rng: np.random.RandomState | None = None
         self._old_log_prob_dims: th.Tensor | None = None  # per_dimension, during train()
+        self._dims_clipped = th.zeros(())
         super().__init__(
             policy,
             env,
@@ -174,7 +176,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_log_prob_dims"]
+        return [*super()._excluded_save_params(), "_old_log_prob_dims", "_dims_clipped"]
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -200,6 +202,8 @@ class PPO(GumbelOnPolicyAlgorithm):
             new = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
             ratios = th.exp(new - self._old_log_prob_dims)
             surrogate, _ = clipped_objective(advantages.unsqueeze(-1), ratios, self._clip)
+            with th.no_grad():  # (logged: the share of (sample, dimension) terms out of range)
+                self._dims_clipped = ((ratios - 1).abs() > self._clip).float().mean()
             return surrogate.sum(-1), None
         ratio = th.exp(log_prob - data.log_probs)
         surrogate, _ = clipped_objective(advantages, ratio, self._clip)
@@ -261,6 +265,11 @@ class PPO(GumbelOnPolicyAlgorithm):
                     ("approx_kl", approx_kl),
                     ("clip_fraction", clipped),
                     ("loss", loss),
+                    *(
+                        [("clip_fraction_per_dimension", self._dims_clipped)]
+                        if old_dims is not None
+                        else []
+                    ),
                 ):
                     sums.setdefault(key, []).append(value.detach())
             epochs = epoch + 1 - int(stopped)

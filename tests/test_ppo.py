@@ -204,6 +204,9 @@ def test_per_dimension_ratio(env_id):
     for ratio in ("joint", "per_dimension"):
         grads[ratio], _ = run_updates(_match_ppo(ratio, env_id), 1)
     th.testing.assert_close(grads["joint"][0], grads["per_dimension"][0])
+    model = _match_ppo("per_dimension", env_id)
+    run_updates(model, 1)
+    assert 0 <= model.logger.name_to_value["train/clip_fraction_per_dimension"] <= 1
     if env_id == MATCH_ENV_ID:
         assert not th.allclose(grads["joint"][1:], grads["per_dimension"][1:])
     else:
