@@ -67,7 +67,8 @@ def main() -> None:
         cmd += ["--seeds", args.seeds, "--jobs", str(args.jobs), "--out", str(out)]
         # One progress.csv row per measurement (log_interval = freq): the error bars are over
         # measurements.
-        cmd += ["--set", f"grad_var_freq={freq}", "--log-interval", str(freq), *args.set]
+        cmd += ["--set", f"grad_var_freq={freq}", "--log-interval", str(freq)]
+        cmd += [token for kv in args.set for token in ("--set", kv)]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         summaries = json.loads((out / "summary.json").read_text())
         summaries = summaries.get("runs", summaries) if isinstance(summaries, dict) else summaries

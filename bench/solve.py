@@ -57,11 +57,12 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
             n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01
         ),
     ),
-    # Box actions, as configs/ (rl-zoo3's settings without VecNormalize and gSDE).
+    # Box actions, as configs/ (rl-zoo3's settings without gSDE; normalize: VecNormalize).
     ("sb3-a2c", "InvertedPendulum-v5"): dict(n_envs=8, kwargs={}),
-    ("sb3-a2c", "HalfCheetah-v5"): dict(n_envs=1, kwargs={}),
+    ("sb3-a2c", "HalfCheetah-v5"): dict(n_envs=1, normalize=True, kwargs={}),
     ("sb3-ppo", "InvertedPendulum-v5"): dict(
         n_envs=1,
+        normalize=True,
         kwargs=dict(
             batch_size=64,
             n_steps=32,
@@ -77,6 +78,7 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
     ),
     ("sb3-ppo", "HalfCheetah-v5"): dict(
         n_envs=1,
+        normalize=True,
         kwargs=dict(
             batch_size=64,
             n_steps=512,
@@ -122,11 +124,13 @@ def run_one(
     from relax_rl import config as cfg
     from relax_rl.agents import ALGOS
     from relax_rl.callbacks import EpisodeTracker
-    from relax_rl.envs import make_env
+    from relax_rl.envs import make_env, normalize_env
 
     if agent.startswith("sb3-"):
         zoo = SB3_ZOO[(agent, env_id)]
         env = make_env(env_id, zoo["n_envs"], seed, env_kwargs=env_kwargs)
+        if zoo.get("normalize"):
+            env = normalize_env(env, zoo["kwargs"].get("gamma", 0.99))
         algo = {"sb3-a2c": SB3A2C, "sb3-ppo": SB3PPO}[agent]
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **zoo["kwargs"])
     else:
@@ -139,6 +143,9 @@ def run_one(
             settings = cfg.merge(settings, {"env_kwargs": env_kwargs})
         run, kwargs = cfg.validate(settings, algo)
         env = make_env(env_id, run["n_envs"], seed, env_kwargs=run["env_kwargs"])
+        if run["normalize"]:
+            gamma = kwargs.get("gamma", cfg.algo_parameters(algo)["gamma"].default)
+            env = normalize_env(env, gamma, run["normalize_kwargs"])
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
     tracker = EpisodeTracker(threshold, stop_when_solved=True)
     start = time.perf_counter()

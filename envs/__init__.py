@@ -54,13 +54,20 @@ if PARALLEL_CARTPOLE_ENV_ID not in registry:
         reward_threshold=475.0,
     )
 
-from relax_rl.envs.factory import check_env_id, make_env, reward_threshold  # noqa: E402
+from relax_rl.envs.factory import (  # noqa: E402
+    NORMALIZE_OPTIONS,
+    check_env_id,
+    make_env,
+    normalize_env,
+    reward_threshold,
+)
 
 __all__ = [
     "BANDIT_ENV_IDS",
     "CHAIN_ENV_ID",
     "GAUSSIAN_BANDIT_ENV_ID",
     "MATCH_ENV_ID",
+    "NORMALIZE_OPTIONS",
     "PARALLEL_CARTPOLE_ENV_ID",
     "TOY_ENV_ID",
     "BernoulliToyEnv",
@@ -70,5 +77,6 @@ __all__ = [
     "ParallelCartPoleEnv",
     "check_env_id",
     "make_env",
+    "normalize_env",
     "reward_threshold",
 ]

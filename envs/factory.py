@@ -5,17 +5,32 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.error import DependencyNotInstalled, Error
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecEnv,
+    VecMonitor,
+    VecNormalize,
+)
 
 from relax_rl.envs.envpool_vec import EnvpoolVecEnv
 
 VEC_ENVS = ("dummy", "subproc", "envpool")
+#: VecNormalize's options a run's ``normalize_kwargs`` may set (``gamma`` is the agent's).
+NORMALIZE_OPTIONS: dict[str, type] = {
+    "norm_obs": bool,
+    "norm_reward": bool,
+    "clip_obs": float,
+    "clip_reward": float,
+    "epsilon": float,
+}
 EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "mujoco"}
 
 
@@ -101,3 +116,30 @@ def make_env(
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)
         how = f"pip install 'relax-rl[{extra}]'" if extra else "install its dependencies"
         raise ValueError(f"{env_id} needs extra packages ({how}): {exc}") from None
+
+
+def normalize_env(
+    env: VecEnv,
+    gamma: float = 0.99,
+    options: dict[str, Any] | None = None,
+    stats: Path | None = None,
+    training: bool = True,
+) -> VecNormalize:
+    """``env`` in SB3's ``VecNormalize`` (rl-zoo3's ``normalize``): observations scaled by
+    their running mean and std, rewards by the std of the discounted return (``gamma``, the
+    agent's). Episode returns in ``info`` stay the env's own (the Monitor is inside).
+
+    :param gamma: the agent's discount (unused with ``stats``: saved in them).
+    :param options: VecNormalize's options (:data:`NORMALIZE_OPTIONS`).
+    :param stats: start from the statistics saved there (a continued run, an evaluation, a
+        decomposition) instead of from scratch.
+    :param training: update the statistics as the env steps (False: frozen).
+    """
+    if stats is not None:
+        if not stats.is_file():
+            raise ValueError(f"the run normalises its env but {stats} is missing")
+        venv = VecNormalize.load(str(stats), env)
+    else:
+        venv = VecNormalize(env, gamma=gamma, **(options or {}))
+    venv.training = training
+    return venv

@@ -76,11 +76,14 @@ class EpisodeTracker(BaseCallback):
 
 class RunCheckpoint(CheckpointCallback):
     """SB3's checkpoints, each with the episode counts and returns of ``tracker`` beside it
-    (``model_episodes_<steps>_steps.json``), so that ``relax-rl train --resume`` goes on
+    (``model_episodes_<steps>_steps.json``), and a normalised env's statistics
+    (``model_vecnormalize_<steps>_steps.pkl``), so that ``relax-rl train --resume`` goes on
     counting from there."""
 
     def __init__(self, tracker: EpisodeTracker, save_freq: int, save_path: str) -> None:
-        super().__init__(save_freq=save_freq, save_path=save_path, name_prefix="model")
+        super().__init__(
+            save_freq=save_freq, save_path=save_path, name_prefix="model", save_vecnormalize=True
+        )
         self.tracker = tracker
 
     def _on_step(self) -> bool:

@@ -80,6 +80,21 @@ class RunSettings:
             "cli": False,
         },
     )
+    normalize: bool = field(
+        default=False,
+        metadata={
+            "help": "wrap the env in SB3's VecNormalize (rl-zoo3's normalize): running "
+            "statistics saved with every checkpoint and the model, frozen for evaluation"
+        },
+    )
+    normalize_kwargs: dict | None = field(
+        default=None,
+        metadata={
+            "help": "VecNormalize's options (norm_obs, norm_reward, clip_obs, clip_reward, "
+            "epsilon; gamma is the agent's), e.g. --set normalize_kwargs.norm_reward=false",
+            "cli": False,
+        },
+    )
     log_interval: int = field(
         default=100,
         metadata={
@@ -302,6 +317,7 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(
                 f"unknown config key {key!r} for {algo_cls.__name__}; valid: {', '.join(valid)}"
             )
+    run["normalize_kwargs"] = _normalize_kwargs(run["normalize_kwargs"])
     for f in fields(RunSettings):
         value, low, choices = run[f.name], f.metadata.get("min"), f.metadata.get("choices")
         if low is not None and value < low:
@@ -309,6 +325,21 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
         if choices is not None and value not in choices:
             raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
     return run, agent
+
+
+def _normalize_kwargs(value: dict | None) -> dict | None:
+    from relax_rl.envs.factory import NORMALIZE_OPTIONS
+
+    if value is None:
+        return None
+    out = {}
+    for key, option in value.items():
+        if key not in NORMALIZE_OPTIONS:
+            raise UsageError(
+                f"unknown normalize_kwargs key {key!r}; valid: {', '.join(NORMALIZE_OPTIONS)}"
+            )
+        out[key] = _check_type(f"normalize_kwargs.{key}", option, NORMALIZE_OPTIONS[key], False)
+    return out
 
 
 def _policy_kwargs(value: Any) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import numpy as np
 import torch as th
 
 from relax_rl.buffers import GumbelRolloutSamples, compute_gae
-from relax_rl.envs import check_env_id
+from relax_rl.envs import check_env_id, make_env, normalize_env
 from relax_rl.estimators import reinforce, uniform_noise
 
 if TYPE_CHECKING:
@@ -163,7 +163,17 @@ def _state_pool(
 
 
 def _obs_tensor(model: GumbelOnPolicyAlgorithm, obs: np.ndarray) -> th.Tensor:
+    """The observations as the policy sees them (a normalised run's: by its frozen statistics)."""
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        obs = venv.normalize_obs(np.asarray(obs))
     return th.as_tensor(np.asarray(obs, dtype=np.float32), device=model.device)
+
+
+def _reward(model: GumbelOnPolicyAlgorithm, reward: float) -> float:
+    """The reward as the update sees it (a normalised run's: scaled by its frozen statistics)."""
+    venv = model.get_vec_normalize_env()
+    return float(venv.normalize_reward(np.array([reward]))[0]) if venv is not None else reward
 
 
 def _advantages(
@@ -198,7 +208,7 @@ def _advantages(
         next_obs = np.array(obs, copy=True)
         for i in np.flatnonzero(active):
             o, r, terminated, truncated, _ = envs[i].step(spec.to_env(actions[i]))
-            rewards[t, i] = r
+            rewards[t, i] = _reward(model, float(r))
             if truncated and not terminated and model.use_baseline:
                 with th.no_grad():  # the collect loop's rule at a time-limit cut
                     boot = model.policy.logits_and_values(_obs_tensor(model, o[None]))[1]
@@ -434,6 +444,18 @@ def pick_checkpoints(
     return out
 
 
+def _load(algo_cls: type, path: Path, config: dict[str, Any]) -> GumbelOnPolicyAlgorithm:
+    """A checkpoint, with the VecNormalize statistics saved beside it (frozen) if the run
+    normalised its env."""
+    if not config.get("normalize"):
+        return algo_cls.load(path, device="cpu")
+    from relax_rl.training import normalize_stats_path
+
+    env = make_env(config["env_id"], 1, env_kwargs=config.get("env_kwargs"))
+    venv = normalize_env(env, stats=normalize_stats_path(path), training=False)
+    return algo_cls.load(path, env=venv, device="cpu")
+
+
 def decompose_run(
     run_dir: Path,
     fractions: list[float],
@@ -454,7 +476,7 @@ def decompose_run(
     check_copyable(env_id, env_kwargs)
     points = []
     for fraction, steps, path in pick_checkpoints(run_checkpoints(run_dir), fractions):
-        model = ALGOS[algo].load(path, device="cpu")
+        model = _load(ALGOS[algo], path, config)
         terms = decompose(model, env_id, env_kwargs, n_states, repeats, repeats, seed)
         points.append(
             {

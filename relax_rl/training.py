@@ -2,10 +2,13 @@
 
 Nothing written is lost: ``summary.json`` is rewritten at every checkpoint and at the end, and
 Ctrl-C or a diverged update (NaN) still leaves a valid checkpoint, ``model.zip`` and summary.
+A run with ``normalize`` keeps its VecNormalize statistics beside every model it saves
+(:func:`normalize_stats_path`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 import inspect
@@ -26,9 +29,24 @@ from stable_baselines3.common.vec_env import VecEnv
 from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar, RunCheckpoint
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
+from relax_rl.envs.factory import normalize_env
 from relax_rl.errors import TrainingDivergedError, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
+
+
+def normalize_stats_path(model_path: Path) -> Path:
+    """Where the VecNormalize statistics of a saved model lie: ``vecnormalize.pkl`` beside
+    ``model.zip``; ``model_vecnormalize_<x>.pkl`` beside ``checkpoints/model_<x>.zip`` (SB3's
+    CheckpointCallback's name)."""
+    stem = model_path.stem
+    name = "vecnormalize" if stem == "model" else stem.replace("model_", "model_vecnormalize_", 1)
+    return model_path.with_name(name + ".pkl")
+
+
+def agent_gamma(spec: RunSpec) -> float:
+    """The discount the agent trains with (VecNormalize's return statistics use it too)."""
+    return float(spec.agent_kwargs.get("gamma", algo_parameters(spec.algo_cls)["gamma"].default))
 
 
 @dataclass
@@ -268,12 +286,29 @@ class RunFolder:
         tmp = self.out / "model.tmp.zip"
         self.model.save(tmp)
         _atomic_write(self.out / "episodes.json", json.dumps(self.tracker.state_dict()))
+        save_normalize_stats(self.model, self.out / "model.zip")
         os.replace(tmp, self.out / "model.zip")
+
+
+def save_normalize_stats(model: Any, model_path: Path) -> None:
+    """The VecNormalize statistics of ``model``'s env (if it has them) beside ``model_path``."""
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        path = normalize_stats_path(model_path)
+        tmp = path.with_suffix(".tmp")
+        venv.save(tmp)
+        os.replace(tmp, path)
 
 
 def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
     """The final policy's greedy return on a fresh env (seed + 10000), by the one eval loop."""
     env = spec.make_env(1, spec.seed + 10_000)
+    trained = model.get_vec_normalize_env()
+    if trained is not None:  # the training statistics, frozen; returns in the env's units
+        options = {"norm_obs": trained.norm_obs, "norm_reward": False}
+        options.update(clip_obs=trained.clip_obs, epsilon=trained.epsilon)
+        env = normalize_env(env, trained.gamma, options, training=False)
+        env.obs_rms = copy.deepcopy(trained.obs_rms)
     try:
         result = evaluate(model, env, spec.settings["eval_episodes"], deterministic=True)
     finally:
@@ -327,6 +362,9 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     # A continued run's envs start from other episodes than the first session's.
     env = spec.make_env(spec.settings["n_envs"], spec.seed + (point.env_steps if point else 0))
     try:
+        if spec.settings["normalize"]:
+            stats = normalize_stats_path(point.model_path) if point is not None else None
+            env = normalize_env(env, agent_gamma(spec), spec.settings["normalize_kwargs"], stats)
         if point is None:
             model = spec.algo_cls(
                 "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
@@ -459,6 +497,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         folder.status = "interrupted"
         name = f"interrupted_{model.num_timesteps}_steps"
         model.save(out / "checkpoints" / f"model_{name}")
+        save_normalize_stats(model, out / "checkpoints" / f"model_{name}.zip")
         _atomic_write(
             out / "checkpoints" / f"model_episodes_{name}.json",
             json.dumps(folder.tracker.state_dict()),

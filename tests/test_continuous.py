@@ -184,8 +184,10 @@ def test_box_callbacks_and_save_load_continue(name, tmp_path):
         assert th.allclose(p, q)
 
 
-def test_cli_compare_eval_plot_variance_on_pendulum(tmp_path, capsys):
+@pytest.mark.parametrize("normalize", [[], ["--normalize"]])
+def test_cli_compare_eval_plot_variance_on_pendulum(tmp_path, capsys, normalize):
     settings = ["--env", "Pendulum-v1", "--total-steps", "800", "--checkpoint-freq", "400"]
+    settings += normalize
     compare_eval_plot(tmp_path, capsys, "a2c", "relax", settings)
 
 

@@ -27,7 +27,7 @@ from relax_rl.errors import UsageError
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train an agent (reinforce, a2c, relax) on a gymnasium env",
+        help=f"train an agent ({', '.join(ALGOS)}) on a gymnasium env",
         description="Train an agent into a run folder: config.yaml, progress.csv (SB3 logger), "
         "checkpoints/, model.zip and summary.json. Settings come from configs/<algo>.yaml "
         "(the entry for the env id, or --preset), then --config, then --set, then the flags "
@@ -207,8 +207,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import yaml
 
-    from relax_rl.envs import make_env
+    from relax_rl.envs import make_env, normalize_env
     from relax_rl.evaluation import evaluate
+    from relax_rl.training import normalize_stats_path
 
     run_dir: Path = args.run_dir
     if args.episodes <= 0:
@@ -231,6 +232,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError):
         config = {}
     env = make_env(env_id, 1, args.seed, env_kwargs=config.get("env_kwargs"))
+    if config.get("normalize"):  # the run's statistics, frozen; returns in the env's units
+        try:
+            env = normalize_env(env, stats=normalize_stats_path(model_path), training=False)
+        except ValueError as exc:
+            env.close()
+            raise UsageError(str(exc)) from None
+        env.norm_reward = False
     try:
         # (without env=: SB3's load would take the seeded first reset, and --seed would not
         # give the episodes train's own evaluation ran)
