@@ -165,10 +165,11 @@ def run_one(
     }
 
 
-def _fmt(xs: list[float]) -> str:
+def _fmt(xs: list[float], digits: int = 0) -> str:
+    xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    return f"{statistics.median(xs):,.0f} ({min(xs):,.0f}-{max(xs):,.0f})"
+    return f"{statistics.median(xs):,.{digits}f} ({min(xs):,.{digits}f} to {max(xs):,.{digits}f})"
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -211,9 +212,11 @@ def main() -> None:
     parser.add_argument(
         "--compare",
         nargs=2,
+        action="append",
         metavar=("A", "B"),
-        default=None,
-        help="env steps to solve, A vs B: IQMs, probability of improvement, rank-sum test",
+        default=[],
+        help="A vs B on env steps to solve and on the last-100 mean return at the end: IQMs, "
+        "probability of improvement, rank-sum test (repeat for more pairs)",
     )
     parser.add_argument(
         "--env-kwargs",
@@ -265,7 +268,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
     head = (
         f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
-        f"{'env-steps/s':>24}"
+        f"{'env-steps/s':>24}{'last-100 return at the end':>34}"
     )
     print(head)
     for agent in args.agents:
@@ -276,6 +279,7 @@ def main() -> None:
             f"{_fmt([r['solved_at_env_steps'] for r in solved]):>30}"
             f"{_fmt([r['solved_at_episodes'] for r in solved]):>30}"
             f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
+            f"{_fmt([r['final_mean_return_100'] for r in rs], 1):>34}"
         )
     if args.paired and len(args.agents) >= 2:
         a, b = args.agents[:2]
@@ -295,29 +299,44 @@ def main() -> None:
             f"(sign test p = {sign_test(wins, losses):.3f})"
         )
 
-    if args.compare:
-        from relax_rl.report import improvement_probability, iqm_interval
+    for a, b in args.compare:
+        compare(results, a, b)
 
-        a, b = args.compare
-        print(f"\nenv steps to solve, {a} vs {b} (unsolved counts as never):")
-        steps = {}
-        for name in (a, b):
-            at = [r["solved_at_env_steps"] for r in results if r["agent"] == name]
-            steps[name] = [math.inf if s is None else s for s in at]
-            got = [s for s in at if s is not None]
-            print(
-                f"  {name}: {len(got)}/{len(at)} solved, IQM "
-                f"{_interval(iqm_interval(got), 'iqm', 0)} over the solved seeds"
-            )
-        # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
-        score = {
-            k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in steps.items()
-        }
-        poi = improvement_probability(score[b], score[a])
-        p = f"{rank_sum_test(steps[a], steps[b]):.3f}" if steps[a] and steps[b] else "-"
+
+def compare(results: list[dict], a: str, b: str) -> None:
+    """``a`` vs ``b``: env steps to solve (unsolved counts as never), then the last-100 mean
+    return where the runs ended (``--max-steps`` for the unsolved)."""
+    from relax_rl.report import improvement_probability, iqm_interval
+
+    print(f"\nenv steps to solve, {a} vs {b} (unsolved counts as never):")
+    steps = {}
+    for name in (a, b):
+        at = [r["solved_at_env_steps"] for r in results if r["agent"] == name]
+        steps[name] = [math.inf if s is None else s for s in at]
+        got = [s for s in at if s is not None]
         print(
-            f"  P({b} solves in fewer env steps than {a}) = {_interval(poi, 'p', 2)} "
-            f"(rliable, 95% bootstrap CI); Mann-Whitney U permutation p = {p} (scipy)"
+            f"  {name}: {len(got)}/{len(at)} solved, IQM "
+            f"{_interval(iqm_interval(got), 'iqm', 0)} over the solved seeds"
+        )
+    # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
+    score = {k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in steps.items()}
+    poi = improvement_probability(score[b], score[a])
+    p = f"{rank_sum_test(steps[a], steps[b]):.3f}" if steps[a] and steps[b] else "-"
+    print(
+        f"  P({b} solves in fewer env steps than {a}) = {_interval(poi, 'p', 2)} "
+        f"(rliable, 95% bootstrap CI); Mann-Whitney U permutation p = {p} (scipy)"
+    )
+    print(f"last-100 mean return at the end, {a} vs {b}:")
+    ret = {
+        name: [r["final_mean_return_100"] for r in results if r["agent"] == name] for name in (a, b)
+    }
+    for name, xs in ret.items():
+        print(f"  {name}: IQM {_interval(iqm_interval(xs), 'iqm', 1)}, per seed {xs}")
+    if ret[a] and ret[b]:
+        poi = improvement_probability(ret[b], ret[a])
+        print(
+            f"  P({b} ends with a higher return than {a}) = {_interval(poi, 'p', 2)}; "
+            f"Mann-Whitney U permutation p = {rank_sum_test(ret[a], ret[b]):.3f}"
         )
 
 
