@@ -9,7 +9,9 @@ solved seeds) and training env-steps/s (median, min-max). SB3's agents use rl-zo
 
     python bench/solve.py --env CartPole-v1 --seeds 5 --agents a2c relax sb3-a2c
     python bench/solve.py --env CartPole-v1 --preset paper --threshold 195 --seeds 10 \\
-        --agents a2c relax --paired      # per-seed episode pairs and a sign test
+        --agents a2c relax --paired a2c relax     # per-seed episode pairs and a sign test
+    python bench/solve.py --env InvertedPendulum-v5 --agents a2c relax --seeds 5 \\
+        --results runs/ip.json --paired a2c relax # the tables again from a --json file
 """
 
 from __future__ import annotations
@@ -208,7 +210,20 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="config entry for our agents")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--paired", action="store_true", help="per-seed pairs of the first two")
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        default=[],
+        help="per-seed episodes to solve, A vs B, and a sign test (repeat for more pairs)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="print the tables from this --json file of an earlier invocation (no training)",
+    )
     parser.add_argument(
         "--compare",
         nargs=2,
@@ -233,12 +248,55 @@ def main() -> None:
     threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(a, s) for s in seeds for a in args.agents]  # interleaved: agents share the load
+    if args.results is not None:
+        results = [r for r in json.loads(args.results.read_text()) if r["seed"] in seeds]
+        print(f"{args.env}: the runs of {args.results}")
+    else:
+        results = run_all(args, threshold, jobs)
+    head = (
+        f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
+        f"{'env-steps/s':>24}{'last-100 return at the end':>34}"
+    )
+    print(head)
+    for agent in args.agents:
+        rs = [r for r in results if r["agent"] == agent]
+        solved = [r for r in rs if r["solved_at_env_steps"] is not None]
+        print(
+            f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
+            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>30}"
+            f"{_fmt([r['solved_at_episodes'] for r in solved]):>30}"
+            f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
+            f"{_fmt([r['final_mean_return_100'] for r in rs], 1):>34}"
+        )
+    for a, b in args.paired:
+        print(f"\nper-seed episodes to solve ({a} vs {b}; unsolved counts as never):")
+        wins = losses = 0
+        for s in seeds:
+            ra = next(r for r in results if r["agent"] == a and r["seed"] == s)
+            rb = next(r for r in results if r["agent"] == b and r["seed"] == s)
+            ea = ra["solved_at_episodes"] or math.inf
+            eb = rb["solved_at_episodes"] or math.inf
+            mark = "<" if eb < ea else (">" if eb > ea else "=")
+            wins += eb < ea
+            losses += eb > ea
+            print(f"  seed {s}: {a} {ea}  {mark}  {b} {eb}")
+        print(
+            f"{b} needs fewer episodes in {wins} of {wins + losses} seeds "
+            f"(sign test p = {sign_test(wins, losses):.3f})"
+        )
+
+    for a, b in args.compare:
+        compare(results, a, b)
+
+
+def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, int]]) -> list[dict]:
+    """Train every (agent, seed) of ``jobs``; print each run as it ends; write ``--json``."""
     print(
         f"{args.env}: threshold {threshold}, up to {args.max_steps:,} env steps, "
         f"{args.seeds} seeds, {args.jobs} parallel jobs, preset {args.preset or args.env}",
         flush=True,
     )
-    results = []
+    results: list[dict] = []
 
     def report(cell: GridRun, r: dict) -> None:  # each run as it ends: long grids show progress
         if r.get("status") == "failed":
@@ -266,69 +324,41 @@ def main() -> None:
         run_grid(cells, worker, jobs=args.jobs, on_done=report)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    head = (
-        f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
-        f"{'env-steps/s':>24}{'last-100 return at the end':>34}"
-    )
-    print(head)
-    for agent in args.agents:
-        rs = [r for r in results if r["agent"] == agent]
-        solved = [r for r in rs if r["solved_at_env_steps"] is not None]
-        print(
-            f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
-            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>30}"
-            f"{_fmt([r['solved_at_episodes'] for r in solved]):>30}"
-            f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
-            f"{_fmt([r['final_mean_return_100'] for r in rs], 1):>34}"
-        )
-    if args.paired and len(args.agents) >= 2:
-        a, b = args.agents[:2]
-        print(f"\nper-seed episodes to solve ({a} vs {b}; unsolved counts as never):")
-        wins = losses = 0
-        for s in seeds:
-            ra = next(r for r in results if r["agent"] == a and r["seed"] == s)
-            rb = next(r for r in results if r["agent"] == b and r["seed"] == s)
-            ea = ra["solved_at_episodes"] or math.inf
-            eb = rb["solved_at_episodes"] or math.inf
-            mark = "<" if eb < ea else (">" if eb > ea else "=")
-            wins += eb < ea
-            losses += eb > ea
-            print(f"  seed {s}: {a} {ea}  {mark}  {b} {eb}")
-        print(
-            f"{b} needs fewer episodes in {wins} of {wins + losses} seeds "
-            f"(sign test p = {sign_test(wins, losses):.3f})"
-        )
-
-    for a, b in args.compare:
-        compare(results, a, b)
+    return results
 
 
 def compare(results: list[dict], a: str, b: str) -> None:
-    """``a`` vs ``b``: env steps to solve (unsolved counts as never), then the last-100 mean
-    return where the runs ended (``--max-steps`` for the unsolved)."""
+    """``a`` vs ``b``: env steps and episodes to solve (unsolved counts as never), then, where a
+    run did not solve, the last-100 mean return where the runs ended (``--max-steps``)."""
     from relax_rl.report import improvement_probability, iqm_interval
 
-    print(f"\nenv steps to solve, {a} vs {b} (unsolved counts as never):")
-    steps = {}
-    for name in (a, b):
-        at = [r["solved_at_env_steps"] for r in results if r["agent"] == name]
-        steps[name] = [math.inf if s is None else s for s in at]
-        got = [s for s in at if s is not None]
+    for key, unit in (("solved_at_env_steps", "env steps"), ("solved_at_episodes", "episodes")):
+        print(f"\n{unit} to solve, {a} vs {b} (unsolved counts as never):")
+        at: dict[str, list[float]] = {}
+        for name in (a, b):
+            got = [r[key] for r in results if r["agent"] == name]
+            at[name] = [math.inf if x is None else x for x in got]
+            solved = [x for x in got if x is not None]
+            print(
+                f"  {name}: {len(solved)}/{len(got)} solved, IQM "
+                f"{_interval(iqm_interval(solved), 'iqm', 0)} over the solved seeds"
+            )
+        # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
+        score = {
+            k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in at.items()
+        }
+        poi = improvement_probability(score[b], score[a])
+        p = f"{rank_sum_test(at[a], at[b]):.3f}" if at[a] and at[b] else "-"
         print(
-            f"  {name}: {len(got)}/{len(at)} solved, IQM "
-            f"{_interval(iqm_interval(got), 'iqm', 0)} over the solved seeds"
+            f"  P({b} solves in fewer {unit} than {a}) = {_interval(poi, 'p', 2)} "
+            f"(rliable, 95% bootstrap CI); Mann-Whitney U permutation p = {p} (scipy)"
         )
-    # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
-    score = {k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in steps.items()}
-    poi = improvement_probability(score[b], score[a])
-    p = f"{rank_sum_test(steps[a], steps[b]):.3f}" if steps[a] and steps[b] else "-"
-    print(
-        f"  P({b} solves in fewer env steps than {a}) = {_interval(poi, 'p', 2)} "
-        f"(rliable, 95% bootstrap CI); Mann-Whitney U permutation p = {p} (scipy)"
-    )
+    pair = [r for r in results if r["agent"] in (a, b)]
+    if all(r["solved_at_env_steps"] is not None for r in pair):
+        return  # (every run stopped at the threshold: their final returns say nothing more)
     print(f"last-100 mean return at the end, {a} vs {b}:")
     ret = {
-        name: [r["final_mean_return_100"] for r in results if r["agent"] == name] for name in (a, b)
+        name: [r["final_mean_return_100"] for r in pair if r["agent"] == name] for name in (a, b)
     }
     for name, xs in ret.items():
         print(f"  {name}: IQM {_interval(iqm_interval(xs), 'iqm', 1)}, per seed {xs}")
