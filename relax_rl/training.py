@@ -362,9 +362,10 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     # A continued run's envs start from other episodes than the first session's.
     env = spec.make_env(spec.settings["n_envs"], spec.seed + (point.env_steps if point else 0))
     try:
-        if spec.settings["normalize"]:
+        if spec.settings.get("normalize", False):  # (a spec built by hand may leave it out)
             stats = normalize_stats_path(point.model_path) if point is not None else None
-            env = normalize_env(env, agent_gamma(spec), spec.settings["normalize_kwargs"], stats)
+            options = spec.settings.get("normalize_kwargs")
+            env = normalize_env(env, agent_gamma(spec), options, stats)
         if point is None:
             model = spec.algo_cls(
                 "MlpPolicy", env, seed=spec.seed, verbose=spec.verbose, **spec.agent_kwargs
