@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,6 +17,16 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    """Wait for ``ready()`` while ``proc`` runs (a wait, not a timing assertion: a loaded CI
+    machine is slow); fail with the process's stderr if it ends first, or after 10 minutes."""
+    deadline = time.monotonic() + 600
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{what}: not in 600 s"
+        time.sleep(0.1)
 
 
 def run_updates(model, n_updates: int, callback=None) -> tuple[torch.Tensor, list[dict]]:

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from conftest import wait_until
 from stable_baselines3.common.callbacks import BaseCallback
 
 from relax_rl.cli import main
@@ -217,7 +218,6 @@ def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "run"
     argv = [
@@ -229,10 +229,7 @@ def test_sigterm_saves_the_run_like_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
     )
-    for _ in range(600):
-        if any((out / "checkpoints").glob("*.zip")):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: any((out / "checkpoints").glob("*.zip")), proc, "a first checkpoint")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

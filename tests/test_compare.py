@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
+from conftest import wait_until
 
 from relax_rl.cli import main
 from relax_rl.runner import parse_seeds
@@ -290,12 +291,11 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
     )  # fmt: skip
     ckpts = [out / f"a2c-s{s}" / "checkpoints" for s in (0, 1)]
-    for _ in range(600):  # until both running cells have written a checkpoint
-        if all(any(c.glob("*.zip")) for c in ckpts if c.exists()) and all(
-            c.exists() for c in ckpts
-        ):
-            break
-        time.sleep(0.1)
+    wait_until(
+        lambda: all(c.exists() and any(c.glob("*.zip")) for c in ckpts),
+        proc,
+        "a checkpoint from both running cells",
+    )
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command again to resume" in err
@@ -339,10 +339,11 @@ def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path, background):
         preexec_fn=ignore_sigint if background else None,
     )
     ckpts = [out / f"a2c-s{s}" / "checkpoints" for s in (0, 1)]
-    for _ in range(600):  # until both running cells have written a checkpoint
-        if all(c.exists() and any(c.glob("*.zip")) for c in ckpts):
-            break
-        time.sleep(0.1)
+    wait_until(
+        lambda: all(c.exists() and any(c.glob("*.zip")) for c in ckpts),
+        proc,
+        "a checkpoint from both running cells",
+    )
     proc.send_signal(signal.SIGTERM)  # the main process only
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
