@@ -13,6 +13,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, ProgressBarCallback
 from stable_baselines3.common.utils import safe_mean
 
+from relax_rl.errors import interrupts_deferred
+
 
 class EpisodeTracker(BaseCallback):
     """Counts finished episodes and records when the mean return of the last ``window`` episodes
@@ -87,10 +89,12 @@ class RunCheckpoint(CheckpointCallback):
         self.tracker = tracker
 
     def _on_step(self) -> bool:
-        if self.n_calls % self.save_freq == 0:
+        if self.n_calls % self.save_freq != 0:
+            return True
+        with interrupts_deferred():  # an interrupt waits for the checkpoint to be whole
             path = Path(self._checkpoint_path("episodes_", extension="json"))
             path.write_text(json.dumps(self.tracker.state_dict()))
-        return super()._on_step()
+            return super()._on_step()
 
 
 class ReturnProgressBar(ProgressBarCallback):

@@ -43,3 +43,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         if install:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait until it ends: a file being written (a
+    checkpoint, a model) is finished, not left half-written (an interrupt inside ``zipfile``
+    would also turn into its ``ValueError``). The signal's own handler runs at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    handlers = {
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None)
+    }
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if received:
+        handler = handlers[received[0]]
+        if callable(handler):
+            handler(received[0], None)
+        else:  # SIG_DFL: die of it as the signal would have done
+            signal.raise_signal(received[0])

@@ -30,7 +30,7 @@ from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressB
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.envs.factory import normalize_env
-from relax_rl.errors import TrainingDivergedError, sigterm_as_interrupt
+from relax_rl.errors import TrainingDivergedError, interrupts_deferred, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
@@ -283,11 +283,12 @@ class RunFolder:
         return summary
 
     def save_model(self) -> None:
-        tmp = self.out / "model.tmp.zip"
-        self.model.save(tmp)
-        _atomic_write(self.out / "episodes.json", json.dumps(self.tracker.state_dict()))
-        save_normalize_stats(self.model, self.out / "model.zip")
-        os.replace(tmp, self.out / "model.zip")
+        with interrupts_deferred():
+            tmp = self.out / "model.tmp.zip"
+            self.model.save(tmp)
+            _atomic_write(self.out / "episodes.json", json.dumps(self.tracker.state_dict()))
+            save_normalize_stats(self.model, self.out / "model.zip")
+            os.replace(tmp, self.out / "model.zip")
 
 
 def save_normalize_stats(model: Any, model_path: Path) -> None:
@@ -497,12 +498,13 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     except KeyboardInterrupt:
         folder.status = "interrupted"
         name = f"interrupted_{model.num_timesteps}_steps"
-        model.save(out / "checkpoints" / f"model_{name}")
-        save_normalize_stats(model, out / "checkpoints" / f"model_{name}.zip")
-        _atomic_write(
-            out / "checkpoints" / f"model_episodes_{name}.json",
-            json.dumps(folder.tracker.state_dict()),
-        )
+        with interrupts_deferred():
+            model.save(out / "checkpoints" / f"model_{name}")
+            save_normalize_stats(model, out / "checkpoints" / f"model_{name}.zip")
+            _atomic_write(
+                out / "checkpoints" / f"model_episodes_{name}.json",
+                json.dumps(folder.tracker.state_dict()),
+            )
         raise
     except TrainingDivergedError as exc:
         folder.status, folder.error = "diverged", str(exc)

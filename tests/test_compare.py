@@ -301,7 +301,7 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
     assert proc.returncode == 130 and "run the same command again to resume" in err
     for s in (0, 1):
         summary = json.loads((out / f"a2c-s{s}" / "summary.json").read_text())
-        assert summary["status"] == "interrupted"
+        assert summary["status"] == "interrupted", summary
         assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
     assert not (out / "a2c-s2").exists()  # queued: never started
     # Again (shorter, to keep the test quick): every unfinished cell runs, from scratch.
@@ -350,7 +350,7 @@ def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path, background):
     assert "terminated" in err
     for s in (0, 1):
         summary = json.loads((out / f"a2c-s{s}" / "summary.json").read_text())
-        assert summary["status"] == "interrupted"
+        assert summary["status"] == "interrupted", summary
         assert (out / f"a2c-s{s}" / "model.zip").exists()
         assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
     assert not (out / "a2c-s2").exists()  # queued: never started
