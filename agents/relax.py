@@ -107,6 +107,16 @@ class RELAX(A2C):
     :param cv_zero_init: start the MLP's output layer at 0 (``c_hat = 0``: RELAX starts as
         A2C, and phi's first Adam steps grow ``c_hat`` from there instead of correcting with a
         random function the size of the default initialisation).
+    :param cv_per_dimension: each action dimension's score term gets its own control variate,
+        ``c_hat`` with that dimension relaxed and the others at their sampled values
+        (:class:`~relax_rl.policies.StateActionControlVariate`): the other dimensions' noise
+        leaves each dimension's term, instead of being removed only as far as the relaxation
+        matches the sample. Needs ``variance_objective="per_sample"``.
+    :param cv_logit_term: add to ``c_hat`` a term linear in the relaxed action whose
+        coefficient for each value is a small MLP of the policy's preference for it (its
+        logit or log-probability, detached), shared by every dimension
+        (:class:`~relax_rl.policies.StateActionControlVariate`). Discrete actions; needs
+        ``variance_objective="per_sample"``.
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -140,6 +150,8 @@ class RELAX(A2C):
         cv_scale_decay: float | None = None,
         cv_linear_term: bool = False,
         cv_zero_init: bool = False,
+        cv_per_dimension: bool = False,
+        cv_logit_term: bool = False,
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -160,6 +172,15 @@ class RELAX(A2C):
                 f"unknown variance_objective {variance_objective!r}; "
                 f"valid: {', '.join(VARIANCE_OBJECTIVES)}"
             )
+        for name, value in (
+            ("cv_per_dimension", cv_per_dimension),
+            ("cv_logit_term", cv_logit_term),
+        ):
+            if value and variance_objective == "batch":
+                raise ValueError(
+                    f"{name} works on per-sample gradients; "
+                    f"use variance_objective='per_sample' or {name}=False"
+                )
         if kappa_mode == "optimal" and variance_objective == "batch":
             raise ValueError(
                 "kappa_mode='optimal' works on per-sample gradients; "
@@ -174,6 +195,8 @@ class RELAX(A2C):
         self.cv_scale_decay = cv_scale_decay
         self.cv_linear_term = cv_linear_term
         self.cv_zero_init = cv_zero_init
+        self.cv_per_dimension = cv_per_dimension
+        self.cv_logit_term = cv_logit_term
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
@@ -214,6 +237,8 @@ class RELAX(A2C):
             0.0 if optimal else self.kappa_init,
             linear_term=self.cv_linear_term,
             zero_init=self.cv_zero_init,
+            per_dimension=self.cv_per_dimension,
+            logit_term=self.cv_logit_term,
         )
         if optimal:
             cv.kappa.requires_grad_(False)
@@ -270,7 +295,12 @@ class RELAX(A2C):
         with th.no_grad():  # the value (logged); the update differentiates through logit_grad
             score = reinforce(f_b, log_prob)  # A2C's term
             c_z, c_tilde = -c_hat_z, -c_hat_tilde
-            relaxed = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde)
+            if c_z.dim() == 2:  # one control variate per dimension: RELAX per dimension, summed
+                per_dim = spec.log_prob_per_dimension(logits, data.actions)
+                relaxed = relax_from_values(f_b.unsqueeze(-1), per_dim, c_z, c_tilde, c_tilde)
+                relaxed = relaxed.sum(-1)
+            else:
+                relaxed = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde)
             surrogate = th.lerp(score, relaxed, kappa)  # score + kappa * (RELAX's - score)
         return surrogate, logit_grad
 

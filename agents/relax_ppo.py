@@ -61,6 +61,16 @@ class RELAXPPO(PPO):
         samples with large joint ratios dominate ``||g||^2`` (on MultiBinaryMatch d = 128, where
         PPO's joint ratio leaves the clip range for 72-75% of the samples, phi fit on every
         epoch drove ``cv_loss`` to 1e5-1e7 and the policy back to random; with 1, stable).
+    :param cv_per_dimension: one control variate per action dimension (that dimension
+        relaxed, the others at their sampled values:
+        :class:`~relax_rl.policies.StateActionControlVariate`).
+    :param cv_logit_term: add to ``c`` a term linear in the relaxed action whose coefficient
+        for each value is a small MLP of the policy's (detached) preference for it, shared by
+        every dimension (discrete actions).
+    :param ratio: PPO's (``joint`` or ``per_dimension``). With ``per_dimension`` each
+        dimension's terms carry that dimension's ratio and clip indicator: ``g_d = m_d ( r_d
+        [A - c_hat_d(z~)] dlog pi_d - r_d dc_hat_d(z~) + dc_hat_d(z) )``, which needs
+        ``cv_per_dimension`` where there is more than one dimension.
     The other parameters are :class:`~relax_rl.agents.PPO`'s (same defaults).
     """
 
@@ -85,6 +95,7 @@ class RELAXPPO(PPO):
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
         target_kl: float | None = None,
+        ratio: str = "joint",
         optimizer: str = "adam",
         optimizer_kwargs: dict[str, Any] | None = None,
         cv_learning_rate: float | None = None,
@@ -94,6 +105,8 @@ class RELAXPPO(PPO):
         cv_linear_term: bool = False,
         cv_zero_init: bool = True,
         cv_n_epochs: int | None = 1,
+        cv_per_dimension: bool = False,
+        cv_logit_term: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -106,6 +119,11 @@ class RELAXPPO(PPO):
             raise ValueError(
                 f"unknown cv_activation {cv_activation!r}; valid: {', '.join(ACTIVATIONS)}"
             )
+        if ratio == "per_dimension" and not cv_per_dimension:
+            raise ValueError(
+                "ratio='per_dimension' weighs each dimension's correction by its own ratio: "
+                "set cv_per_dimension=True as well (or use ratio='joint')"
+            )
         if cv_n_epochs is not None and cv_n_epochs < 0:
             raise ValueError(f"cv_n_epochs must be >= 0 or None (all), got {cv_n_epochs}")
         self.cv_learning_rate = cv_learning_rate
@@ -115,6 +133,8 @@ class RELAXPPO(PPO):
         self.cv_linear_term = cv_linear_term
         self.cv_zero_init = cv_zero_init
         self.cv_n_epochs = cv_n_epochs
+        self.cv_per_dimension = cv_per_dimension
+        self.cv_logit_term = cv_logit_term
         self._in_update = False  # inside train(): corrections by the frozen copy
         self._cv_loss: th.Tensor | None = None  # this minibatch's phi objective, if it fits phi
         self._cv_losses: list[th.Tensor] = []
@@ -134,6 +154,7 @@ class RELAXPPO(PPO):
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             target_kl=target_kl,
+            ratio=ratio,
             optimizer=optimizer,
             optimizer_kwargs=optimizer_kwargs,
             stats_window_size=stats_window_size,
@@ -155,6 +176,8 @@ class RELAXPPO(PPO):
             self.kappa_init,
             linear_term=self.cv_linear_term,
             zero_init=self.cv_zero_init,
+            per_dimension=self.cv_per_dimension,
+            logit_term=self.cv_logit_term,
         )
         cv.scaled = False  # c is in the units of the normalised advantages
         return cv.to(self.device)
@@ -185,21 +208,33 @@ class RELAXPPO(PPO):
     ) -> tuple[th.Tensor, th.Tensor]:
         """PPO's clipped surrogate (its value, logged) and the logit gradients of the
         corrected estimate (the class docstring's ``-g`` per sample, in logit space)."""
-        ratio = th.exp(log_prob - data.log_probs)
-        surrogate, unclipped = clipped_objective(advantages, ratio, self._clip)
+        spec = self.policy.action_spec
+        if self._old_log_prob_dims is not None:  # per-dimension ratios, within train()
+            new = spec.log_prob_per_dimension(logits, data.actions)
+            ratio = th.exp(new - self._old_log_prob_dims)
+            surrogate, unclipped = clipped_objective(advantages.unsqueeze(-1), ratio, self._clip)
+            surrogate = surrogate.sum(-1)
+            with th.no_grad():
+                self._dims_clipped = ((ratio - 1).abs() > self._clip).float().mean()
+            # each logit carries its own dimension's ratio and clip indicator
+            r, mask = ratio.detach()[:, spec.column_dims], unclipped[:, spec.column_dims]
+            weight = ratio.detach() if spec.n_dims > 1 else ratio.detach().squeeze(-1)
+        else:
+            ratio = th.exp(log_prob - data.log_probs)
+            surrogate, unclipped = clipped_objective(advantages, ratio, self._clip)
+            r, mask = ratio.detach().unsqueeze(-1), unclipped.unsqueeze(-1)
+            weight = ratio.detach()
         obs = self.policy.actor_features(data.observations).detach()  # constant in theta
-        r = ratio.detach()
         pieces = (logits, data.actions, data.noise_g, data.noise_v, obs)
         cv = self._frozen_cv if self._in_update else self.control_variate
-        corr = cv.correction(*pieces, tilde_weight=r, create_graph=False)
-        score_term = -(r * advantages.detach()).unsqueeze(-1) * corr.score  # PPO's
-        mask = unclipped.unsqueeze(-1)
+        corr = cv.correction(*pieces, tilde_weight=weight, create_graph=False)
+        score_term = -(r * advantages.detach().unsqueeze(-1)) * corr.score  # PPO's
         logit_grad = mask * (score_term + cv.kappa.detach() * corr.h)
         n_fit = self.n_epochs if self.cv_n_epochs is None else self.cv_n_epochs
         if self._in_update and self._epoch < n_fit:
             # phi's objective: the same estimate with the live phi (its graph to phi only).
             live = self.control_variate
-            h = live.correction(*pieces, tilde_weight=r).h
+            h = live.correction(*pieces, tilde_weight=weight).h
             self._cv_loss = (mask * (score_term + live.kappa * h)).pow(2).sum(-1).mean()
         return surrogate.detach(), logit_grad
 

@@ -113,6 +113,15 @@ class ActionSpec:
         self.n_noise = self.n_logits // 2 if self.continuous else self.n_logits
         #: the width of the relaxed action a control variate sees
         self.relaxed_dim = self.n_noise
+        #: the number of action dimensions (1 for ``Discrete``)
+        self.n_dims = sum(g.count for g in self.groups)
+        #: the action dimension of each column of the relaxed action, ``(relaxed_dim,)``
+        self.column_dims = th.cat(
+            [
+                th.arange(g.first, g.first + g.count).repeat_interleave(max(g.n, 1))
+                for g in self.groups
+            ]
+        )
 
     def __repr__(self) -> str:
         return f"ActionSpec({self.space})"
@@ -265,12 +274,35 @@ class ActionSpec:
                 z_tildes.append(conditional_gumbel_max(log_p, b, vv))
         return self._flat(zs), self._flat(z_tildes)
 
+    def preferences(self, logits: th.Tensor) -> th.Tensor:
+        """The policy's preference for each relaxed column's value, ``(N, relaxed_dim)``: a
+        bit's logit, a categorical value's log-probability. Not for continuous actions."""
+        if self.continuous:
+            raise ValueError("a continuous action has no per-value preference")
+        if self.family is BERNOULLI:
+            return logits
+        return self._flat([th.log_softmax(lg, dim=-1) for lg in self._views(logits)])
+
     def relax(self, z: th.Tensor, temperature: th.Tensor | float) -> th.Tensor:
         """The continuous relaxation of ``H`` at ``temperature``, ``(N, K)``: each dimension's
         softmax (categoricals) or sigmoid (bits); a continuous action as it is."""
         if self.discrete or self.family is not CATEGORICAL:
             return self.family.relax(z, temperature)
         return self._flat([self.family.relax(zz, temperature) for zz in self._views(z)])
+
+    def hard(self, actions: th.Tensor) -> th.Tensor:
+        """The taken action in the relaxed action's layout, ``(N, relaxed_dim)``: each
+        categorical dimension one-hot, each bit as is (the relaxation's zero-temperature
+        limit). Not for continuous actions."""
+        if self.continuous:
+            raise ValueError("a continuous action has no one-hot form")
+        parts = []
+        for g, b in zip(self.groups, self._action_views(actions), strict=True):
+            if self.family is BERNOULLI:
+                parts.append(b.float())
+            else:
+                parts.append(th.nn.functional.one_hot(b.long(), g.n).float().flatten(1))
+        return parts[0] if self._single else th.cat(parts, dim=-1)
 
     # ---------------------------------------------------------------- the env
     def to_env(self, actions: np.ndarray) -> np.ndarray:

@@ -182,6 +182,25 @@ class StateActionControlVariate(nn.Module):
     :param zero_init: start the MLP's output layer at 0, so that ``c_hat`` starts at 0 (RELAX
         starts as its baseline agent) and its first steps grow it from there instead of
         correcting with a random function of the size of PyTorch's initialisation.
+    :param per_dimension: each action dimension ``i`` gets its own control variate,
+        ``c_i(z_i) = c_hat(r)`` with ``r_i = relax(z_i / tau)`` and every other dimension at
+        its *sampled* value (one-hot / the bit): RELAX for dimension ``i`` given the others,
+        whose noise no longer reaches dimension ``i``'s score term through ``z~``'s relaxation
+        (only through what ``c_hat`` fails to model). Unbiased, since the other dimensions are
+        independent of dimension ``i``'s noise and logits: given them, it is the one-variable
+        RELAX (Wu et al. 2018's factorised action-dependent baseline, with RELAX's
+        reparameterised term for the dimension's own sample). Costs one evaluation of ``c_hat``
+        per dimension; the same as the joint form for one dimension and for Gaussians (LAX).
+    :param logit_term: add ``sum_k u(p_k) r_k``, with ``p_k`` the policy's (detached)
+        preference for relaxed column ``k``'s value (a bit's logit, a categorical value's
+        log-probability: :meth:`~relax_rl.actions.ActionSpec.preferences`) and ``u`` a small MLP
+        from one number to one, shared by every column and starting at 0. How much a
+        dimension's value moves the return is often a function of how strongly the policy
+        prefers it (for an entropy-regularised optimal policy the advantage is ``alpha log pi``
+        up to a state term); one ``u`` learns it from every dimension at once, where the
+        linear term's ``W`` has a coefficient per (state feature, column) to learn. Its inputs
+        are functions of the state (detached from theta), so the estimator stays unbiased.
+        Discrete actions only.
     """
 
     def __init__(
@@ -193,9 +212,19 @@ class StateActionControlVariate(nn.Module):
         kappa_init: float = 1.0,
         linear_term: bool = False,
         zero_init: bool = False,
+        per_dimension: bool = False,
+        logit_term: bool = False,
     ) -> None:
         super().__init__()
+        if logit_term and action_spec.continuous:
+            raise ValueError(
+                "the control variate's logit term needs discrete actions "
+                f"(Discrete, MultiDiscrete, MultiBinary), got {action_spec.space}"
+            )
         self.action_spec = action_spec
+        self.per_dimension = per_dimension and not action_spec.continuous and action_spec.n_dims > 1
+        # each relaxed column's action dimension (a buffer: it follows the module's device)
+        self.register_buffer("_columns", action_spec.column_dims.clone(), persistent=False)
         relaxed_dim = action_spec.relaxed_dim
         layers: list[nn.Module] = []
         width = obs_dim + relaxed_dim
@@ -213,6 +242,11 @@ class StateActionControlVariate(nn.Module):
             self.coefficients = nn.Linear(obs_dim, relaxed_dim)
             nn.init.zeros_(self.coefficients.weight)
             nn.init.zeros_(self.coefficients.bias)
+        self.preference_net: nn.Sequential | None = None
+        if logit_term:
+            self.preference_net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+            nn.init.zeros_(self.preference_net[-1].weight)
+            nn.init.zeros_(self.preference_net[-1].bias)
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
         self.log_tau = nn.Parameter(th.zeros(()))
         # Output scale set from outside (RELAX's running advantage scale), applied where
@@ -220,18 +254,73 @@ class StateActionControlVariate(nn.Module):
         self.register_buffer("scale", th.ones(()))
         self.scaled = True
 
-    def shape(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+    def shape(
+        self, z: th.Tensor, obs: th.Tensor, preferences: th.Tensor | None = None
+    ) -> th.Tensor:
         """``c_hat / kappa`` per sample: ``z`` is ``(N, K)``, ``obs`` the flattened
-        ``(N, obs_dim)``."""
-        relaxed = self.action_spec.relax(z, self.log_tau.exp())
-        out = _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
-        if self.coefficients is not None:
-            out = out + (_plain(self.coefficients)(obs) * relaxed).sum(-1)
+        ``(N, obs_dim)``, ``preferences`` the policy's (``logit_term``'s input, ``(N, K)``)."""
+        return self._at(self.action_spec.relax(z, self.log_tau.exp()), obs, preferences)
+
+    def _coefficients(self, obs: th.Tensor, preferences: th.Tensor | None) -> th.Tensor | None:
+        """The terms linear in the relaxed action: each column's coefficient ``(N, K)``, or
+        ``None`` without a linear or logit term."""
+        coef = None if self.coefficients is None else _plain(self.coefficients)(obs)
+        if self.preference_net is not None:
+            if preferences is None:
+                raise ValueError("this control variate's logit term needs the preferences")
+            own = _plain(self.preference_net)(preferences.unsqueeze(-1)).squeeze(-1)
+            coef = own if coef is None else coef + own
+        return coef
+
+    def _per_dimension(
+        self,
+        z: th.Tensor,
+        actions: th.Tensor,
+        obs: th.Tensor,
+        preferences: th.Tensor | None = None,
+    ) -> th.Tensor:
+        """``c_i / kappa`` of every dimension ``i``, ``(N, D)``, at ``z`` (``(N, K)``: the
+        samples ``z`` and ``z~`` stacked, the first half's rows matching ``actions`` and
+        ``obs``, as the second's): ``c_hat`` at the sampled action with dimension ``i``'s
+        columns replaced by their relaxation. The rows differ only in one dimension's columns,
+        so the first layer's product with the sampled action (and the linear term's) is
+        computed once per sample and each dimension adds its own columns' part."""
+        spec, columns = self.action_spec, self._columns
+        relaxed = spec.relax(z, self.log_tau.exp())
+        repeats = len(relaxed) // len(actions)
+        hard = spec.hard(actions).repeat(repeats, 1)
+        obs = obs.repeat(repeats, 1)
+        if preferences is not None:
+            preferences = preferences.repeat(repeats, 1)
+        delta = relaxed - hard  # nonzero on the relaxed dimension's columns only
+        first = self.net[0]
+        assert isinstance(first, nn.Linear)
+        w_action = first.weight[:, obs.shape[-1] :]  # (H, K)
+        at_sample = F.linear(th.cat([obs, hard], dim=-1), first.weight, first.bias)  # (N, H)
+        rows = at_sample.unsqueeze(1).expand(-1, spec.n_dims, -1)
+        rows = rows.index_add(1, columns, delta.unsqueeze(-1) * w_action.T)  # (N, D, H)
+        out = _plain(self.net[1:])(rows).squeeze(-1)
+        coef = self._coefficients(obs, preferences)
+        if coef is not None:
+            own = th.zeros_like(out).index_add(1, columns, coef * delta)
+            out = out + (coef * hard).sum(-1, keepdim=True) + own
         return self.scale * out if self.scaled else out
 
-    def forward(self, z: th.Tensor, obs: th.Tensor) -> th.Tensor:
+    def _at(
+        self, relaxed: th.Tensor, obs: th.Tensor, preferences: th.Tensor | None = None
+    ) -> th.Tensor:
+        """``c_hat / kappa`` at relaxed actions ``(N, K)``."""
+        out = _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
+        coef = self._coefficients(obs, preferences)
+        if coef is not None:
+            out = out + (coef * relaxed).sum(-1)
+        return self.scale * out if self.scaled else out
+
+    def forward(
+        self, z: th.Tensor, obs: th.Tensor, preferences: th.Tensor | None = None
+    ) -> th.Tensor:
         """``c_hat(z, s)`` per sample."""
-        return self.kappa * self.shape(z, obs)
+        return self.kappa * self.shape(z, obs, preferences)
 
     def correction(
         self,
@@ -253,20 +342,39 @@ class StateActionControlVariate(nn.Module):
         that depend on the taken action (PPO's ratio). ``z`` is rebuilt from the stored
         perturbation at the current logits and ``z~ ~ p(z | a)`` from the stored ``v``; the
         score term is in closed form. With ``create_graph``, ``h`` keeps its graph to phi (for
-        the variance objective); ``obs`` are the actor's features, constant in theta.
+        the variance objective); ``obs`` are the actor's features, constant in theta. With
+        ``per_dimension``, ``c`` is each logit's own dimension's ``c_d``, ``w`` may be one
+        weight per dimension ``(N, D)``, and ``c_z``, ``c_tilde`` are ``(N, D)``.
 
         :param logits: the current logits ``(N, K)`` (detached inside: ``h`` is a constant in
             theta, to be sent back through the network by the caller).
         """
         spec = self.action_spec
         logits = logits.detach().requires_grad_()
+        prefs = None
+        if self.preference_net is not None:  # a function of the state (detached from theta)
+            prefs = spec.preferences(logits.detach())
         with th.enable_grad():
             z, z_tilde = spec.rebuild(logits, actions, noise_g, noise_v)
-            c_z, c_tilde = self.shape(th.cat([z, z_tilde]), obs.repeat(2, 1)).chunk(2)
-            weighted = c_tilde if tilde_weight is None else tilde_weight * c_tilde
+            both = th.cat([z, z_tilde])
+            if self.per_dimension:
+                c_z, c_tilde = self._per_dimension(both, actions, obs, prefs).chunk(2)
+            else:
+                if prefs is not None:
+                    prefs = prefs.repeat(2, 1)
+                c_z, c_tilde = self.shape(both, obs.repeat(2, 1), prefs).chunk(2)
+            weighted = c_tilde
+            if tilde_weight is not None:  # (N,), or (N, D) per dimension (one per c_i)
+                if tilde_weight.dim() < c_tilde.dim():
+                    tilde_weight = tilde_weight.unsqueeze(-1)
+                weighted = tilde_weight * c_tilde
+            # per dimension, c_i depends on its own dimension's logits only: one gradient of
+            # the sum gives each dimension its own reparameterised terms
             (dc,) = th.autograd.grad((weighted - c_z).sum(), logits, create_graph=create_graph)
         score = spec.score(logits.detach(), actions)
-        h = th.addcmul(dc, weighted.unsqueeze(-1), score)
+        # each logit's score term is scaled by its own dimension's c(z~)
+        per_logit = weighted[:, self._columns] if self.per_dimension else weighted.unsqueeze(-1)
+        h = th.addcmul(dc, per_logit, score)
         if not create_graph:
             h, c_z, c_tilde = h.detach(), c_z.detach(), c_tilde.detach()
         return RelaxCorrection(h, score, c_z, c_tilde)
@@ -279,6 +387,6 @@ class RelaxCorrection(NamedTuple):
     h: th.Tensor
     #: ``(N, K)``: ``dlog pi(a)/d logits`` (constant)
     score: th.Tensor
-    #: ``(N,)``: ``c(z)`` and ``c(z~)``
+    #: ``(N,)``: ``c(z)`` and ``c(z~)`` (``(N, D)``: each dimension's, per dimension)
     c_z: th.Tensor
     c_tilde: th.Tensor

@@ -20,6 +20,7 @@ from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.cli import main
 from relax_rl.envs import MATCH_ENV_ID, MultiBinaryMatchEnv, ParallelCartPoleEnv, make_env
 from relax_rl.estimators import uniform_noise
+from relax_rl.policies import StateActionControlVariate
 
 SPACES = {
     "Discrete(4)": spaces.Discrete(4),
@@ -86,6 +87,101 @@ def test_score_z_and_z_tilde(name):
         one = ActionSpec(spaces.Discrete(5))
         _, z_one = one.rebuild(logits[:, cols], actions[:, dim], g[:, cols], v[:, cols])
         th.testing.assert_close(z_tilde[:, cols], z_one)
+
+
+@pytest.mark.parametrize("name", ["MultiDiscrete([3,3,5,2])", "MultiBinary(5)"])
+@pytest.mark.parametrize("terms", ["mlp", "linear+logit"])
+def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name, terms):
+    """``per_dimension``'s c_d, computed with the first layer shared across dimensions, is
+    c_hat evaluated at the sampled action with only dimension d's columns relaxed."""
+    spec, gen = ActionSpec(SPACES[name]), th.Generator().manual_seed(2)
+    th.manual_seed(2)
+    extra = terms != "mlp"
+    cv = StateActionControlVariate(
+        3, spec, [7, 6], th.nn.Tanh, linear_term=extra, logit_term=extra, per_dimension=True
+    )
+    with th.no_grad():  # the extra terms start at 0: make them count
+        for p in cv.parameters():
+            p.add_(0.3 * th.randn(p.shape, generator=gen))
+    n = 4
+    logits = th.randn(n, spec.n_logits, generator=gen)
+    g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
+    v = uniform_noise((n, spec.n_logits), gen)
+    actions, _ = spec.sample(logits, g)
+    z, z_tilde = spec.rebuild(logits, actions, g, v)
+    obs, prefs = th.randn(n, 3, generator=gen), spec.preferences(logits)
+    both = th.cat([z, z_tilde])
+    fast = cv._per_dimension(both, actions, obs, prefs if extra else None)
+    relaxed, hard = spec.relax(both, cv.log_tau.exp()), spec.hard(actions).repeat(2, 1)
+    for d in range(spec.n_dims):
+        own = spec.column_dims == d
+        point = th.where(own, relaxed, hard)
+        slow = cv._at(point, obs.repeat(2, 1), prefs.repeat(2, 1) if extra else None)
+        th.testing.assert_close(fast[:, d], slow)
+
+
+def test_per_dimension_removes_the_other_dimensions_noise():
+    """With ``c_hat`` the reward itself (linear in the bits) and ``f = c_hat(b)``, each bit's
+    per-dimension RELAX logit gradient depends on that bit's noise only: redrawing the other
+    bits' noise (and so their values) leaves it unchanged. The joint form keeps part of it."""
+    d, n, gen = 6, 512, th.Generator().manual_seed(3)
+    spec = ActionSpec(spaces.MultiBinary(d))
+    weights = th.linspace(-1.0, 1.0, d)
+    grads = {}
+    for per_dimension in (True, False):
+        cv = StateActionControlVariate(
+            1, spec, [], linear_term=True, zero_init=True, per_dimension=per_dimension
+        )
+        with th.no_grad():
+            cv.coefficients.bias.copy_(weights)
+        cv.scaled = False
+        logits = th.full((n, d), 0.3)
+        u = uniform_noise((n, d), gen)
+        v = uniform_noise((n, d), gen)
+        out = []
+        for redraw in (False, True):
+            uu, vv = u.clone(), v.clone()
+            if redraw:  # every dimension but 0 gets fresh noise
+                uu[:, 1:] = uniform_noise((n, d - 1), gen)
+                vv[:, 1:] = uniform_noise((n, d - 1), gen)
+            g = spec.perturb(uu)
+            actions, _ = spec.sample(logits, g)
+            corr = cv.correction(logits, actions, g, vv, th.zeros(n, 1))
+            f = (actions.float() * weights).sum(-1)  # the reward, c_hat's own function
+            out.append(f.unsqueeze(-1) * corr.score - corr.h)  # RELAX's logit gradient
+        grads[per_dimension] = out
+    same, redrawn = grads[True]
+    th.testing.assert_close(same[:, 0], redrawn[:, 0])
+    joint, joint_redrawn = grads[False]
+    assert (joint[:, 0] - joint_redrawn[:, 0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "needle"),
+    [
+        (
+            RELAX,
+            {"cv_per_dimension": True, "variance_objective": "batch", "kappa_mode": "learned"},
+            "cv_per_dimension works on per-sample",
+        ),
+        (
+            RELAX,
+            {"cv_logit_term": True, "variance_objective": "batch", "kappa_mode": "learned"},
+            "cv_logit_term works on per-sample",
+        ),
+        (RELAXPPO, {"ratio": "per_dimension"}, "set cv_per_dimension=True"),
+    ],
+)
+def test_per_dimension_settings_are_refused_in_one_line(cls, kwargs, needle):
+    with pytest.raises(ValueError, match=needle) as err:
+        cls("MlpPolicy", make_env(MATCH_ENV_ID, 2, 0, env_kwargs={"d": 4}), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_logit_term_is_refused_for_box_actions():
+    with pytest.raises(ValueError, match="logit term needs discrete actions") as err:
+        RELAX("MlpPolicy", make_env("Pendulum-v1", 2, 0), cv_logit_term=True)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +315,24 @@ def _assert_unbiased(estimates, expected):
         (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
         (PPO, 16, 600, {}),
+        (
+            RELAX,
+            16,
+            600,
+            {"cv_learning_rate": 3e-3, "cv_per_dimension": True, "cv_logit_term": True},
+        ),
         (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
+        (
+            RELAXPPO,
+            16,
+            600,
+            {
+                "cv_learning_rate": 3e-3,
+                "cv_per_dimension": True,
+                "cv_logit_term": True,
+                "ratio": "per_dimension",
+            },
+        ),
     ],
     ids=[
         "reinforce",
@@ -228,7 +341,9 @@ def _assert_unbiased(estimates, expected):
         "relax-linear-term",
         "relax-learned-kappa",
         "ppo",
+        "relax-per-dimension",
         "relax-ppo",
+        "relax-ppo-per-dimension",
     ],
 )
 def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
