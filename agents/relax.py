@@ -3,6 +3,7 @@ score term gets RELAX's learned, action-dependent control variate. The whole upd
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,12 @@ class RELAX(A2C):
         logit or log-probability, detached), shared by every dimension
         (:class:`~relax_rl.policies.StateActionControlVariate`). Discrete actions; needs
         ``variance_objective="per_sample"``.
+    :param cv_replay: after each update, phi also takes one step on each of the last
+        ``cv_replay`` batches (the current one included, once it has been used), at the
+        current policy, with their stored advantages: phi learns from more samples per
+        update, and it is still never fit on the batch it corrects, so the estimator stays
+        unbiased. 0 (the default): phi sees each batch once. Needs
+        ``variance_objective="per_sample"``.
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -152,6 +159,7 @@ class RELAX(A2C):
         cv_zero_init: bool = False,
         cv_per_dimension: bool = False,
         cv_logit_term: bool = False,
+        cv_replay: int = 0,
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -172,9 +180,12 @@ class RELAX(A2C):
                 f"unknown variance_objective {variance_objective!r}; "
                 f"valid: {', '.join(VARIANCE_OBJECTIVES)}"
             )
+        if cv_replay < 0:
+            raise ValueError(f"cv_replay must be >= 0 (batches), got {cv_replay}")
         for name, value in (
             ("cv_per_dimension", cv_per_dimension),
             ("cv_logit_term", cv_logit_term),
+            ("cv_replay", cv_replay),
         ):
             if value and variance_objective == "batch":
                 raise ValueError(
@@ -197,6 +208,7 @@ class RELAX(A2C):
         self.cv_zero_init = cv_zero_init
         self.cv_per_dimension = cv_per_dimension
         self.cv_logit_term = cv_logit_term
+        self.cv_replay = cv_replay
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
@@ -228,6 +240,8 @@ class RELAX(A2C):
     # ---------------------------------------------------------------- set-up and save/load
     def _setup_model(self) -> None:
         super()._setup_model()
+        # (here, not in __init__: SB3's load sets cv_replay after __init__, then calls this)
+        self._replay: deque[GumbelRolloutSamples] = deque(maxlen=max(self.cv_replay, 1))
         optimal = self.kappa_mode == "optimal"
         cv = StateActionControlVariate(
             int(self.policy.features_dim),
@@ -254,6 +268,10 @@ class RELAX(A2C):
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, tensors = super()._get_torch_save_params()
         return [*state_dicts, "control_variate", "cv_optimizer"], tensors
+
+    def _excluded_save_params(self) -> list[str]:
+        # recent batches are phi's extra data, not state: a loaded model refills them
+        return [*super()._excluded_save_params(), "_replay", "_kappa_terms"]
 
     # ---------------------------------------------------------------- the estimator
     def policy_surrogate(
@@ -384,6 +402,9 @@ class RELAX(A2C):
         self.cv_optimizer.step()
         self._update_statistics(data)
         self.n_updates += 1
+        if self.cv_replay > 0:
+            self._replay.append(data)
+            self._replay_phi(cv_params)
         cv = self.control_variate
         self._record_update(
             losses,
@@ -393,6 +414,28 @@ class RELAX(A2C):
             tau=cv.log_tau.exp(),
             cv_scale=cv.scale,
         )
+
+    def _replay_phi(self, cv_params: list[th.Tensor]) -> None:
+        """``cv_replay``'s extra steps of phi: one on each kept batch, its variance objective
+        at the current policy (logits, features) and the advantages it was collected with."""
+        cv = self.control_variate
+        for data in self._replay:
+            with th.no_grad():
+                logits = self.policy.logits_and_values(data.observations)[0]
+                obs = self.policy.actor_features(data.observations)
+                advantages = data.advantages
+                if self.normalize_advantage and advantages.numel() > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            h, score, _, _ = cv.correction(logits, data.actions, data.noise_g, data.noise_v, obs)
+            g = -advantages.unsqueeze(-1) * score  # the score term, f = -A
+            self._kappa_terms = (g, h, cv.kappa)
+            loss, _ = self.variance_loss(None)  # type: ignore[arg-type]  (per_sample: unused)
+            for p in cv_params:
+                p.grad = None
+            loss.backward(inputs=cv_params)
+            self._check_finite(cv_replay_loss=loss)
+            self.cv_optimizer.step()
+        self._kappa_terms = None
 
     def _update_statistics(self, data: GumbelRolloutSamples) -> None:
         """After a successful update, statistics for LATER batches only: the one-env kappa's

@@ -170,12 +170,38 @@ def test_per_dimension_removes_the_other_dimensions_noise():
             "cv_logit_term works on per-sample",
         ),
         (RELAXPPO, {"ratio": "per_dimension"}, "set cv_per_dimension=True"),
+        (RELAX, {"cv_replay": -1}, "cv_replay must be >= 0"),
     ],
 )
 def test_per_dimension_settings_are_refused_in_one_line(cls, kwargs, needle):
     with pytest.raises(ValueError, match=needle) as err:
         cls("MlpPolicy", make_env(MATCH_ENV_ID, 2, 0, env_kwargs={"d": 4}), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
+    """``cv_replay = 3``: phi takes one step per update plus one per kept batch (1, 2, 3, 3,
+    ...), the policy one per update; the kept batches are not saved, and a loaded model
+    goes on."""
+    model = RELAX(
+        "MlpPolicy",
+        make_env(MATCH_ENV_ID, 4, 0, env_kwargs={"d": 4}),
+        n_steps=2,
+        cv_replay=3,
+        kappa_mode="learned",
+        cv_per_dimension=True,
+        seed=0,
+        policy_kwargs={"net_arch": [8]},
+    )
+    run_updates(model, 5)
+    steps = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
+    assert steps(model.policy.optimizer) == 5
+    assert steps(model.cv_optimizer) == 5 + (1 + 2 + 3 + 3 + 3)
+    model.save(tmp_path / "m.zip")
+    loaded = RELAX.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
+    assert len(loaded._replay) == 0 and loaded.cv_replay == 3
+    run_updates(loaded, 2)
+    assert steps(loaded.cv_optimizer) == 17 + 2 + (1 + 2)
 
 
 def test_logit_term_is_refused_for_box_actions():
@@ -319,7 +345,12 @@ def _assert_unbiased(estimates, expected):
             RELAX,
             16,
             600,
-            {"cv_learning_rate": 3e-3, "cv_per_dimension": True, "cv_logit_term": True},
+            {
+                "cv_learning_rate": 3e-3,
+                "cv_per_dimension": True,
+                "cv_logit_term": True,
+                "cv_replay": 4,
+            },
         ),
         (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (
