@@ -428,6 +428,9 @@ def test_an_interrupt_waits_for_the_checkpoint_being_written(sig):
     from relax_rl.errors import Terminated, interrupts_deferred, sigterm_as_interrupt
 
     written = []
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job
+    # starts with SIGINT ignored, and then so does the block, rightly)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     with sigterm_as_interrupt():
         with pytest.raises(Terminated if sig == "SIGTERM" else KeyboardInterrupt):
             with interrupts_deferred():
@@ -437,4 +440,5 @@ def test_an_interrupt_waits_for_the_checkpoint_being_written(sig):
             pytest.fail("the interrupt was lost")
         assert len(written) == 1000
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, inherited)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
