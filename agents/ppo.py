@@ -198,16 +198,27 @@ class PPO(GumbelOnPolicyAlgorithm):
         log_prob: th.Tensor,
         advantages: th.Tensor,
     ) -> tuple[th.Tensor, th.Tensor | None]:
+        return self.clipped_surrogate(data, logits, log_prob, advantages)[0], None
+
+    def clipped_surrogate(
+        self,
+        data: GumbelRolloutSamples,
+        logits: th.Tensor,
+        log_prob: th.Tensor,
+        advantages: th.Tensor,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """PPO's clipped surrogate per sample, and the ratio and unclipped indicator behind it:
+        ``(N,)`` for the joint ratio, ``(N, D)`` per dimension (``ratio``'s setting)."""
         if self._old_log_prob_dims is not None:  # per dimension, within train()
             new = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
             ratios = th.exp(new - self._old_log_prob_dims)
-            surrogate, _ = clipped_objective(advantages.unsqueeze(-1), ratios, self._clip)
+            surrogate, unclipped = clipped_objective(advantages.unsqueeze(-1), ratios, self._clip)
             with th.no_grad():  # (logged: the share of (sample, dimension) terms out of range)
                 self._dims_clipped = ((ratios - 1).abs() > self._clip).float().mean()
-            return surrogate.sum(-1), None
+            return surrogate.sum(-1), ratios, unclipped
         ratio = th.exp(log_prob - data.log_probs)
-        surrogate, _ = clipped_objective(advantages, ratio, self._clip)
-        return surrogate, None
+        surrogate, unclipped = clipped_objective(advantages, ratio, self._clip)
+        return surrogate, ratio, unclipped
 
     def value_loss(self, values: th.Tensor, data: GumbelRolloutSamples) -> th.Tensor:
         """SB3's: the squared error of the value prediction, clipped to ``clip_range_vf``

@@ -423,9 +423,7 @@ class RELAX(A2C):
             with th.no_grad():
                 logits = self.policy.logits_and_values(data.observations)[0]
                 obs = self.policy.actor_features(data.observations)
-                advantages = data.advantages
-                if self.normalize_advantage and advantages.numel() > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = self.batch_advantages(data)
             h, score, _, _ = cv.correction(logits, data.actions, data.noise_g, data.noise_v, obs)
             g = -advantages.unsqueeze(-1) * score  # the score term, f = -A
             self._kappa_terms = (g, h, cv.kappa)

@@ -9,7 +9,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from relax_rl.agents.ppo import PPO, clipped_objective
+from relax_rl.agents.ppo import PPO
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.on_policy import total_grad_norm
 from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVariate
@@ -209,19 +209,11 @@ class RELAXPPO(PPO):
         """PPO's clipped surrogate (its value, logged) and the logit gradients of the
         corrected estimate (the class docstring's ``-g`` per sample, in logit space)."""
         spec = self.policy.action_spec
-        if self._old_log_prob_dims is not None:  # per-dimension ratios, within train()
-            new = spec.log_prob_per_dimension(logits, data.actions)
-            ratio = th.exp(new - self._old_log_prob_dims)
-            surrogate, unclipped = clipped_objective(advantages.unsqueeze(-1), ratio, self._clip)
-            surrogate = surrogate.sum(-1)
-            with th.no_grad():
-                self._dims_clipped = ((ratio - 1).abs() > self._clip).float().mean()
-            # each logit carries its own dimension's ratio and clip indicator
+        surrogate, ratio, unclipped = self.clipped_surrogate(data, logits, log_prob, advantages)
+        if ratio.dim() == 2:  # per dimension: each logit carries its dimension's ratio and clip
             r, mask = ratio.detach()[:, spec.column_dims], unclipped[:, spec.column_dims]
             weight = ratio.detach() if spec.n_dims > 1 else ratio.detach().squeeze(-1)
         else:
-            ratio = th.exp(log_prob - data.log_probs)
-            surrogate, unclipped = clipped_objective(advantages, ratio, self._clip)
             r, mask = ratio.detach().unsqueeze(-1), unclipped.unsqueeze(-1)
             weight = ratio.detach()
         obs = self.policy.actor_features(data.observations).detach()  # constant in theta

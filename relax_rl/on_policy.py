@@ -367,9 +367,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             logits, data.actions, entropy_grad=self.ent_coef != 0
         )
         entropy = entropy.mean()
-        advantages = data.advantages
-        if self.normalize_advantage and advantages.numel() > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = self.batch_advantages(data)
         surrogate, logit_grad = self.policy_surrogate(data, logits, log_prob, advantages)
         value_loss = (
             self.value_loss(values, data)
@@ -377,6 +375,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             else th.zeros((), device=values.device)
         )
         return Losses(surrogate, logits, value_loss, entropy, advantages, logit_grad, log_prob)
+
+    def batch_advantages(self, data: GumbelRolloutSamples) -> th.Tensor:
+        """The batch's advantages as the update uses them (standardised with
+        ``normalize_advantage``)."""
+        advantages = data.advantages
+        if self.normalize_advantage and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return advantages
 
     def value_loss(self, values: th.Tensor, data: GumbelRolloutSamples) -> th.Tensor:
         """The critic's loss: the mean squared error to the returns (an algorithm may clip it)."""
