@@ -22,6 +22,7 @@ from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVaria
 
 KAPPA_MODES = ("optimal", "learned")
 VARIANCE_OBJECTIVES = ("per_sample", "batch")
+CV_TARGETS = ("advantage", "return")
 
 
 def _cross_fitted_kappa(gh: np.ndarray, hh: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -118,12 +119,26 @@ class RELAX(A2C):
         logit or log-probability, detached), shared by every dimension
         (:class:`~relax_rl.policies.StateActionControlVariate`). Discrete actions; needs
         ``variance_objective="per_sample"``.
+    :param cv_centred: the linear and logit terms act on the relaxed action minus the
+        policy's mean of the sampled one
+        (:class:`~relax_rl.policies.StateActionControlVariate`'s ``centred``): they have mean 0
+        given the state, and their coefficients are fit on centred features. Discrete actions;
+        needs ``variance_objective="per_sample"``.
     :param cv_replay: after each update, phi also takes one step on each of the last
         ``cv_replay`` batches (the current one included, once it has been used), at the
         current policy, with their stored advantages: phi learns from more samples per
         update, and it is still never fit on the batch it corrects, so the estimator stays
         unbiased. 0 (the default): phi sees each batch once. Needs
         ``variance_objective="per_sample"``.
+    :param cv_target: what ``c_hat``'s learned part models. ``advantage`` (the default):
+        ``c_hat = kappa * MLP(...)`` tracks ``A = R - V(s)``, a target that moves with the
+        critic. ``return``: ``c_hat = kappa * (MLP(...) - V(s))`` with ``V(s)`` the critic's
+        value the batch's advantages were computed with (a function of the state, fixed
+        before the batch: unbiased), so that the MLP models the return as a function of the
+        action and state (a Q-function, as in Q-Prop's control variate), a fixed target for a
+        fixed reward, while the critic's improvement reaches the estimator at once. At
+        ``kappa = 0`` RELAX is still A2C. Needs ``variance_objective="per_sample"``,
+        ``use_baseline`` and no ``normalize_advantage``.
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -159,7 +174,9 @@ class RELAX(A2C):
         cv_zero_init: bool = False,
         cv_per_dimension: bool = False,
         cv_logit_term: bool = False,
+        cv_centred: bool = False,
         cv_replay: int = 0,
+        cv_target: str = "advantage",
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -185,6 +202,7 @@ class RELAX(A2C):
         for name, value in (
             ("cv_per_dimension", cv_per_dimension),
             ("cv_logit_term", cv_logit_term),
+            ("cv_centred", cv_centred),
             ("cv_replay", cv_replay),
         ):
             if value and variance_objective == "batch":
@@ -192,6 +210,19 @@ class RELAX(A2C):
                     f"{name} works on per-sample gradients; "
                     f"use variance_objective='per_sample' or {name}=False"
                 )
+        if cv_target not in CV_TARGETS:
+            raise ValueError(f"unknown cv_target {cv_target!r}; valid: {', '.join(CV_TARGETS)}")
+        if cv_target == "return":
+            for bad, needed in (
+                (variance_objective == "batch", "variance_objective='per_sample'"),
+                (not use_baseline, "use_baseline=True"),
+                (normalize_advantage, "normalize_advantage=False"),
+            ):
+                if bad:
+                    raise ValueError(
+                        f"cv_target='return' moves the critic's value into c_hat: set {needed} "
+                        "or use cv_target='advantage'"
+                    )
         if kappa_mode == "optimal" and variance_objective == "batch":
             raise ValueError(
                 "kappa_mode='optimal' works on per-sample gradients; "
@@ -208,7 +239,9 @@ class RELAX(A2C):
         self.cv_zero_init = cv_zero_init
         self.cv_per_dimension = cv_per_dimension
         self.cv_logit_term = cv_logit_term
+        self.cv_centred = cv_centred
         self.cv_replay = cv_replay
+        self.cv_target = cv_target
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
@@ -253,6 +286,7 @@ class RELAX(A2C):
             zero_init=self.cv_zero_init,
             per_dimension=self.cv_per_dimension,
             logit_term=self.cv_logit_term,
+            centred=self.cv_centred,
         )
         if optimal:
             cv.kappa.requires_grad_(False)
@@ -300,7 +334,7 @@ class RELAX(A2C):
         # Per-sample logit gradients: the update sends them through the network, and phi's
         # objective (a function of h) gets a graph of its own.
         h, score_dir, c_hat_z, c_hat_tilde = cv.correction(
-            logits, data.actions, data.noise_g, data.noise_v, obs
+            logits, data.actions, data.noise_g, data.noise_v, obs, value=self._state_term(data)
         )
         g = f_b.unsqueeze(-1) * score_dir
         if self.kappa_mode == "learned":
@@ -321,6 +355,14 @@ class RELAX(A2C):
                 relaxed = relax_from_values(f_b, log_prob, c_z, c_tilde, c_tilde)
             surrogate = th.lerp(score, relaxed, kappa)  # score + kappa * (RELAX's - score)
         return surrogate, logit_grad
+
+    def _state_term(self, data: GumbelRolloutSamples) -> th.Tensor | None:
+        """``cv_target="return"``'s state term of ``c_hat / kappa``: the critic's value at
+        each sample's state, as the batch's advantages were computed with (fixed before
+        this batch), so that ``c_hat``'s learned part models the return."""
+        if self.cv_target != "return":
+            return None
+        return data.returns - data.advantages
 
     def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
@@ -424,7 +466,8 @@ class RELAX(A2C):
                 logits = self.policy.logits_and_values(data.observations)[0]
                 obs = self.policy.actor_features(data.observations)
                 advantages = self.batch_advantages(data)
-            h, score, _, _ = cv.correction(logits, data.actions, data.noise_g, data.noise_v, obs)
+            pieces = (logits, data.actions, data.noise_g, data.noise_v, obs)
+            h, score, _, _ = cv.correction(*pieces, value=self._state_term(data))
             g = -advantages.unsqueeze(-1) * score  # the score term, f = -A
             self._kappa_terms = (g, h, cv.kappa)
             loss, _ = self.variance_loss(None)  # type: ignore[arg-type]  (per_sample: unused)
@@ -447,6 +490,7 @@ class RELAX(A2C):
                     cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
                     cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
                 cv.kappa.fill_(kappa.mean())  # the kappa this update used (logged, saved)
+            cv.observe(self.policy.actor_features(data.observations))
             if self.cv_scale_decay is not None:
                 rms = data.advantages.pow(2).mean().sqrt()
                 d = self.cv_scale_decay

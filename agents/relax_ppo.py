@@ -67,6 +67,8 @@ class RELAXPPO(PPO):
     :param cv_logit_term: add to ``c`` a term linear in the relaxed action whose coefficient
         for each value is a small MLP of the policy's (detached) preference for it, shared by
         every dimension (discrete actions).
+    :param cv_centred: the linear and logit terms act on the relaxed action minus the
+        policy's mean of the sampled one (mean 0 given the state; discrete actions).
     :param ratio: PPO's (``joint`` or ``per_dimension``). With ``per_dimension`` each
         dimension's terms carry that dimension's ratio and clip indicator: ``g_d = m_d ( r_d
         [A - c_hat_d(z~)] dlog pi_d - r_d dc_hat_d(z~) + dc_hat_d(z) )``, which needs
@@ -107,6 +109,7 @@ class RELAXPPO(PPO):
         cv_n_epochs: int | None = 1,
         cv_per_dimension: bool = False,
         cv_logit_term: bool = False,
+        cv_centred: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -135,6 +138,7 @@ class RELAXPPO(PPO):
         self.cv_n_epochs = cv_n_epochs
         self.cv_per_dimension = cv_per_dimension
         self.cv_logit_term = cv_logit_term
+        self.cv_centred = cv_centred
         self._in_update = False  # inside train(): corrections by the frozen copy
         self._cv_loss: th.Tensor | None = None  # this minibatch's phi objective, if it fits phi
         self._cv_losses: list[th.Tensor] = []
@@ -178,6 +182,7 @@ class RELAXPPO(PPO):
             zero_init=self.cv_zero_init,
             per_dimension=self.cv_per_dimension,
             logit_term=self.cv_logit_term,
+            centred=self.cv_centred,
         )
         cv.scaled = False  # c is in the units of the normalised advantages
         return cv.to(self.device)
@@ -241,6 +246,8 @@ class RELAXPPO(PPO):
         finally:
             self._in_update, self._cv_loss = False, None
         cv = self.control_variate
+        with th.no_grad():  # for the next rollouts' corrections (this one's would bias them)
+            cv.observe(self.policy.actor_features(self.rollout_buffer.get_all().observations))
         scalars = [cv.kappa.detach(), cv.log_tau.detach().exp()]
         if self._cv_losses:
             scalars.append(th.stack(self._cv_losses).mean())

@@ -283,6 +283,13 @@ class ActionSpec:
             return logits
         return self._flat([th.log_softmax(lg, dim=-1) for lg in self._views(logits)])
 
+    def mean_hard(self, preferences: th.Tensor) -> th.Tensor:
+        """The policy's mean of :meth:`hard`, ``(N, relaxed_dim)``, from its
+        :meth:`preferences`: each bit's probability, each categorical's probabilities."""
+        if self.family is BERNOULLI:
+            return th.sigmoid(preferences)
+        return preferences.exp()
+
     def relax(self, z: th.Tensor, temperature: th.Tensor | float) -> th.Tensor:
         """The continuous relaxation of ``H`` at ``temperature``, ``(N, K)``: each dimension's
         softmax (categoricals) or sigmoid (bits); a continuous action as it is."""

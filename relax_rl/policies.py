@@ -201,6 +201,16 @@ class StateActionControlVariate(nn.Module):
         linear term's ``W`` has a coefficient per (state feature, column) to learn. Its inputs
         are functions of the state (detached from theta), so the estimator stays unbiased.
         Discrete actions only.
+    :param centred: the linear and logit terms act on the relaxed action minus the policy's
+        mean of the sampled one (each bit's probability, each categorical's probabilities),
+        ``coef . (r - E_pi[H(z)])``: a state-dependent constant shifted out of ``c_hat``, so
+        the terms have mean 0 given the state (the critic already centres the advantages) and
+        their coefficients are fit on centred, uncorrelated features (given the state the
+        dimensions are independent). The linear term's state input is centred too, by a
+        running mean of the states of *earlier* batches (:meth:`observe`). Still unbiased:
+        both means are constants or functions of the state, detached from theta. Discrete
+        actions only. (MultiBinaryMatch d = 32, a frozen policy: +0.47 decades after 250 phi
+        steps where the uncentred terms get +0.21.)
     """
 
     def __init__(
@@ -214,13 +224,16 @@ class StateActionControlVariate(nn.Module):
         zero_init: bool = False,
         per_dimension: bool = False,
         logit_term: bool = False,
+        centred: bool = False,
     ) -> None:
         super().__init__()
-        if logit_term and action_spec.continuous:
-            raise ValueError(
-                "the control variate's logit term needs discrete actions "
-                f"(Discrete, MultiDiscrete, MultiBinary), got {action_spec.space}"
-            )
+        for name, wanted in (("logit term", logit_term), ("centring", centred)):
+            if wanted and action_spec.continuous:
+                raise ValueError(
+                    f"the control variate's {name} needs discrete actions "
+                    f"(Discrete, MultiDiscrete, MultiBinary), got {action_spec.space}"
+                )
+        self.centred = centred and (linear_term or logit_term)
         self.action_spec = action_spec
         self.per_dimension = per_dimension and not action_spec.continuous and action_spec.n_dims > 1
         # each relaxed column's action dimension (a buffer: it follows the module's device)
@@ -247,6 +260,10 @@ class StateActionControlVariate(nn.Module):
             self.preference_net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
             nn.init.zeros_(self.preference_net[-1].weight)
             nn.init.zeros_(self.preference_net[-1].bias)
+        if self.centred:
+            # the linear term's state input is centred by the states of earlier batches
+            self.register_buffer("obs_mean", th.zeros(obs_dim))
+            self.register_buffer("obs_batches", th.zeros((), dtype=th.long))
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
         self.log_tau = nn.Parameter(th.zeros(()))
         # Output scale set from outside (RELAX's running advantage scale), applied where
@@ -261,16 +278,46 @@ class StateActionControlVariate(nn.Module):
         ``(N, obs_dim)``, ``preferences`` the policy's (``logit_term``'s input, ``(N, K)``)."""
         return self._at(self.action_spec.relax(z, self.log_tau.exp()), obs, preferences)
 
-    def _coefficients(self, obs: th.Tensor, preferences: th.Tensor | None) -> th.Tensor | None:
-        """The terms linear in the relaxed action: each column's coefficient ``(N, K)``, or
-        ``None`` without a linear or logit term."""
-        coef = None if self.coefficients is None else _plain(self.coefficients)(obs)
+    @th.no_grad()
+    def observe(self, obs: th.Tensor, decay: float = 0.99) -> None:
+        """After an update, fold its batch's states (the actor's features, ``(N, obs_dim)``)
+        into the running mean that centres the linear term's input for LATER batches (the
+        current batch's would make ``c_hat`` depend on the samples it corrects). A no-op
+        unless ``centred``."""
+        if not self.centred:
+            return
+        batch_mean = obs.reshape(-1, self.obs_mean.shape[0]).mean(0)
+        if int(self.obs_batches) == 0:
+            self.obs_mean.copy_(batch_mean)
+        else:
+            self.obs_mean.lerp_(batch_mean, 1 - decay)
+        self.obs_batches += 1
+
+    @property
+    def needs_preferences(self) -> bool:
+        """Whether ``c_hat`` takes the policy's preferences (the logit term, centring)."""
+        return self.preference_net is not None or self.centred
+
+    def _coefficients(
+        self, obs: th.Tensor, preferences: th.Tensor | None
+    ) -> tuple[th.Tensor, th.Tensor] | None:
+        """The terms linear in the relaxed action: each column's coefficient ``(N, K)`` and
+        the per-sample constant subtracted with them (``coef . E_pi[H(z)]`` when centred, else
+        0), or ``None`` without a linear or logit term."""
+        if self.needs_preferences and preferences is None:
+            raise ValueError("this control variate needs the policy's preferences")
+        coef = None
+        if self.coefficients is not None:
+            coef = _plain(self.coefficients)(obs - self.obs_mean if self.centred else obs)
         if self.preference_net is not None:
-            if preferences is None:
-                raise ValueError("this control variate's logit term needs the preferences")
             own = _plain(self.preference_net)(preferences.unsqueeze(-1)).squeeze(-1)
             coef = own if coef is None else coef + own
-        return coef
+        if coef is None:
+            return None
+        if not self.centred:
+            return coef, coef.new_zeros(())
+        mean = self.action_spec.mean_hard(preferences)
+        return coef, (coef * mean).sum(-1)
 
     def _per_dimension(
         self,
@@ -300,10 +347,11 @@ class StateActionControlVariate(nn.Module):
         rows = at_sample.unsqueeze(1).expand(-1, spec.n_dims, -1)
         rows = rows.index_add(1, columns, delta.unsqueeze(-1) * w_action.T)  # (N, D, H)
         out = _plain(self.net[1:])(rows).squeeze(-1)
-        coef = self._coefficients(obs, preferences)
-        if coef is not None:
+        linear = self._coefficients(obs, preferences)
+        if linear is not None:
+            coef, offset = linear
             own = th.zeros_like(out).index_add(1, columns, coef * delta)
-            out = out + (coef * hard).sum(-1, keepdim=True) + own
+            out = out + ((coef * hard).sum(-1) - offset).unsqueeze(-1) + own
         return self.scale * out if self.scaled else out
 
     def _at(
@@ -311,9 +359,10 @@ class StateActionControlVariate(nn.Module):
     ) -> th.Tensor:
         """``c_hat / kappa`` at relaxed actions ``(N, K)``."""
         out = _plain(self.net)(th.cat([obs, relaxed], dim=-1)).squeeze(-1)
-        coef = self._coefficients(obs, preferences)
-        if coef is not None:
-            out = out + (coef * relaxed).sum(-1)
+        linear = self._coefficients(obs, preferences)
+        if linear is not None:
+            coef, offset = linear
+            out = out + (coef * relaxed).sum(-1) - offset
         return self.scale * out if self.scaled else out
 
     def forward(
@@ -331,6 +380,7 @@ class StateActionControlVariate(nn.Module):
         obs: th.Tensor,
         tilde_weight: th.Tensor | None = None,
         create_graph: bool = True,
+        value: th.Tensor | None = None,
     ) -> RelaxCorrection:
         """RELAX's per-sample correction in logit space, per unit of ``kappa``: with
         ``c = c_hat / kappa`` (:meth:`shape`), ``w`` = ``tilde_weight`` (1 by default),
@@ -348,11 +398,15 @@ class StateActionControlVariate(nn.Module):
 
         :param logits: the current logits ``(N, K)`` (detached inside: ``h`` is a constant in
             theta, to be sent back through the network by the caller).
+        :param value: ``(N,)``, a state term subtracted from ``c``: ``c = shape - value``, so
+            that ``c_hat = kappa (Q(z, s) - V(s))`` with ``shape`` modelling the return and
+            ``value`` the critic's (a function of the state fixed before the batch: unbiased;
+            constant in the logits, it moves only the score term).
         """
         spec = self.action_spec
         logits = logits.detach().requires_grad_()
         prefs = None
-        if self.preference_net is not None:  # a function of the state (detached from theta)
+        if self.needs_preferences:  # a function of the state (detached from theta)
             prefs = spec.preferences(logits.detach())
         with th.enable_grad():
             z, z_tilde = spec.rebuild(logits, actions, noise_g, noise_v)
@@ -363,6 +417,9 @@ class StateActionControlVariate(nn.Module):
                 if prefs is not None:
                     prefs = prefs.repeat(2, 1)
                 c_z, c_tilde = self.shape(both, obs.repeat(2, 1), prefs).chunk(2)
+            if value is not None:
+                value = value.detach().reshape(-1, *([1] * (c_z.dim() - 1)))
+                c_z, c_tilde = c_z - value, c_tilde - value
             weighted = c_tilde
             if tilde_weight is not None:  # (N,), or (N, D) per dimension (one per c_i)
                 if tilde_weight.dim() < c_tilde.dim():

@@ -90,7 +90,7 @@ def test_score_z_and_z_tilde(name):
 
 
 @pytest.mark.parametrize("name", ["MultiDiscrete([3,3,5,2])", "MultiBinary(5)"])
-@pytest.mark.parametrize("terms", ["mlp", "linear+logit"])
+@pytest.mark.parametrize("terms", ["mlp", "linear+logit", "linear+logit+centred"])
 def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name, terms):
     """``per_dimension``'s c_d, computed with the first layer shared across dimensions, is
     c_hat evaluated at the sampled action with only dimension d's columns relaxed."""
@@ -98,11 +98,19 @@ def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name,
     th.manual_seed(2)
     extra = terms != "mlp"
     cv = StateActionControlVariate(
-        3, spec, [7, 6], th.nn.Tanh, linear_term=extra, logit_term=extra, per_dimension=True
+        3,
+        spec,
+        [7, 6],
+        th.nn.Tanh,
+        linear_term=extra,
+        logit_term=extra,
+        per_dimension=True,
+        centred="centred" in terms,
     )
     with th.no_grad():  # the extra terms start at 0: make them count
         for p in cv.parameters():
             p.add_(0.3 * th.randn(p.shape, generator=gen))
+    cv.observe(th.randn(8, 3, generator=gen) + 1.0)  # (a no-op unless centred)
     n = 4
     logits = th.randn(n, spec.n_logits, generator=gen)
     g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
@@ -171,6 +179,12 @@ def test_per_dimension_removes_the_other_dimensions_noise():
         ),
         (RELAXPPO, {"ratio": "per_dimension"}, "set cv_per_dimension=True"),
         (RELAX, {"cv_replay": -1}, "cv_replay must be >= 0"),
+        (RELAX, {"cv_target": "q"}, "unknown cv_target 'q'; valid: advantage, return"),
+        (
+            RELAX,
+            {"cv_target": "return", "normalize_advantage": True},
+            "set normalize_advantage=False or use cv_target='advantage'",
+        ),
     ],
 )
 def test_per_dimension_settings_are_refused_in_one_line(cls, kwargs, needle):
@@ -204,10 +218,85 @@ def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
     assert steps(loaded.cv_optimizer) == 17 + 2 + (1 + 2)
 
 
-def test_logit_term_is_refused_for_box_actions():
-    with pytest.raises(ValueError, match="logit term needs discrete actions") as err:
-        RELAX("MlpPolicy", make_env("Pendulum-v1", 2, 0), cv_logit_term=True)
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"cv_logit_term": True}, "logit term needs discrete actions"),
+        ({"cv_linear_term": True, "cv_centred": True}, "centring needs discrete actions"),
+    ],
+)
+def test_logit_term_and_centring_are_refused_for_box_actions(kwargs, needle):
+    with pytest.raises(ValueError, match=needle) as err:
+        RELAX("MlpPolicy", make_env("Pendulum-v1", 2, 0), **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("per_dimension", [False, True])
+def test_value_state_term_moves_only_the_score_term(per_dimension):
+    """``correction(value=V)``: ``c = shape - V(s)`` changes ``h`` by ``-V dlog pi`` only
+    (``V`` is constant in the logits), per dimension as jointly."""
+    spec, gen = ActionSpec(spaces.MultiDiscrete([3, 2])), th.Generator().manual_seed(6)
+    th.manual_seed(6)
+    cv = StateActionControlVariate(2, spec, [5], per_dimension=per_dimension)
+    n = 6
+    logits = th.randn(n, spec.n_logits, generator=gen)
+    g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
+    v = uniform_noise((n, spec.n_logits), gen)
+    actions, _ = spec.sample(logits, g)
+    obs, value = th.randn(n, 2, generator=gen), th.randn(n, generator=gen)
+    plain = cv.correction(logits, actions, g, v, obs, create_graph=False)
+    shifted = cv.correction(logits, actions, g, v, obs, create_graph=False, value=value)
+    th.testing.assert_close(shifted.h, plain.h - value.unsqueeze(-1) * plain.score)
+    column = value.unsqueeze(-1) if per_dimension else value
+    th.testing.assert_close(shifted.c_tilde, plain.c_tilde - column)
+
+
+def test_centred_terms_have_mean_zero_and_centre_by_earlier_batches_only(tmp_path):
+    """``cv_centred``: the linear and logit terms of ``c_hat`` average to 0 over the policy's
+    actions at a state (the hard action minus its mean), and the linear term's state input is
+    centred by the states of the batches *before* the one being corrected: after one update
+    the running mean is that update's batch's, and it survives save/load."""
+    spec, gen = ActionSpec(spaces.MultiDiscrete([3, 2, 4])), th.Generator().manual_seed(5)
+    cv = StateActionControlVariate(
+        2, spec, [4], linear_term=True, logit_term=True, zero_init=True, centred=True
+    )
+    cv.scaled = False
+    with th.no_grad():
+        for p in [*cv.coefficients.parameters(), *cv.preference_net.parameters()]:
+            p.copy_(th.randn(p.shape, generator=gen))
+    logits = th.randn(1, spec.n_logits, generator=gen)
+    prefs, obs = spec.preferences(logits), th.randn(1, 2, generator=gen)
+    actions = th.cartesian_prod(th.arange(3), th.arange(2), th.arange(4))
+    pi = spec.log_prob(logits.expand(len(actions), -1), actions).exp()
+    hard = spec.hard(actions)
+    c = cv._at(hard, obs.expand(len(actions), -1), prefs.expand(len(actions), -1))
+    th.testing.assert_close((pi * c).sum(), th.tensor(0.0), atol=1e-5, rtol=0)
+
+    for cls in (RELAX, RELAXPPO):
+        model = cls(
+            "MlpPolicy",
+            make_env(MATCH_ENV_ID, 4, 0, env_kwargs={"d": 4}),
+            n_steps=2,
+            cv_linear_term=True,
+            cv_per_dimension=True,
+            cv_centred=True,
+            seed=0,
+            policy_kwargs={"net_arch": [8]},
+        )
+        mean = model.control_variate.obs_mean
+        assert mean.abs().sum() == 0  # the first batch is corrected uncentred
+        batches, train = [], model.train
+
+        def recording_train(train=train, model=model, batches=batches) -> None:
+            batches.append(model.rollout_buffer.get_all().observations.float().mean(0))
+            train()
+
+        model.train = recording_train
+        run_updates(model, 1)
+        th.testing.assert_close(mean, batches[0])
+        model.save(tmp_path / "m.zip")
+        loaded = cls.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
+        th.testing.assert_close(loaded.control_variate.obs_mean, batches[0])
 
 
 @pytest.mark.parametrize(
@@ -349,7 +438,20 @@ def _assert_unbiased(estimates, expected):
                 "cv_learning_rate": 3e-3,
                 "cv_per_dimension": True,
                 "cv_logit_term": True,
+                "cv_centred": True,
                 "cv_replay": 4,
+            },
+        ),
+        (
+            RELAX,
+            16,
+            600,
+            {
+                "cv_learning_rate": 3e-3,
+                "kappa_mode": "learned",
+                "cv_per_dimension": True,
+                "cv_linear_term": True,
+                "cv_target": "return",
             },
         ),
         (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
@@ -361,6 +463,7 @@ def _assert_unbiased(estimates, expected):
                 "cv_learning_rate": 3e-3,
                 "cv_per_dimension": True,
                 "cv_logit_term": True,
+                "cv_centred": True,
                 "ratio": "per_dimension",
             },
         ),
@@ -373,6 +476,7 @@ def _assert_unbiased(estimates, expected):
         "relax-learned-kappa",
         "ppo",
         "relax-per-dimension",
+        "relax-return-target",
         "relax-ppo",
         "relax-ppo-per-dimension",
     ],
