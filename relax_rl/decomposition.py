@@ -287,7 +287,7 @@ def _per_sample_gradients(
     v = uniform_noise((n * k, spec.n_noise), gen).to(device)
     g = spec.perturb(u)
     with th.no_grad():
-        logits, _ = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))
+        logits, v_s = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))
         actions, log_probs = spec.sample(logits, g)  # the collecting policy's (PPO: r = 1)
     adv = _advantages(
         model,
@@ -299,14 +299,16 @@ def _per_sample_gradients(
         max_steps,
     )
     expand = lambda x: x.repeat_interleave(m, dim=0)  # noqa: E731  (per action -> per row)
-    zeros = th.zeros(rows, device=device)
+    advantages = th.as_tensor(adv, dtype=th.float32, device=device)
+    # V(s) as the advantages were computed with (RELAX's cv_target=return puts it in c_hat)
+    values = expand(v_s.reshape(-1)) if model.use_baseline else th.zeros(rows, device=device)
     data = GumbelRolloutSamples(
         observations=state_obs.repeat_interleave(k * m, dim=0),
         actions=expand(actions),
-        values=zeros,
+        values=values,
         log_probs=expand(log_probs),
-        advantages=th.as_tensor(adv, dtype=th.float32, device=device),
-        returns=zeros,
+        advantages=advantages,
+        returns=advantages + values,
         noise_u=expand(u),
         noise_v=expand(v),
         # RELAX's cross-fitting halves (its kappa) by action draw: no action in both halves

@@ -515,7 +515,7 @@ def test_zero_init_control_variate_starts_relax_as_a2c():
     assert g_relax.abs().sum() > 0
 
 
-def _fixed_policy_relax(d: int) -> RELAX:
+def _fixed_policy_relax(d: int, **kwargs) -> RELAX:
     """RELAX on MultiBinaryMatch(d) whose policy does not move (lr 0): only phi trains."""
     return RELAX(
         "MlpPolicy",
@@ -527,6 +527,7 @@ def _fixed_policy_relax(d: int) -> RELAX:
         max_grad_norm=None,
         seed=4,
         policy_kwargs={"net_arch": [8]},
+        **kwargs,
     )
 
 
@@ -745,13 +746,17 @@ def test_decomposition_adds_up_to_the_directly_measured_variance():
     assert abs(summed.mean() - direct.mean()) < 4 * se + 0.02 * direct.mean(), (summed, direct)
 
 
-def test_decomposition_sees_what_relax_removes_and_where():
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"cv_target": "return", "kappa_mode": "learned"}], ids=["advantage", "return"]
+)
+def test_decomposition_sees_what_relax_removes_and_where(kwargs):
     """On a one-step bandit the continuation adds nothing (Sigma_tau = 0 without reward noise,
     > 0 with it), and RELAX's trained control variate shrinks the action term, not the
-    state term, of the very same samples' plain estimator."""
+    state term, of the very same samples' plain estimator (with ``cv_target=return`` too,
+    whose c_hat takes V(s) from the samples the decomposition builds)."""
     from relax_rl.decomposition import decompose
 
-    relax = _fixed_policy_relax(12)
+    relax = _fixed_policy_relax(12, **kwargs)
     run_updates(relax, 300)
     ours, plain = decompose(relax, MATCH_ENV_ID, {"d": 12}, 24, 6, 2, seed=1)
     assert ours.estimator == "RELAX" and plain.estimator == "A2C (same samples)"
