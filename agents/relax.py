@@ -223,6 +223,12 @@ class RELAX(A2C):
                         f"cv_target='return' moves the critic's value into c_hat: set {needed} "
                         "or use cv_target='advantage'"
                     )
+        if kappa_mode == "optimal" and cv_zero_init:
+            # the correlation objective has no gradient at c_hat = 0: phi would never move
+            raise ValueError(
+                "cv_zero_init starts c_hat at 0, where kappa_mode='optimal' gives phi no "
+                "gradient; use kappa_mode='learned' or cv_zero_init=False"
+            )
         if kappa_mode == "optimal" and variance_objective == "batch":
             raise ValueError(
                 "kappa_mode='optimal' works on per-sample gradients; "

@@ -180,6 +180,7 @@ def test_per_dimension_removes_the_other_dimensions_noise():
         (RELAXPPO, {"ratio": "per_dimension"}, "set cv_per_dimension=True"),
         (RELAX, {"cv_replay": -1}, "cv_replay must be >= 0"),
         (RELAX, {"cv_target": "q"}, "unknown cv_target 'q'; valid: advantage, return"),
+        (RELAX, {"cv_zero_init": True}, "use kappa_mode='learned' or cv_zero_init=False"),
         (
             RELAX,
             {"cv_target": "return", "normalize_advantage": True},
