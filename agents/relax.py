@@ -368,11 +368,10 @@ class RELAX(A2C):
 
     def _state_term(self, data: GumbelRolloutSamples) -> th.Tensor | None:
         """``cv_target="return"``'s state term of ``c_hat / kappa``: the critic's value at
-        each sample's state, as the batch's advantages were computed with (fixed before
-        this batch), so that ``c_hat``'s learned part models the return."""
-        if self.cv_target != "return":
-            return None
-        return data.returns - data.advantages
+        each sample's state as the buffer stored it (the one the batch's advantages were
+        computed with, fixed before this batch), so that ``c_hat``'s learned part models
+        the return."""
+        return data.values if self.cv_target == "return" else None
 
     def _optimal_kappa(self, g: th.Tensor, h: th.Tensor, env_index: th.Tensor) -> th.Tensor:
         """Per-sample ``kappa = -sum g.h / sum h.h`` over the other half of the envs (or, with
@@ -500,7 +499,8 @@ class RELAX(A2C):
                     cv.mean_gh.mul_(d).add_((1 - d) * (g * h).sum() / n)
                     cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
                 cv.kappa.fill_(kappa.mean())  # the kappa this update used (logged, saved)
-            cv.observe(self.policy.actor_features(data.observations))
+            if cv.centred:  # (features only where they are used: this runs every update)
+                cv.observe(self.policy.actor_features(data.observations))
             if self.cv_scale_decay is not None:
                 rms = data.advantages.pow(2).mean().sqrt()
                 d = self.cv_scale_decay

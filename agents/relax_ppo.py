@@ -246,8 +246,10 @@ class RELAXPPO(PPO):
         finally:
             self._in_update, self._cv_loss = False, None
         cv = self.control_variate
-        with th.no_grad():  # for the next rollouts' corrections (this one's would bias them)
-            cv.observe(self.policy.actor_features(self.rollout_buffer.get_all().observations))
+        if cv.centred:  # for the next rollouts' corrections (this one's would bias them)
+            with th.no_grad():
+                obs = self.rollout_buffer.get_all().observations
+                cv.observe(self.policy.actor_features(obs))
         scalars = [cv.kappa.detach(), cv.log_tau.detach().exp()]
         if self._cv_losses:
             scalars.append(th.stack(self._cv_losses).mean())
