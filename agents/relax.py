@@ -23,6 +23,7 @@ from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVaria
 KAPPA_MODES = ("optimal", "learned")
 VARIANCE_OBJECTIVES = ("per_sample", "batch")
 CV_TARGETS = ("advantage", "return")
+CV_LINEAR_FITS = ("variance", "regression")
 
 
 def _cross_fitted_kappa(gh: np.ndarray, hh: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -143,6 +144,19 @@ class RELAX(A2C):
         100k-step A2C policy: -0.36 decades over phi's first 250 steps, 0 by 750). Needs
         ``variance_objective="per_sample"``, ``use_baseline`` and no
         ``normalize_advantage``.
+    :param cv_linear_fit: how the linear term's coefficients are learned. ``variance`` (the
+        default): with the rest of phi, on the variance objective. ``regression``: fit to the
+        return at the taken action by normalised least-mean-squares steps after each update,
+        for later batches (:meth:`~relax_rl.policies.StateActionControlVariate.fit_linear`),
+        while the MLP, logit term, kappa and tau still descend the variance objective (kappa
+        sets how much of the fit to use). The linear term has ``K (obs_dim + 1)`` weights;
+        the variance objective reaches each only through a product of two noisy per-sample
+        terms, the regression's residual directly. Unbiased: the fit uses earlier batches
+        only. Needs ``cv_linear_term`` and ``cv_centred``.
+    :param cv_linear_step: ``regression``'s normalised step in (0, 2): the fraction of each
+        sample's residual one step explains (larger: faster, noisier).
+    :param cv_linear_decay: ``regression``'s per-batch decay of the running mean square of
+        each feature (its diagonal preconditioner).
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -181,6 +195,9 @@ class RELAX(A2C):
         cv_centred: bool = False,
         cv_replay: int = 0,
         cv_target: str = "advantage",
+        cv_linear_fit: str = "variance",
+        cv_linear_step: float = 0.5,
+        cv_linear_decay: float = 0.99,
         variance_objective: str = "per_sample",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -214,6 +231,19 @@ class RELAX(A2C):
                     f"{name} works on per-sample gradients; "
                     f"use variance_objective='per_sample' or {name}=False"
                 )
+        if cv_linear_fit not in CV_LINEAR_FITS:
+            raise ValueError(
+                f"unknown cv_linear_fit {cv_linear_fit!r}; valid: {', '.join(CV_LINEAR_FITS)}"
+            )
+        if cv_linear_fit == "regression" and not (cv_linear_term and cv_centred):
+            raise ValueError(
+                "cv_linear_fit='regression' fits the centred linear term: set "
+                "cv_linear_term=True and cv_centred=True, or use cv_linear_fit='variance'"
+            )
+        if not 0.0 < cv_linear_decay <= 1.0:
+            raise ValueError(f"cv_linear_decay must be in (0, 1], got {cv_linear_decay}")
+        if not 0.0 < cv_linear_step < 2.0:
+            raise ValueError(f"cv_linear_step must be in (0, 2), got {cv_linear_step}")
         if cv_target not in CV_TARGETS:
             raise ValueError(f"unknown cv_target {cv_target!r}; valid: {', '.join(CV_TARGETS)}")
         if cv_target == "return":
@@ -252,10 +282,14 @@ class RELAX(A2C):
         self.cv_centred = cv_centred
         self.cv_replay = cv_replay
         self.cv_target = cv_target
+        self.cv_linear_fit = cv_linear_fit
+        self.cv_linear_decay = cv_linear_decay
+        self.cv_linear_step = cv_linear_step
         self.variance_objective = variance_objective
         # Optimal kappa: per-sample logit gradients of the score term (g) and of the
         # correction (h, with its graph to phi), and the kappa each sample got.
         self._kappa_terms: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
+        self._linear_residual = th.zeros(())  # cv_linear_fit="regression"'s, logged
         super().__init__(
             policy,
             env,
@@ -297,6 +331,7 @@ class RELAX(A2C):
             per_dimension=self.cv_per_dimension,
             logit_term=self.cv_logit_term,
             centred=self.cv_centred,
+            linear_regression=self.cv_linear_fit == "regression",
         )
         if optimal:
             cv.kappa.requires_grad_(False)
@@ -315,7 +350,7 @@ class RELAX(A2C):
 
     def _excluded_save_params(self) -> list[str]:
         # recent batches are phi's extra data, not state: a loaded model refills them
-        return [*super()._excluded_save_params(), "_replay", "_kappa_terms"]
+        return [*super()._excluded_save_params(), "_replay", "_kappa_terms", "_linear_residual"]
 
     # ---------------------------------------------------------------- the estimator
     def policy_surrogate(
@@ -464,6 +499,7 @@ class RELAX(A2C):
             kappa=cv.kappa,
             tau=cv.log_tau.exp(),
             cv_scale=cv.scale,
+            **({"cv_linear_residual": self._linear_residual} if cv.linear_regression else {}),
         )
 
     def _replay_phi(self, cv_params: list[th.Tensor]) -> None:
@@ -487,6 +523,29 @@ class RELAX(A2C):
             self.cv_optimizer.step()
         self._kappa_terms = None
 
+    def _fit_linear(self, data: GumbelRolloutSamples, features: th.Tensor) -> None:
+        """``cv_linear_fit="regression"``: fold this batch into the linear term's fit,
+        with the residual of ``c`` as it is after this update at the taken actions."""
+        cv, spec = self.control_variate, self.policy.action_spec
+        preferences = spec.preferences(self.policy.logits_and_values(data.observations)[0])
+        c_taken = cv._at(spec.hard(data.actions), features, preferences)
+        state_term = self._state_term(data)
+        if state_term is not None:
+            c_taken = c_taken - state_term
+        residual = data.advantages - c_taken
+        # logged: the fraction of the advantages' second moment c leaves at the taken actions
+        self._linear_residual = residual.pow(2).mean() / data.advantages.pow(2).mean().clamp_min(
+            1e-12
+        )
+        cv.fit_linear(
+            features,
+            data.actions,
+            preferences,
+            residual,
+            self.cv_linear_step,
+            self.cv_linear_decay,
+        )
+
     def _update_statistics(self, data: GumbelRolloutSamples) -> None:
         """After a successful update, statistics for LATER batches only: the one-env kappa's
         moments and c_hat's scale (the current batch's would bias the estimator)."""
@@ -500,7 +559,10 @@ class RELAX(A2C):
                     cv.mean_hh.mul_(d).add_((1 - d) * h.pow(2).sum() / n)
                 cv.kappa.fill_(kappa.mean())  # the kappa this update used (logged, saved)
             if cv.centred:  # (features only where they are used: this runs every update)
-                cv.observe(self.policy.actor_features(data.observations))
+                features = self.policy.actor_features(data.observations)
+                cv.observe(features)
+                if cv.linear_regression:
+                    self._fit_linear(data, features)
             if self.cv_scale_decay is not None:
                 rms = data.advantages.pow(2).mean().sqrt()
                 d = self.cv_scale_decay

@@ -213,6 +213,9 @@ class StateActionControlVariate(nn.Module):
         steps where the uncentred terms get +0.21.)
     """
 
+    #: samples per affine-projection step of :meth:`fit_linear` (a solve of this size)
+    LINEAR_CHUNK = 64
+
     def __init__(
         self,
         obs_dim: int,
@@ -225,8 +228,14 @@ class StateActionControlVariate(nn.Module):
         per_dimension: bool = False,
         logit_term: bool = False,
         centred: bool = False,
+        linear_regression: bool = False,
     ) -> None:
         super().__init__()
+        if linear_regression and not (linear_term and centred):
+            raise ValueError(
+                "the linear term's regression needs the centred linear term "
+                "(linear_term=True, centred=True)"
+            )
         for name, wanted in (("logit term", logit_term), ("centring", centred)):
             if wanted and action_spec.continuous:
                 raise ValueError(
@@ -264,6 +273,13 @@ class StateActionControlVariate(nn.Module):
             # the linear term's state input is centred by the states of earlier batches
             self.register_buffer("obs_mean", th.zeros(obs_dim))
             self.register_buffer("obs_batches", th.zeros((), dtype=th.long))
+        self.linear_regression = linear_regression
+        if linear_regression:
+            # fit_linear's preconditioner: each state feature's running mean square
+            self.register_buffer("linear_square", th.zeros(obs_dim + 1))
+            self.register_buffer("linear_batches", th.zeros((), dtype=th.long))
+            assert self.coefficients is not None
+            self.coefficients.requires_grad_(False)  # set by fit_linear, not by phi's optimizer
         self.kappa = nn.Parameter(th.tensor(float(kappa_init)))
         self.log_tau = nn.Parameter(th.zeros(()))
         # Output scale set from outside (RELAX's running advantage scale), applied where
@@ -292,6 +308,67 @@ class StateActionControlVariate(nn.Module):
         else:
             self.obs_mean.lerp_(batch_mean, 1 - decay)
         self.obs_batches += 1
+
+    @th.no_grad()
+    def fit_linear(
+        self,
+        obs: th.Tensor,
+        actions: th.Tensor,
+        preferences: th.Tensor,
+        residual: th.Tensor,
+        step: float,
+        decay: float,
+    ) -> None:
+        """``linear_regression``: after an update, move the linear term towards the return at the
+        taken actions ``H(z)``, for LATER batches. The term is ``theta . phi`` with features
+        ``phi_kf = (H_k - m_k) x_f`` (``x`` the centred state and a 1, ``m`` the policy's
+        mean action). The batch (in chunks of :attr:`LINEAR_CHUNK` samples) takes an affine
+        projection step (adaptive filtering's normalised least mean squares, for a block of
+        samples): the smallest change of ``theta`` in the metric ``P^-1`` that explains the
+        fraction ``step`` of every sample's residual ``e`` at once, ``theta += P Phi^T (Phi P
+        Phi^T)^-1 step e``, with ``P`` the inverse of a running mean of each state feature's
+        square (a diagonal preconditioner, the same for every column: state features of any
+        scale move alike; not scaled by the action's part, which would make the rare flips of
+        a confident dimension move its coefficients most). ``step`` in (0, 2) is stable
+        whatever the samples' correlations; the residual is of the whole ``c``, so every
+        column's step sees the others' fits (where a per-column regression would carry the
+        other columns' noise). The variance objective's gradient reaches each of the
+        ``K (obs_dim + 1)`` weights only through a product of two noisy per-sample terms.
+
+        :param obs: the actor's features ``(N, obs_dim)``.
+        :param actions: the taken actions.
+        :param preferences: the policy's preferences at the batch's states ``(N, K)``.
+        :param residual: ``A - c(H(z))`` per sample, per unit of kappa, with ``c`` as it is now.
+        :param step: the normalised step size, in (0, 2).
+        :param decay: per-batch decay of the features' running mean square.
+        """
+        assert self.linear_regression and self.coefficients is not None
+        x = obs.reshape(-1, self.obs_mean.shape[0]) - self.obs_mean
+        x = th.cat([x, x.new_ones(x.shape[0], 1)], dim=-1)  # (N, F)
+        w = self.action_spec.hard(actions) - self.action_spec.mean_hard(preferences)  # (N, K)
+        square = (x * x).mean(0)
+        if int(self.linear_batches) == 0:
+            self.linear_square.copy_(square)
+        else:
+            self.linear_square.lerp_(square, 1 - decay)
+        self.linear_batches += 1
+        precondition = (1.0 / (self.linear_square + 1e-8)).expand(w.shape[1], -1)  # (K, F)
+        scale = self.scale if self.scaled else 1.0
+        error = residual.reshape(-1) / scale
+        phi = w.unsqueeze(-1) * x.unsqueeze(1)  # (N, K, F)
+        delta = th.zeros_like(precondition)
+        for rows in th.arange(len(error), device=error.device).split(self.LINEAR_CHUNK):
+            features = phi[rows]
+            moved = features * precondition  # P phi
+            # the chunk's residuals after the earlier chunks' steps
+            left = error[rows] - (features * delta).sum((1, 2))
+            gram = features.flatten(1) @ moved.flatten(1).T  # phi_n . P phi_m
+            ridge = 1e-4 * gram.diagonal().mean() + 1e-12
+            gram = gram + ridge * th.eye(len(rows), device=gram.device)
+            weights = th.linalg.solve(gram, step * left)
+            delta += th.einsum("n,nkf->kf", weights, moved)
+        self.coefficients.weight.add_(delta[:, :-1])
+        self.coefficients.bias.add_(delta[:, -1])
 
     @property
     def needs_preferences(self) -> bool:

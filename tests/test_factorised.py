@@ -181,6 +181,14 @@ def test_per_dimension_removes_the_other_dimensions_noise():
         (RELAX, {"cv_replay": -1}, "cv_replay must be >= 0"),
         (RELAX, {"cv_target": "q"}, "unknown cv_target 'q'; valid: advantage, return"),
         (RELAX, {"cv_zero_init": True}, "use kappa_mode='learned' or cv_zero_init=False"),
+        (RELAX, {"cv_linear_fit": "ls"}, "unknown cv_linear_fit 'ls'; valid: variance, regr"),
+        (
+            RELAX,
+            {"cv_linear_term": True, "cv_linear_fit": "regression"},
+            "set cv_linear_term=True and cv_centred=True, or use cv_linear_fit='variance'",
+        ),
+        (RELAX, {"cv_linear_step": 2.0}, r"cv_linear_step must be in \(0, 2\), got 2.0"),
+        (RELAX, {"cv_linear_decay": 0.0}, r"cv_linear_decay must be in \(0, 1\], got 0.0"),
         (
             RELAX,
             {"cv_target": "return", "normalize_advantage": True},
@@ -455,6 +463,20 @@ def _assert_unbiased(estimates, expected):
                 "cv_target": "return",
             },
         ),
+        (
+            RELAX,
+            16,
+            600,
+            {
+                "cv_learning_rate": 3e-3,
+                "kappa_mode": "learned",
+                "cv_per_dimension": True,
+                "cv_linear_term": True,
+                "cv_centred": True,
+                "cv_target": "return",
+                "cv_linear_fit": "regression",
+            },
+        ),
         (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (
             RELAXPPO,
@@ -478,6 +500,7 @@ def _assert_unbiased(estimates, expected):
         "ppo",
         "relax-per-dimension",
         "relax-return-target",
+        "relax-linear-regression",
         "relax-ppo",
         "relax-ppo-per-dimension",
     ],
@@ -493,9 +516,13 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     _assert_unbiased(grads, _exact_gradient(model, env_id))
 
 
-def test_zero_init_control_variate_starts_relax_as_a2c():
+@pytest.mark.parametrize(
+    "fit", [{}, {"cv_centred": True, "cv_linear_fit": "regression"}], ids=["variance", "regression"]
+)
+def test_zero_init_control_variate_starts_relax_as_a2c(fit):
     """``cv_zero_init`` (with the linear term, which starts at 0 anyway): c_hat is 0 at every
-    input, so RELAX's first update is A2C's, gradient for gradient, on the same batch."""
+    input, so RELAX's first update is A2C's, gradient for gradient, on the same batch. With
+    the linear term's regression too: its fit on a batch comes after that batch's update."""
     kw = dict(n_steps=1, seed=3, policy_kwargs={"net_arch": [8]})
     relax = RELAX(
         "MlpPolicy",
@@ -503,17 +530,57 @@ def test_zero_init_control_variate_starts_relax_as_a2c():
         kappa_mode="learned",
         cv_linear_term=True,
         cv_zero_init=True,
+        **fit,
         **kw,
     )
     z = th.randn(5, 8)
     obs = th.randn(5, 8)
-    assert th.equal(relax.control_variate(z, obs), th.zeros(5))
+    assert th.equal(relax.control_variate(z, obs, th.randn(5, 8)), th.zeros(5))
     a2c = A2C("MlpPolicy", make_env(MATCH_ENV_ID, 16, 3, env_kwargs={"d": 8}), **kw)
     a2c.policy.load_state_dict(relax.policy.state_dict())
     g_relax, _ = run_updates(relax, 1)
     g_a2c, _ = run_updates(a2c, 1)
     th.testing.assert_close(g_relax, g_a2c)
     assert g_relax.abs().sum() > 0
+    if fit:  # the batch was folded into the fit, after its update
+        assert relax.control_variate.coefficients.weight.abs().sum() > 0
+
+
+def test_linear_regression_recovers_a_return_linear_in_the_action():
+    """``fit_linear`` on batches whose advantage is exactly linear in the centred action with
+    state-dependent coefficients, ``A = sum_k a_k(s) (H_k - m_k)``: the linear term converges
+    to ``a``, and the residual falls to a small fraction of the advantages' variance (a
+    per-column regression against the full advantage would keep the other columns' noise)."""
+    spec, gen = ActionSpec(spaces.MultiBinary(6)), th.Generator().manual_seed(8)
+    obs_dim, n = 3, 32
+    cv = StateActionControlVariate(
+        obs_dim, spec, [4], linear_term=True, zero_init=True, centred=True, linear_regression=True
+    )
+    cv.scaled = False
+    assert not cv.coefficients.weight.requires_grad  # not phi's optimizer's
+    true_w, true_b = th.randn(6, obs_dim, generator=gen), th.randn(6, generator=gen)
+
+    def batch():
+        obs = th.randn(n, obs_dim, generator=gen)
+        logits = th.randn(n, 6, generator=gen)
+        actions = (th.rand(n, 6, generator=gen) < th.sigmoid(logits)).float()
+        advantages = ((obs @ true_w.T + true_b) * (actions - th.sigmoid(logits))).sum(-1)
+        return obs, actions, logits, advantages
+
+    def residual(obs, actions, logits, advantages):
+        return advantages - cv._at(spec.hard(actions), obs, spec.preferences(logits))
+
+    with th.no_grad():
+        first = residual(*batch()).pow(2).mean()
+    for _ in range(300):
+        obs, actions, logits, advantages = batch()
+        with th.no_grad():
+            e = residual(obs, actions, logits, advantages)
+        cv.fit_linear(obs, actions, spec.preferences(logits), e, step=0.5, decay=0.99)
+    th.testing.assert_close(cv.coefficients.weight, true_w, atol=0.05, rtol=0)
+    th.testing.assert_close(cv.coefficients.bias, true_b, atol=0.05, rtol=0)
+    with th.no_grad():
+        assert residual(*batch()).pow(2).mean() < 1e-3 * first
 
 
 def _fixed_policy_relax(d: int, **kwargs) -> RELAX:
