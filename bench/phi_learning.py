@@ -10,6 +10,11 @@ of.
 
     python bench/phi_learning.py --d 32 --pretrain 40000
     python bench/phi_learning.py --d 128 --pretrain 100000 --blocks 12 --set cv_replay=8
+
+``--oracle`` gives ``c_hat`` the task's exact return instead, ``Q(b, t) = mean_i 1[b_i = t_i]``
+(the linear term's ``W = 2/d I``, ``w0 = -1/d``, the MLP the constant ``1 - mean(t)``, with
+``cv_target=return``: ``c_hat = kappa (Q - V)``), and steps only kappa and tau: the most a
+control variate of this form can remove at this policy, the ceiling phi learns towards.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import math
 
 import numpy as np
+import torch as th
 import yaml
 
 from relax_rl.agents import A2C, RELAX
@@ -35,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=int, default=250, help="phi steps per block")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--oracle", action="store_true", help="c_hat's shape = the exact return; learn kappa, tau"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -49,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         settings[key] = yaml.safe_load(value)
     for key in ("n_envs", "total_steps"):
         settings.pop(key, None)
+    if args.oracle:  # the exact Q is uncentred and unscaled
+        settings.update(
+            cv_target="return", cv_centred=False, cv_scale_decay=None, cv_linear_term=True
+        )
     env_kwargs = {"d": args.d}
     a2c = A2C(
         "MlpPolicy",
@@ -64,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         **settings,
     )
     relax.policy.load_state_dict(a2c.policy.state_dict())
+    if args.oracle:
+        set_exact_return(relax, args.d)
     measured: list[float] = []
 
     class EveryBatch(GradientVarianceCallback):
@@ -85,6 +100,28 @@ def main(argv: list[str] | None = None) -> None:
             f"kappa {float(cv.kappa.detach()):.3f}  tau {float(cv.log_tau.detach().exp()):.2f}",
             flush=True,
         )
+
+
+def set_exact_return(relax: RELAX, d: int) -> None:
+    """Give ``c_hat / kappa`` MultiBinaryMatch's exact return, ``(2t - 1) . b / d + 1 -
+    mean(t)``, and leave phi's optimizer only kappa and tau."""
+    cv = relax.control_variate
+    with th.no_grad():
+        for module in (cv.net, cv.coefficients, cv.preference_net):
+            for p in module.parameters() if module is not None else ():
+                p.zero_()
+        cv.coefficients.weight.copy_(th.eye(d) * 2 / d)
+        cv.coefficients.bias.fill_(-1 / d)
+        # the MLP's one live path: relu(1 - mean(t)) through every hidden layer
+        layers = [m for m in cv.net if isinstance(m, th.nn.Linear)]
+        layers[0].weight[0, :d] = -1 / d
+        layers[0].bias[0] = 1.0
+        for layer in layers[1:]:
+            layer.weight[0, 0] = 1.0
+    cv.kappa.data.fill_(1.0)
+    relax.cv_optimizer = th.optim.Adam(
+        [cv.kappa, cv.log_tau], lr=relax.cv_optimizer.param_groups[0]["lr"], eps=1e-5
+    )
 
 
 if __name__ == "__main__":
