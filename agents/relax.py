@@ -146,17 +146,20 @@ class RELAX(A2C):
         ``normalize_advantage``.
     :param cv_linear_fit: how the linear term's coefficients are learned. ``variance`` (the
         default): with the rest of phi, on the variance objective. ``regression``: fit to the
-        return at the taken action by normalised least-mean-squares steps after each update,
-        for later batches (:meth:`~relax_rl.policies.StateActionControlVariate.fit_linear`),
-        while the MLP, logit term, kappa and tau still descend the variance objective (kappa
-        sets how much of the fit to use). The linear term has ``K (obs_dim + 1)`` weights;
-        the variance objective reaches each only through a product of two noisy per-sample
-        terms, the regression's residual directly. Unbiased: the fit uses earlier batches
-        only. Needs ``cv_linear_term`` and ``cv_centred``.
+        return at the taken action by an affine-projection step (block normalised least mean
+        squares) after each update, for later batches
+        (:meth:`~relax_rl.policies.StateActionControlVariate.fit_linear`), while the MLP, logit
+        term, kappa and tau still descend the variance objective (kappa sets how much of the
+        fit to use). The linear term has ``K (obs_dim + 1)`` weights; the variance objective
+        reaches each only through a product of two noisy per-sample terms, the regression's
+        residual directly. Unbiased: the fit uses earlier batches only. Needs
+        ``cv_linear_term`` and ``cv_centred``; leave ``cv_logit_term`` off with it (also
+        linear in the action and learned by the variance objective, it pulled against the
+        fit: MultiBinaryMatch d = 32, BENCHMARKS section 8d).
     :param cv_linear_step: ``regression``'s normalised step in (0, 2): the fraction of each
         sample's residual one step explains (larger: faster, noisier).
     :param cv_linear_decay: ``regression``'s per-batch decay of the running mean square of
-        each feature (its diagonal preconditioner).
+        each state feature (its diagonal preconditioner).
     :param variance_objective: phi's objective (:meth:`variance_loss`): ``per_sample`` (the
         default) or ``batch`` (the paper's; ``learned`` kappa only).
     The other parameters are :class:`~relax_rl.agents.A2C`'s (same defaults).
@@ -532,11 +535,10 @@ class RELAX(A2C):
         state_term = self._state_term(data)
         if state_term is not None:
             c_taken = c_taken - state_term
-        residual = data.advantages - c_taken
+        advantages = self.batch_advantages(data)  # what the estimator's c is compared with
+        residual = advantages - c_taken
         # logged: the fraction of the advantages' second moment c leaves at the taken actions
-        self._linear_residual = residual.pow(2).mean() / data.advantages.pow(2).mean().clamp_min(
-            1e-12
-        )
+        self._linear_residual = residual.pow(2).mean() / advantages.pow(2).mean().clamp_min(1e-12)
         cv.fit_linear(
             features,
             data.actions,
