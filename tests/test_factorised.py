@@ -429,6 +429,15 @@ def _assert_unbiased(estimates, expected):
     assert (expected.abs() > 4 * se).any(), "the test cannot tell the gradient from zero"
 
 
+RETURN_TARGET = {
+    "cv_learning_rate": 3e-3,
+    "kappa_mode": "learned",
+    "cv_per_dimension": True,
+    "cv_linear_term": True,
+    "cv_target": "return",
+}
+
+
 @pytest.mark.parametrize("env_id", [MATCH_ENV_ID, MD_ID], ids=["MultiBinary", "MultiDiscrete"])
 @pytest.mark.parametrize(
     ("cls", "n_envs", "updates", "kwargs"),
@@ -451,31 +460,12 @@ def _assert_unbiased(estimates, expected):
                 "cv_replay": 4,
             },
         ),
+        (RELAX, 16, 600, RETURN_TARGET),
         (
             RELAX,
             16,
             600,
-            {
-                "cv_learning_rate": 3e-3,
-                "kappa_mode": "learned",
-                "cv_per_dimension": True,
-                "cv_linear_term": True,
-                "cv_target": "return",
-            },
-        ),
-        (
-            RELAX,
-            16,
-            600,
-            {
-                "cv_learning_rate": 3e-3,
-                "kappa_mode": "learned",
-                "cv_per_dimension": True,
-                "cv_linear_term": True,
-                "cv_centred": True,
-                "cv_target": "return",
-                "cv_linear_fit": "regression",
-            },
+            {**RETURN_TARGET, "cv_centred": True, "cv_linear_fit": "regression"},
         ),
         (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (
