@@ -355,10 +355,10 @@ class StateActionControlVariate(nn.Module):
         precondition = (1.0 / (self.linear_square + 1e-8)).expand(w.shape[1], -1)  # (K, F)
         scale = self.scale if self.scaled else 1.0
         error = residual.reshape(-1) / scale
-        phi = w.unsqueeze(-1) * x.unsqueeze(1)  # (N, K, F)
         delta = th.zeros_like(precondition)
         for rows in th.arange(len(error), device=error.device).split(self.LINEAR_CHUNK):
-            features = phi[rows]
+            # phi for this chunk only, (n, K, F): a whole batch's can be large (N K F)
+            features = w[rows].unsqueeze(-1) * x[rows].unsqueeze(1)
             moved = features * precondition  # P phi
             # the chunk's residuals after the earlier chunks' steps
             left = error[rows] - (features * delta).sum((1, 2))

@@ -536,11 +536,14 @@ def test_zero_init_control_variate_starts_relax_as_a2c(fit):
         assert relax.control_variate.coefficients.weight.abs().sum() > 0
 
 
-def test_linear_regression_recovers_a_return_linear_in_the_action():
+@pytest.mark.parametrize("chunk", [64, 8], ids=["one-block", "four-blocks"])
+def test_linear_regression_recovers_a_return_linear_in_the_action(chunk, monkeypatch):
     """``fit_linear`` on batches whose advantage is exactly linear in the centred action with
     state-dependent coefficients, ``A = sum_k a_k(s) (H_k - m_k)``: the linear term converges
     to ``a``, and the residual falls to a small fraction of the advantages' variance (a
-    per-column regression against the full advantage would keep the other columns' noise)."""
+    per-column regression against the full advantage would keep the other columns' noise).
+    The same with each 32-sample batch stepped in blocks of 8."""
+    monkeypatch.setattr(StateActionControlVariate, "LINEAR_CHUNK", chunk)
     spec, gen = ActionSpec(spaces.MultiBinary(6)), th.Generator().manual_seed(8)
     obs_dim, n = 3, 32
     cv = StateActionControlVariate(
