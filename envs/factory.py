@@ -75,8 +75,8 @@ def _renders(env_id: str) -> bool:
         creator = (
             spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
         )
-    except (ImportError, AttributeError, ValueError):
-        return True  # (as SB3 would: let gym.make decide)
+    except (ImportError, AttributeError, ValueError, DependencyNotInstalled):
+        return True  # (as SB3 would: let gym.make decide, and make_env name a missing extra)
     return "rgb_array" in ((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
 
 

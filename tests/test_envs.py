@@ -21,3 +21,16 @@ def test_toy_bandit_rewards_and_one_step_episodes(target):
 def test_toy_bandit_rejects_bad_target():
     with pytest.raises(ValueError, match="outside"):
         gym.make(TOY_ENV_ID, target=1.5)
+
+
+def test_an_env_whose_extra_is_missing_is_refused_in_one_line():
+    """An env id whose module needs an extra that is not installed (LunarLander-v3 without
+    box2d) ends in one line naming the extra to install, not in a traceback."""
+    from relax_rl.envs import make_env
+
+    env_id = "relax_rl_test/NeedsBox2D-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="_needs_box2d_env:Env")
+    with pytest.raises(ValueError, match=r"pip install 'relax-rl\[box2d\]'") as err:
+        make_env(env_id, 1, 0)
+    assert "\n" not in str(err.value)
