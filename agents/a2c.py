@@ -30,6 +30,8 @@ class A2C(GumbelOnPolicyAlgorithm):
     :param ent_coef: entropy bonus (on the policy only).
     :param vf_coef: weight of the value loss.
     :param max_grad_norm: clip of the policy's gradient norm (``None``: no clipping).
+    :param grad_clip: ``joint`` (SB3's: one norm over actor and critic) or ``separate`` (each
+        by its own norm; :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`).
     :param use_baseline: learn V(s) and use it as the baseline and for bootstrapping. Without
         it, advantages are the plain discounted returns, which needs ``n_steps=0``.
     :param normalize_advantage: standardise advantages per batch.
@@ -55,6 +57,7 @@ class A2C(GumbelOnPolicyAlgorithm):
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
+        grad_clip: str = "joint",
         use_baseline: bool = True,
         normalize_advantage: bool = False,
         optimizer: str = "rmsprop",
@@ -78,6 +81,7 @@ class A2C(GumbelOnPolicyAlgorithm):
             ent_coef=ent_coef,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
+            grad_clip=grad_clip,
             use_baseline=use_baseline,
             normalize_advantage=normalize_advantage,
             optimizer=optimizer,

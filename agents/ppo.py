@@ -75,6 +75,8 @@ class PPO(GumbelOnPolicyAlgorithm):
     :param ent_coef: entropy bonus.
     :param vf_coef: weight of the value loss.
     :param max_grad_norm: clip of the gradient norm (``None``: no clipping).
+    :param grad_clip: ``joint`` (SB3's: one norm over actor and critic) or ``separate`` (each
+        by its own norm; :class:`~relax_rl.on_policy.GumbelOnPolicyAlgorithm`).
     :param target_kl: stop the rollout's epochs once a minibatch's approximate KL to the
         collecting policy exceeds ``1.5 * target_kl`` (``None``: never).
     :param ratio: ``joint`` (SB3's: ``r = pi(a|s) / pi_old(a|s)`` over the whole action, the
@@ -111,6 +113,7 @@ class PPO(GumbelOnPolicyAlgorithm):
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
+        grad_clip: str = "joint",
         target_kl: float | None = None,
         ratio: str = "joint",
         optimizer: str = "adam",
@@ -150,7 +153,6 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.target_kl = target_kl
         self.ratio = ratio
         self.minibatch_rng: np.random.RandomState | None = None
-        self._old_log_prob_dims: th.Tensor | None = None  # per_dimension, during train()
         self._dims_clipped = th.zeros(())
         super().__init__(
             policy,
@@ -162,6 +164,7 @@ class PPO(GumbelOnPolicyAlgorithm):
             ent_coef=ent_coef,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
+            grad_clip=grad_clip,
             use_baseline=True,
             normalize_advantage=normalize_advantage,
             optimizer=optimizer,
@@ -176,11 +179,10 @@ class PPO(GumbelOnPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_log_prob_dims", "_dims_clipped"]
+        return [*super()._excluded_save_params(), "_dims_clipped"]
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self._old_log_prob_dims = None
         # The minibatch order has its own generator, saved with the model (a loaded model
         # keeps its state), so that a run continued from a checkpoint draws the minibatches a
         # straight run would; SB3 uses numpy's global one.
@@ -208,10 +210,11 @@ class PPO(GumbelOnPolicyAlgorithm):
         advantages: th.Tensor,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """PPO's clipped surrogate per sample, and the ratio and unclipped indicator behind it:
-        ``(N,)`` for the joint ratio, ``(N, D)`` per dimension (``ratio``'s setting)."""
-        if self._old_log_prob_dims is not None:  # per dimension, within train()
+        ``(N,)`` for the joint ratio, ``(N, D)`` per dimension (``ratio``'s setting), both
+        against the policy that acted (the log-probs the buffer stored)."""
+        if self.ratio == "per_dimension":
             new = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
-            ratios = th.exp(new - self._old_log_prob_dims)
+            ratios = th.exp(new - data.log_prob_dims)
             surrogate, unclipped = clipped_objective(advantages.unsqueeze(-1), ratios, self._clip)
             with th.no_grad():  # (logged: the share of (sample, dimension) terms out of range)
                 self._dims_clipped = ((ratios - 1).abs() > self._clip).float().mean()
@@ -238,21 +241,14 @@ class PPO(GumbelOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         self._clip = float(self.clip_range(self._current_progress_remaining))
-        old_dims = None
-        if self.ratio == "per_dimension":  # the collecting policy's, from the same parameters
-            data = self.rollout_buffer.get_all()
-            with th.no_grad():
-                logits = self.policy.logits_and_values(data.observations)[0]
-                old_dims = self.policy.action_spec.log_prob_per_dimension(logits, data.actions)
+        per_dimension = self.ratio == "per_dimension"
         sums: dict[str, list[th.Tensor]] = {}
         grad_norms: list[float] = []
         epochs = 0
         stopped = False
         for epoch in range(self.n_epochs):
             self._epoch = epoch
-            for rows, batch in self.rollout_buffer.minibatches(self.batch_size, self.minibatch_rng):
-                if old_dims is not None:
-                    self._old_log_prob_dims = old_dims[rows]
+            for batch in self.rollout_buffer.minibatches(self.batch_size, self.minibatch_rng):
                 losses = self.losses(batch)
                 with th.no_grad():
                     log_ratio = losses.log_prob - batch.log_probs
@@ -278,7 +274,7 @@ class PPO(GumbelOnPolicyAlgorithm):
                     ("loss", loss),
                     *(
                         [("clip_fraction_per_dimension", self._dims_clipped)]
-                        if old_dims is not None
+                        if per_dimension
                         else []
                     ),
                 ):
@@ -286,7 +282,6 @@ class PPO(GumbelOnPolicyAlgorithm):
             epochs = epoch + 1 - int(stopped)
             if stopped:
                 break
-        self._old_log_prob_dims = None
         self.n_updates += 1
         buffer = self.rollout_buffer
         with th.no_grad():
@@ -300,6 +295,7 @@ class PPO(GumbelOnPolicyAlgorithm):
             self.logger.record("train/clip_range_vf", self.clip_range_vf)
         if grad_norms:
             self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
+        self._record_grad_clipping()
         n = buffer.pos
         self.logger.record(
             "train/explained_variance",

@@ -23,7 +23,10 @@ class RELAXPPO(PPO):
     (:class:`~relax_rl.policies.StateActionControlVariate`, in the units of ``A``), the
     gradient estimate is
 
-    ``g = m * ( r [A - c_hat(z~)] dlog pi(a|s) - r dc_hat(z~) + dc_hat(z) )``
+    ``g = m r A dlog pi(a|s) + C``,  ``C = dc_hat(z) - r [c_hat(z~) dlog pi(a|s) + dc_hat(z~)]``
+
+    PPO's clipped-surrogate gradient plus a correction ``C`` whose mean over ``a ~ pi_old`` is
+    0 at any ``theta`` (Grathwohl et al. 2018, Eq. 10, importance-weighted):
 
     - Every term that depends on the taken action (the score term and ``c_hat(z~)``, with
       ``z~ ~ p(z | a)`` at the *current* logits from the stored ``v``) carries the ratio: it is
@@ -34,16 +37,21 @@ class RELAXPPO(PPO):
       made), so it carries no ratio; keeping the stored ``u`` keeps ``z`` coupled with ``z~``
       (the same action while the policy has not moved far), which is where RELAX's reduction
       comes from.
-    - The correction uses the same normalised ``A``, so ``c_hat`` is in its units (about 1),
-      and the same mask ``m``.
-
-    Where ``m = 1`` the expectation of ``g`` is the gradient of PPO's importance-weighted
-    surrogate ``E_old[r A]`` (RELAX is unbiased for any ``c_hat``); at the first epoch
-    (``r = 1``, ``m = 1``) it is exactly on-policy RELAX. Where the clip holds a sample, PPO's
-    gradient is 0 and so is the correction: the clipped objective is biased there anyway.
+    - ``C`` is *not* multiplied by ``m``: its mean is 0 only averaged over every action, and
+      ``m`` depends on the action, so a masked correction is biased (it pulls the update
+      towards 0 where the clip is mixed). ``E_old[g]`` is PPO's clipped-surrogate gradient
+      ``E_old[m r A dlog pi]`` at every epoch, for any ``c_hat``; at the first epoch
+      (``r = 1``, ``m = 1``) ``g`` is exactly on-policy RELAX.
+    - ``c_hat`` is in the units of the normalised ``A`` (about 1).
+    - With one control variate per dimension (``cv_per_dimension``), ``c_d(z)`` relaxes
+      dimension ``d`` and keeps the others *as sampled* from ``pi_old``: under the joint ratio
+      its term carries ``r / r_d`` (the other dimensions' importance weight), ``c_d(z~)``'s
+      terms the joint ``r``; under ``ratio="per_dimension"`` dimension ``d``'s PPO term is
+      ``m_d r_d A dlog pi_d``, and its ``c_d(z~)`` terms carry ``r_d``, ``c_d(z)`` none.
 
     phi (the MLP, ``tau`` and ``kappa``) is fit on the variance objective
-    (Grathwohl et al. 2018, Eq. 11) per sample in logit space, ``mean_i ||g_i||^2``, on its own
+    (Grathwohl et al. 2018, Eq. 11) of the estimate that is applied, per sample in logit
+    space, ``mean_i ||g_i||^2``, on its own
     Adam optimizer, one step per minibatch of the first ``cv_n_epochs`` epochs (default: the
     first epoch only, where the ratio is near 1). The
     correction applied to a rollout uses phi as it was *before* that rollout (a frozen copy),
@@ -70,9 +78,10 @@ class RELAXPPO(PPO):
     :param cv_centred: the linear and logit terms act on the relaxed action minus the
         policy's mean of the sampled one (mean 0 given the state; discrete actions).
     :param ratio: PPO's (``joint`` or ``per_dimension``). With ``per_dimension`` each
-        dimension's terms carry that dimension's ratio and clip indicator: ``g_d = m_d ( r_d
-        [A - c_hat_d(z~)] dlog pi_d - r_d dc_hat_d(z~) + dc_hat_d(z) )``, which needs
-        ``cv_per_dimension`` where there is more than one dimension.
+        dimension's terms carry that dimension's ratio, its PPO term its clip indicator:
+        ``g_d = m_d r_d A dlog pi_d - r_d [c_hat_d(z~) dlog pi_d + dc_hat_d(z~)] +
+        dc_hat_d(z)``, which needs ``cv_per_dimension`` where there is more than one
+        dimension (discrete actions: a Gaussian's control variate is over the whole action).
     The other parameters are :class:`~relax_rl.agents.PPO`'s (same defaults).
     """
 
@@ -96,6 +105,7 @@ class RELAXPPO(PPO):
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
+        grad_clip: str = "joint",
         target_kl: float | None = None,
         ratio: str = "joint",
         optimizer: str = "adam",
@@ -157,6 +167,7 @@ class RELAXPPO(PPO):
             ent_coef=ent_coef,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
+            grad_clip=grad_clip,
             target_kl=target_kl,
             ratio=ratio,
             optimizer=optimizer,
@@ -189,6 +200,12 @@ class RELAXPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        spec = self.policy.action_spec
+        if self.ratio == "per_dimension" and spec.continuous and spec.n_dims > 1:
+            raise ValueError(
+                f"ratio='per_dimension' needs a control variate per dimension, which a "
+                f"Gaussian's (LAX) is not: use ratio='joint' for {spec.space}"
+            )
         self.control_variate = self._new_control_variate()
         self._frozen_cv = self._new_control_variate().requires_grad_(False)
         lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
@@ -215,24 +232,35 @@ class RELAXPPO(PPO):
         corrected estimate (the class docstring's ``-g`` per sample, in logit space)."""
         spec = self.policy.action_spec
         surrogate, ratio, unclipped = self.clipped_surrogate(data, logits, log_prob, advantages)
+        ratio = ratio.detach()
+        cv = self._frozen_cv if self._in_update else self.control_variate
+        z_weight = None
         if ratio.dim() == 2:  # per dimension: each logit carries its dimension's ratio and clip
-            r, mask = ratio.detach()[:, spec.column_dims], unclipped[:, spec.column_dims]
-            weight = ratio.detach() if spec.n_dims > 1 else ratio.detach().squeeze(-1)
+            r, mask = ratio[:, spec.column_dims], unclipped[:, spec.column_dims]
+            tilde_weight = ratio if cv.per_dimension else ratio.squeeze(-1)
         else:
-            r, mask = ratio.detach().unsqueeze(-1), unclipped.unsqueeze(-1)
-            weight = ratio.detach()
+            r, mask = ratio.unsqueeze(-1), unclipped.unsqueeze(-1)
+            tilde_weight = ratio
+            if cv.per_dimension:
+                # c_d(z) sees the other dimensions as sampled from pi_old: weight r / r_d
+                new_dims = spec.log_prob_per_dimension(logits.detach(), data.actions)
+                log_r = (log_prob.detach() - data.log_probs).unsqueeze(-1)
+                z_weight = th.exp(log_r - (new_dims - data.log_prob_dims))
         obs = self.policy.actor_features(data.observations).detach()  # constant in theta
         pieces = (logits, data.actions, data.noise_g, data.noise_v, obs)
-        cv = self._frozen_cv if self._in_update else self.control_variate
-        corr = cv.correction(*pieces, tilde_weight=weight, create_graph=False)
-        score_term = -(r * advantages.detach().unsqueeze(-1)) * corr.score  # PPO's
-        logit_grad = mask * (score_term + cv.kappa.detach() * corr.h)
+        weights = {"tilde_weight": tilde_weight, "z_weight": z_weight}
+        corr = cv.correction(*pieces, create_graph=False, **weights)
+        # PPO's term carries the clip; the correction must not (its mean is 0 only over every
+        # action, and the clip indicator depends on the action)
+        ppo_term = -(mask * r * advantages.detach().unsqueeze(-1)) * corr.score
+        logit_grad = ppo_term + cv.kappa.detach() * corr.h
         n_fit = self.n_epochs if self.cv_n_epochs is None else self.cv_n_epochs
         if self._in_update and self._epoch < n_fit:
-            # phi's objective: the same estimate with the live phi (its graph to phi only).
+            # phi's objective: the estimate that is applied, with the live phi (its graph to
+            # phi only)
             live = self.control_variate
-            h = live.correction(*pieces, tilde_weight=weight).h
-            self._cv_loss = (mask * (score_term + live.kappa * h)).pow(2).sum(-1).mean()
+            h = live.correction(*pieces, **weights).h
+            self._cv_loss = (ppo_term + live.kappa * h).pow(2).sum(-1).mean()
         return surrogate.detach(), logit_grad
 
     # ---------------------------------------------------------------- the update

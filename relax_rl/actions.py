@@ -159,31 +159,48 @@ class ActionSpec:
         """``G(u)`` per logit (elementwise: Gumbel or logistic noise)."""
         return self.family.perturb(u)
 
-    def sample(self, logits: th.Tensor, g: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def sample(
+        self, logits: th.Tensor, g: th.Tensor, per_dimension: bool = False
+    ) -> tuple[th.Tensor, th.Tensor]:
         """The action ``b = H(z)`` from the perturbation ``g`` (``(N, K)``), and its log-prob
-        summed over dimensions. Actions are integer ``(N,)`` for ``Discrete``, ``(N, D)``
-        otherwise."""
+        summed over dimensions (``(N, D)``, one per dimension, with ``per_dimension``: the
+        terms :meth:`log_prob_per_dimension` gives). Actions are integer ``(N,)`` for
+        ``Discrete``, ``(N, D)`` otherwise."""
         if self.discrete:  # the common case, without the per-group bookkeeping
             log_p = th.log_softmax(logits, dim=-1)
             _, b = gumbel_max(log_p, g)
-            return b, log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1)
+            lp = log_p.gather(-1, b.unsqueeze(-1))
+            return b, lp if per_dimension else lp.squeeze(-1)
         if self.continuous:
             a, _ = self.family.sample_perturbed(logits, g)
-            return a, self.family.log_prob(logits, a).sum(-1)
-        actions, log_probs = [], None
+            lp = self.family.log_prob(logits, a)
+            return a, lp if per_dimension else lp.sum(-1)
+        actions, parts = [], []
         for lg, gg in zip(self._views(logits), self._views(g), strict=True):
             if self.family is BERNOULLI:
                 _, b = self.family.sample_perturbed(lg, gg)
-                lp = self._sum_dims(self.family.log_prob(lg, b))
+                lp = self.family.log_prob(lg, b)
                 b = b.long()
             else:
                 log_p = th.log_softmax(lg, dim=-1)
                 _, b = gumbel_max(log_p, gg)
-                lp = self._sum_dims(log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1))
+                lp = log_p.gather(-1, b.unsqueeze(-1)).squeeze(-1)
             actions.append(b)
-            log_probs = lp if log_probs is None else log_probs + lp
-        assert log_probs is not None
-        return self._join_actions(actions), log_probs
+            parts.append(lp.unsqueeze(-1) if lp.dim() == 1 else lp)
+        dims = parts[0] if self._single else th.cat(parts, dim=-1)
+        return self._join_actions(actions), dims if per_dimension else self.sum_dimensions(dims)
+
+    def sum_dimensions(self, per_dimension: th.Tensor) -> th.Tensor:
+        """``(N, D)`` per-dimension log-probs summed to ``(N,)`` in :meth:`log_prob`'s order
+        (group by group: the very same float)."""
+        if self._single:
+            return per_dimension.sum(-1)
+        total = None
+        for g in self.groups:
+            part = per_dimension[:, g.first : g.first + g.count].sum(-1)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
 
     def log_prob(self, logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
         """``log pi(a)`` per sample, summed over the action's dimensions."""

@@ -42,6 +42,9 @@ class GumbelRolloutSamples(NamedTuple):
     #: G(u), the perturbation the action was sampled with: z = log p + G (categoricals, G
     #: Gumbel) or z = l + G (bits, G logistic)
     noise_g: th.Tensor
+    #: ``log pi_old(a_d)`` of each action dimension, ``(N, D)`` (``log_probs`` is their sum):
+    #: per-dimension ratios against the policy that acted, whatever moved since
+    log_prob_dims: th.Tensor
 
 
 def compute_gae(
@@ -105,6 +108,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.episode_starts = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.log_probs = np.zeros(shape, dtype=np.float32)
+        self.log_prob_dims = np.zeros((*shape, self.action_spec.n_dims), dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
         self.noise_u = th.zeros((*shape, self.n_noise), device=self.device)
         self.noise_v = th.zeros((*shape, self.n_noise), device=self.device)
@@ -130,9 +134,11 @@ class GumbelRolloutBuffer(RolloutBuffer):
         episode_start: np.ndarray,
         value: th.Tensor,
         log_prob: th.Tensor,
+        log_prob_dims: th.Tensor | None = None,
     ) -> None:
         """Write one vectorised step (all arguments have a leading ``n_envs`` dimension); the
-        step's noise is drawn by :meth:`draw_noise`."""
+        step's noise is drawn by :meth:`draw_noise`. ``log_prob_dims``: the log-prob of each
+        action dimension ``(n_envs, D)`` (with one dimension, ``log_prob`` is enough)."""
         p = self.pos
         self.observations[p] = obs.reshape(self.n_envs, *self.obs_shape)
         self.actions[p] = action
@@ -140,6 +146,14 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.episode_starts[p] = episode_start
         self.values[p] = value.cpu().numpy().reshape(self.n_envs)
         self.log_probs[p] = log_prob.cpu().numpy()
+        if log_prob_dims is None:
+            if self.action_spec.n_dims != 1:
+                raise ValueError(
+                    f"a step of a {self.action_spec.n_dims}-dimensional action needs "
+                    "log_prob_dims, the log-prob of each dimension"
+                )
+            log_prob_dims = log_prob.reshape(self.n_envs, 1)
+        self.log_prob_dims[p] = log_prob_dims.cpu().numpy()
         self.pos += 1
         self.full = self.pos == self.buffer_size
         self._samples = None
@@ -182,21 +196,21 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 self.noise_v[:n].reshape(rows, -1),
                 th.arange(self.n_envs, device=dev).repeat(n),
                 self.noise_g[:n].reshape(rows, -1),
+                flat(self.log_prob_dims),
             )
         return self._samples
 
     def minibatches(
         self, batch_size: int, rng: np.random.RandomState
-    ) -> Iterator[tuple[th.Tensor | slice, GumbelRolloutSamples]]:
+    ) -> Iterator[GumbelRolloutSamples]:
         """The filled part in a random order drawn from ``rng`` (SB3's ``get(batch_size)``
         draws the same permutation from numpy's global generator: the same minibatches for the
-        same state), as ``(rows, minibatch)`` pairs of ``batch_size`` rows (``rows`` index
-        :meth:`get_all`'s batch); the last one is smaller where ``batch_size`` does not divide
-        the rollout."""
+        same state), as minibatches of ``batch_size`` rows; the last one is smaller where
+        ``batch_size`` does not divide the rollout."""
         data = self.get_all()
         rows = data.observations.shape[0]
         if batch_size >= rows:  # one minibatch: the whole rollout (its order does not matter)
-            yield slice(None), data
+            yield data
             return
         # SB3's order: a permutation of the env-major rows (its buffer flattens env by env),
         # mapped to ours (time-major), so that a seed gives SB3's very minibatches.
@@ -204,4 +218,4 @@ class GumbelRolloutBuffer(RolloutBuffer):
         order = th.from_numpy(step * self.n_envs + env).to(self.device)
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]
-            yield idx, GumbelRolloutSamples(*(field[idx] for field in data))
+            yield GumbelRolloutSamples(*(field[idx] for field in data))

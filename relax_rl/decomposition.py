@@ -222,7 +222,8 @@ def _advantages(
             break
     if active.any() and model.use_baseline:  # the window's end: bootstrap
         with th.no_grad():
-            values[window] = model.policy.logits_and_values(_obs_tensor(model, obs))[1].numpy()
+            last = model.policy.logits_and_values(_obs_tensor(model, obs))[1]
+            values[window] = last.cpu().numpy()  # (on any device)
     # The project's one returns computation: an episode that ended after step t starts anew
     # at t + 1 (no bootstrap across it); the window's end bootstraps with V where alive.
     adv, _ = compute_gae(
@@ -288,7 +289,9 @@ def _per_sample_gradients(
     g = spec.perturb(u)
     with th.no_grad():
         logits, v_s = model.policy.logits_and_values(state_obs.repeat_interleave(k, dim=0))
-        actions, log_probs = spec.sample(logits, g)  # the collecting policy's (PPO: r = 1)
+        # the collecting policy's (PPO: r = 1)
+        actions, log_prob_dims = spec.sample(logits, g, per_dimension=True)
+        log_probs = spec.sum_dimensions(log_prob_dims)
     adv = _advantages(
         model,
         [pool[i][0] for i in range(n) for _ in range(k * m)],
@@ -314,6 +317,7 @@ def _per_sample_gradients(
         # RELAX's cross-fitting halves (its kappa) by action draw: no action in both halves
         env_index=th.arange(n * k, device=device).repeat_interleave(m) % 2,
         noise_g=expand(g),
+        log_prob_dims=expand(log_prob_dims),
     )
     losses = model.losses(data)  # the update's own estimator, sample by sample
     estimators = {type(model).__name__: losses.per_sample_objective}

@@ -44,6 +44,10 @@ OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
 }
 
 
+#: How ``max_grad_norm`` applies (:class:`GumbelOnPolicyAlgorithm`'s ``grad_clip``).
+GRAD_CLIPS = ("joint", "separate")
+
+
 def total_grad_norm(grads: list[th.Tensor]) -> th.Tensor:
     """The global 2-norm of ``grads``: ``get_total_norm``'s number, in three ops (torch's also
     moves every per-tensor norm to one device: a call per parameter)."""
@@ -119,6 +123,11 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     :param ent_coef: entropy bonus (on the policy only; not part of the variance objective).
     :param vf_coef: weight of the value loss.
     :param max_grad_norm: clip of the policy's gradient norm (``None``: no clipping).
+    :param grad_clip: how ``max_grad_norm`` applies: ``joint`` (SB3's: one norm over the actor
+        and the critic together, so a large critic gradient shrinks the actor's step) or
+        ``separate`` (the actor's parameters and the rest, the critic's, each clipped to
+        ``max_grad_norm`` by their own norm). ``train/grad_clip_fraction`` logs the share of
+        optimizer steps that were clipped.
     :param use_baseline: learn V(s) and use it as a baseline and for bootstrapping at cuts and
         time-limit truncations. Without it, advantages are the plain (discounted) returns, which
         needs whole episodes (``n_steps=0``).
@@ -147,6 +156,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
+        grad_clip: str = "joint",
         use_baseline: bool = True,
         normalize_advantage: bool = False,
         optimizer: str = "rmsprop",
@@ -162,6 +172,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if grad_clip not in GRAD_CLIPS:
+            raise ValueError(f"unknown grad_clip {grad_clip!r}; valid: {', '.join(GRAD_CLIPS)}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm must be > 0 or None (no clipping), got {max_grad_norm}"
+            )
+        self.grad_clip = grad_clip
+        self._grad_clipped: list[bool] = []  # per optimizer step since the last log
         observation_space = getattr(env, "observation_space", None)
         if observation_space is not None:
             _check_observation_space(type(self).__name__, observation_space)
@@ -249,7 +267,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return ["policy", "policy.optimizer"], ["noise_rng_state"]
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_noise_gen"]
+        return [*super()._excluded_save_params(), "_noise_gen", "_grad_clipped"]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.noise_rng_state = self._noise_gen.get_state()
@@ -287,7 +305,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             rollout_buffer.draw_noise(self._noise_gen)
         no_values = th.zeros(n_envs, device=device)
         logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
-        sample, to_env = self.policy.action_spec.sample, self.policy.action_spec.to_env
+        spec = self.policy.action_spec
+        sample, to_env, joint = spec.sample, spec.to_env, spec.sum_dimensions
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
@@ -295,7 +314,10 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, device)
                 logits, state_values = logits_and_values(obs_tensor)
-                actions, log_probs = sample(logits, rollout_buffer.noise_g[step])
+                actions, log_prob_dims = sample(
+                    logits, rollout_buffer.noise_g[step], per_dimension=True
+                )
+                log_probs = joint(log_prob_dims)
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
@@ -309,7 +331,13 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             if self.use_baseline:
                 rewards = self._bootstrap_truncations(rewards, dones, infos)
             rollout_buffer.add(
-                self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs
+                self._last_obs,
+                actions,
+                rewards,
+                self._last_episode_starts,
+                values,
+                log_probs,
+                log_prob_dims,
             )
             self._last_obs, self._last_episode_starts = new_obs, dones
             if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):
@@ -403,6 +431,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         for name, value in zip(scalars, values, strict=True):
             self.logger.record(f"train/{name}", value)
         self.logger.record("train/grad_norm", grad_norm)
+        self._record_grad_clipping()
 
     def _check_finite(self, **values: th.Tensor) -> None:
         """Raise :class:`TrainingDivergedError` naming the first of ``values`` (scalars) that is
@@ -429,15 +458,36 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             p.grad = None
 
     def _clip_and_check(self) -> float:
-        """Clip the policy's gradient to ``max_grad_norm`` (``clip_grad_norm_``'s rule) and
-        return its norm before clipping; a NaN/inf norm raises."""
-        grads = [p.grad for p in self._policy_parameters() if p.grad is not None]
-        norm = float(total_grad_norm(grads))
+        """Clip the policy's gradient to ``max_grad_norm`` (``clip_grad_norm_``'s rule; with
+        ``grad_clip="separate"`` the actor's and the critic's parameters each by their own
+        norm) and return the whole gradient's norm before clipping; a NaN/inf norm raises."""
+        params = [p for p in self._policy_parameters() if p.grad is not None]
+        if self.grad_clip == "joint":
+            groups = [[p.grad for p in params]]
+        else:
+            actor = {id(p) for p in self.policy.actor_parameters()}
+            groups = [
+                [p.grad for p in params if (id(p) in actor) == is_actor]
+                for is_actor in (True, False)
+            ]
+        norms = [float(total_grad_norm(grads)) for grads in groups]
+        norm = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(norm):
             raise self._diverged("grad_norm", norm)
-        if self.max_grad_norm and norm + 1e-6 > self.max_grad_norm:
-            th._foreach_mul_(grads, self.max_grad_norm / (norm + 1e-6))
+        clipped = False
+        for grads, group_norm in zip(groups, norms, strict=True):
+            if self.max_grad_norm and grads and group_norm + 1e-6 > self.max_grad_norm:
+                th._foreach_mul_(grads, self.max_grad_norm / (group_norm + 1e-6))
+                clipped = True
+        self._grad_clipped.append(clipped)
         return norm
+
+    def _record_grad_clipping(self) -> None:
+        """Log the share of optimizer steps since the last call whose gradient was clipped."""
+        if self._grad_clipped:
+            fraction = sum(self._grad_clipped) / len(self._grad_clipped)
+            self.logger.record("train/grad_clip_fraction", fraction)
+        self._grad_clipped = []
 
     def learn(  # type: ignore[override]
         self: SelfAlgo,

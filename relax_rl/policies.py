@@ -458,15 +458,19 @@ class StateActionControlVariate(nn.Module):
         tilde_weight: th.Tensor | None = None,
         create_graph: bool = True,
         value: th.Tensor | None = None,
+        z_weight: th.Tensor | None = None,
     ) -> RelaxCorrection:
         """RELAX's per-sample correction in logit space, per unit of ``kappa``: with
-        ``c = c_hat / kappa`` (:meth:`shape`), ``w`` = ``tilde_weight`` (1 by default),
+        ``c = c_hat / kappa`` (:meth:`shape`), ``w`` = ``tilde_weight`` and ``w'`` =
+        ``z_weight`` (1 by default),
 
-        ``h_i = w_i c(z~_i) dlog pi(a_i)/dl_i + d(w_i c(z~_i) - c(z_i))/dl_i``,
+        ``h_i = w_i c(z~_i) dlog pi(a_i)/dl_i + d(w_i c(z~_i) - w'_i c(z_i))/dl_i``,
 
         so that ``-A_i dlog pi/dl_i + kappa h_i`` is the logit gradient of RELAX's surrogate
         to minimise (Grathwohl et al. 2018, Eq. 10, with ``f = -A``); ``w`` weighs the terms
-        that depend on the taken action (PPO's ratio). ``z`` is rebuilt from the stored
+        that depend on the taken action (PPO's ratio), ``w'`` the term of ``c(z)`` where it
+        depends on the taken action through the other dimensions (per dimension under a
+        joint ratio: ``r / r_d``). ``z`` is rebuilt from the stored
         perturbation at the current logits and ``z~ ~ p(z | a)`` from the stored ``v``; the
         score term is in closed form. With ``create_graph``, ``h`` keeps its graph to phi (for
         the variance objective); ``obs`` are the actor's features, constant in theta. With
@@ -497,14 +501,12 @@ class StateActionControlVariate(nn.Module):
             if value is not None:
                 value = value.detach().reshape(-1, *([1] * (c_z.dim() - 1)))
                 c_z, c_tilde = c_z - value, c_tilde - value
-            weighted = c_tilde
-            if tilde_weight is not None:  # (N,), or (N, D) per dimension (one per c_i)
-                if tilde_weight.dim() < c_tilde.dim():
-                    tilde_weight = tilde_weight.unsqueeze(-1)
-                weighted = tilde_weight * c_tilde
+            weighted, weighted_z = _weigh(c_tilde, tilde_weight), _weigh(c_z, z_weight)
             # per dimension, c_i depends on its own dimension's logits only: one gradient of
             # the sum gives each dimension its own reparameterised terms
-            (dc,) = th.autograd.grad((weighted - c_z).sum(), logits, create_graph=create_graph)
+            (dc,) = th.autograd.grad(
+                (weighted - weighted_z).sum(), logits, create_graph=create_graph
+            )
         score = spec.score(logits.detach(), actions)
         # each logit's score term is scaled by its own dimension's c(z~)
         per_logit = weighted[:, self._columns] if self.per_dimension else weighted.unsqueeze(-1)
@@ -512,6 +514,15 @@ class StateActionControlVariate(nn.Module):
         if not create_graph:
             h, c_z, c_tilde = h.detach(), c_z.detach(), c_tilde.detach()
         return RelaxCorrection(h, score, c_z, c_tilde)
+
+
+def _weigh(c: th.Tensor, weight: th.Tensor | None) -> th.Tensor:
+    """``weight * c`` with a weight per sample ``(N,)`` or per dimension ``(N, D)``."""
+    if weight is None:
+        return c
+    if weight.dim() < c.dim():
+        weight = weight.unsqueeze(-1)
+    return weight * c
 
 
 class RelaxCorrection(NamedTuple):

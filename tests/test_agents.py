@@ -442,3 +442,61 @@ def test_an_interrupt_waits_for_the_checkpoint_being_written(sig):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     signal.signal(signal.SIGINT, inherited)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("name", ["a2c", "relax", "ppo"])
+def test_separate_grad_clip_leaves_the_actor_step_to_the_actor(name):
+    """``max_grad_norm`` with ``grad_clip="joint"`` (SB3's) scales the actor's gradient by
+    the norm of actor and critic together; ``separate`` clips each by its own norm. On the
+    same first batch (same seed), against the unclipped gradient; the share of clipped steps
+    is logged."""
+    from conftest import run_updates
+
+    kw = dict(n_steps=8, learning_rate=0.0, policy_kwargs=TINY)
+    if "ppo" in name:
+        kw.update(n_epochs=1, batch_size=32)
+
+    def first_grads(**clip):
+        model = _model(name, **kw, **clip)
+        actor = model.policy.actor_parameters()
+        critic = [p for p in model.policy.parameters() if all(p is not q for q in actor)]
+        seen = {}
+
+        def grab(*_):
+            if not seen:  # the first update's gradient, as the optimizer gets it
+                for key, params in (("actor", actor), ("critic", critic)):
+                    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+                    seen[key] = th.cat(grads).clone()
+
+        handle = model.policy.optimizer.register_step_pre_hook(grab)
+        _, records = run_updates(model, 2)
+        handle.remove()
+        fractions = [
+            r["train/grad_clip_fraction"] for r in records if "train/grad_clip_fraction" in r
+        ]
+        return seen["actor"], seen["critic"], fractions
+
+    free_actor, free_critic, _ = first_grads(max_grad_norm=None)
+    total = float(th.cat([free_actor, free_critic]).norm())
+    limit = 0.5 * min(total, float(free_critic.norm()))  # both the whole and the critic clip
+    joint_actor, _, joint_fraction = first_grads(max_grad_norm=limit)
+    separate_actor, separate_critic, _ = first_grads(max_grad_norm=limit, grad_clip="separate")
+    th.testing.assert_close(joint_actor, free_actor * limit / (total + 1e-6))
+    actor_scale = min(1.0, limit / (float(free_actor.norm()) + 1e-6))
+    th.testing.assert_close(separate_actor, free_actor * actor_scale)
+    th.testing.assert_close(separate_critic.norm(), th.tensor(limit), rtol=1e-4, atol=1e-6)
+    assert joint_fraction and all(f == 1.0 for f in joint_fraction)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (dict(grad_clip="actor"), "unknown grad_clip 'actor'; valid: joint, separate"),
+        (dict(max_grad_norm=0.0), "max_grad_norm must be > 0 or None"),
+    ],
+)
+@pytest.mark.parametrize("name", ALL)
+def test_bad_grad_clip_settings_are_refused_in_one_line(name, kwargs, needle):
+    with pytest.raises(ValueError, match=needle) as err:
+        _model(name, **kwargs)
+    assert "\n" not in str(err.value)

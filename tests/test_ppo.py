@@ -2,6 +2,8 @@
 phi corrects a rollout, what the clip does to the correction. (Unbiasedness of the first epoch:
 tests/test_rl_gradients.py and tests/test_factorised.py, with the other agents.)"""
 
+import math
+
 import numpy as np
 import pytest
 import stable_baselines3 as sb3
@@ -133,18 +135,24 @@ def test_cv_n_epochs_limits_phi_to_the_first_epochs():
     assert not th.equal(_params(model.control_variate), before)
 
 
-def test_clip_masks_the_correction():
-    """Where the clip holds a sample, PPO's gradient is 0 and so is RELAX-PPO's correction."""
+def test_clip_holds_ppo_term_but_not_the_correction():
+    """Where the clip holds a sample, PPO's gradient is 0 but RELAX-PPO's correction is not
+    (its mean is 0 only over every action: masked, it is biased; tests/test_off_policy.py
+    measures that bias): there the logit gradient is the correction alone, r-weighted."""
     model = _relax_ppo(learning_rate=0.0, cv_zero_init=False)
     run_updates(model, 2)
     data = model.rollout_buffer.get_all()
     held = data._replace(log_probs=data.log_probs - 1.0)  # r = e > 1 + eps everywhere
     losses = model.losses(held)
-    advantages = losses.advantages
-    rows = (advantages > 0).nonzero().squeeze(-1)
+    rows = (losses.advantages > 0).nonzero().squeeze(-1)
     assert len(rows) > 0
-    assert th.all(losses.logit_grad[rows] == 0)
-    assert th.any(losses.logit_grad[(advantages < 0).nonzero().squeeze(-1)] != 0)
+    cv = model.control_variate
+    obs = model.policy.actor_features(held.observations)
+    ratio = th.full((len(obs),), math.e)
+    pieces = (losses.logits, held.actions, held.noise_g, held.noise_v, obs)
+    correction = cv.kappa.detach() * cv.correction(*pieces, tilde_weight=ratio).h.detach()
+    assert correction[rows].abs().max() > 1e-4
+    th.testing.assert_close(losses.logit_grad[rows], correction[rows])
 
 
 @pytest.mark.parametrize(
