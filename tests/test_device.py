@@ -63,3 +63,24 @@ def test_device_run_matches_cpu(case, tmp_path):
     loaded = ALGOS[name].load(tmp_path / "m", env=dev.env, device=DEVICE)
     loaded.learn(100)
     assert all(th.isfinite(p).all() for p in loaded.policy.parameters())
+
+
+@needs_cuda
+def test_decomposition_runs_on_the_device():
+    """The variance decomposition of an agent on the device (its rollouts' bootstrap values
+    are read back to the host) gives the CPU's terms."""
+    from relax_rl.decomposition import decompose
+    from relax_rl.envs import CHAIN_ENV_ID
+
+    terms = []
+    for device in ("cpu", DEVICE):
+        model = ALGOS["a2c"](
+            "MlpPolicy",
+            make_env(CHAIN_ENV_ID, 4, 0),
+            n_steps=2,  # shorter than the chain: the window's end bootstraps with V
+            seed=0,
+            policy_kwargs=TINY,
+            device=device,
+        )
+        terms.append(decompose(model, CHAIN_ENV_ID, n_states=8, n_actions=2, seed=0)[0])
+    assert terms[1].total == pytest.approx(terms[0].total, rel=1e-3)

@@ -259,6 +259,7 @@ def test_lax_ppo_off_policy_equals_ppo_in_the_mean(move):
     kwargs = {"env_kwargs": {"d": 2, "target": 0.5}}
     lax = _agent(RELAXPPO, GAUSSIAN_BANDIT_ENV_ID, **kwargs, **RELAX_PPO)
     ppo = _agent(PPO, GAUSSIAN_BANDIT_ENV_ID, **kwargs)
+    ppo.policy.load_state_dict(lax.policy.state_dict())
     delta = th.tensor(GAUSSIAN_MOVES[move])
     lax_mover, ppo_mover = MoveActor(delta), MoveActor(delta)
     run_updates(lax, 200, callback=lax_mover)
