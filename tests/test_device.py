@@ -84,3 +84,35 @@ def test_decomposition_runs_on_the_device():
         )
         terms.append(decompose(model, CHAIN_ENV_ID, n_states=8, n_actions=2, seed=0)[0])
     assert terms[1].total == pytest.approx(terms[0].total, rel=1e-3)
+
+
+class _OnDevice(th.Tensor):
+    """A CPU tensor that the host treats as an accelerator's: ``numpy()`` refuses as torch does
+    for a CUDA tensor, ``cpu()`` gives the data."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(th.Tensor)
+
+
+def test_decomposition_reads_device_tensors_through_the_host():
+    """Without a GPU: the policy's outputs stand in for device tensors, and the decomposition
+    (whose rollouts bootstrap with V at the window's end) copies them to the host before numpy,
+    with the CPU's numbers."""
+    from relax_rl.decomposition import decompose
+    from relax_rl.envs import CHAIN_ENV_ID
+
+    terms = []
+    for on_device in (False, True):
+        model = ALGOS["a2c"](
+            "MlpPolicy", make_env(CHAIN_ENV_ID, 4, 0), n_steps=2, seed=0, policy_kwargs=TINY
+        )
+        if on_device:
+            plain = model.policy.logits_and_values
+            model.policy.logits_and_values = lambda obs, plain=plain: tuple(
+                t.as_subclass(_OnDevice) for t in plain(obs)
+            )
+        terms.append(decompose(model, CHAIN_ENV_ID, n_states=8, n_actions=2, seed=0)[0])
+    assert terms[1] == terms[0]
