@@ -2,8 +2,9 @@
 
 Each (agent, seed) trains until the mean return of its last 100 episodes reaches the threshold
 (or ``--max-steps``), in a pool of ``--jobs`` processes (one torch thread each), and the table
-gives per agent: seeds solved, env steps and episodes to the threshold (median, min-max over the
-solved seeds) and training env-steps/s (median, min-max). SB3's agents use rl-zoo3's settings
+gives per agent: seeds solved, env steps and episodes to the threshold (median, min-max over
+every seed, an unsolved one censored at its budget: ``--max-steps`` env steps, the episodes it
+ran) and training env-steps/s (median, min-max). SB3's agents use rl-zoo3's settings
 (CartPole-v1 A2C: 8 envs, n_steps 5, ent_coef 0, RMSprop 7e-4); ours take configs/<algo>.yaml
 (``--preset`` to use another entry, e.g. ``paper``) plus ``--set`` overrides.
 
@@ -27,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from relax_rl.runner import GridRun, run_grid
@@ -160,6 +162,7 @@ def run_one(
         "solved_at_env_steps": tracker.solved_at_env_steps,
         "solved_at_episodes": tracker.solved_at_episodes,
         "env_steps": int(model.num_timesteps),
+        "max_steps": max_steps,
         "episodes": tracker.episodes,
         "wall_s": wall,
         "env_steps_per_s": model.num_timesteps / wall,
@@ -172,6 +175,41 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
     if not xs:
         return "-"
     return f"{statistics.median(xs):,.{digits}f} ({min(xs):,.{digits}f} to {max(xs):,.{digits}f})"
+
+
+def step_budget(results: list[dict]) -> int:
+    """The env-step budget the runs were given: ``--max-steps`` (recorded with each run), or for
+    records without it the most env steps an unsolved run ran (SB3 stops at the first full
+    rollout past the budget, so never fewer than it)."""
+    return max(
+        [r.get("max_steps") or 0 for r in results]
+        + [r["env_steps"] for r in results if r["solved_at_env_steps"] is None]
+        + [0]
+    )
+
+
+def to_solve(rs: list[dict], key: str, budget: int) -> tuple[list[float], list[bool]]:
+    """Each run's ``key`` (env steps or episodes to the threshold), an unsolved run censored at
+    its budget: ``budget`` env steps, or the episodes it ran; with which are censored."""
+    censored = [r[key] is None for r in rs]
+    at_budget = [budget if key == "solved_at_env_steps" else r["episodes"] for r in rs]
+    values = [float(b if c else r[key]) for r, c, b in zip(rs, censored, at_budget, strict=True)]
+    return values, censored
+
+
+def _fmt_censored(values: list[float], censored: list[bool]) -> str:
+    """``median (min to max)``, a value resting on censored runs marked ">=" (a lower bound)."""
+    if not values:
+        return "-"
+    from relax_rl.report import lower_bounds
+
+    def point(v):
+        return {"median": float(statistics.median(v)), "max": float(max(v))}
+
+    est = point(values)
+    marked = lower_bounds(point, np.asarray(values), np.asarray(censored, dtype=bool))
+    med, high = ((">= " if k in marked else "") + f"{est[k]:,.0f}" for k in ("median", "max"))
+    return f"{med} ({min(values):,.0f} to {high})"
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -196,7 +234,8 @@ def _interval(est: dict | None, key: str, digits: int) -> str:
     if est is None:
         return "-"
     ci = "no CI: 1 run" if est["ci"] is None else ", ".join(f"{x:,.{digits}f}" for x in est["ci"])
-    return f"{est[key]:,.{digits}f} [{ci}]"
+    mark = ">= " if key in est.get("lower_bounds", ()) else ""
+    return f"{mark}{est[key]:,.{digits}f} [{ci}]"
 
 
 def main() -> None:
@@ -257,19 +296,30 @@ def main() -> None:
         f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
         f"{'env-steps/s':>24}{'last-100 return at the end':>34}"
     )
+    budget = step_budget(results)
     print(head)
+    censored = []
     for agent in args.agents:
         rs = [r for r in results if r["agent"] == agent]
         solved = [r for r in rs if r["solved_at_env_steps"] is not None]
+        censored.append(f"{agent} {len(rs) - len(solved)}/{len(rs)}")
         print(
             f"{agent:<11}{len(solved):>5}/{len(rs):<2}"
-            f"{_fmt([r['solved_at_env_steps'] for r in solved]):>30}"
-            f"{_fmt([r['solved_at_episodes'] for r in solved]):>30}"
+            f"{_fmt_censored(*to_solve(rs, 'solved_at_env_steps', budget)):>30}"
+            f"{_fmt_censored(*to_solve(rs, 'solved_at_episodes', budget)):>30}"
             f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
             f"{_fmt([r['final_mean_return_100'] for r in rs], 1):>34}"
         )
+    print(
+        f"to solve: every seed counts, an unsolved one censored at its budget ({budget:,} env "
+        f"steps; the episodes it ran), a value marked >= rests on censored runs (a lower bound); "
+        f"censored: {', '.join(censored)}"
+    )
     for a, b in args.paired:
-        print(f"\nper-seed episodes to solve ({a} vs {b}; unsolved counts as never):")
+        print(
+            f"\nper-seed episodes to solve ({a} vs {b}; an unsolved run, censored at the "
+            f"budget, counts as never: behind every solved one):"
+        )
         wins = losses = 0
         for s in seeds:
             ra = next(r for r in results if r["agent"] == a and r["seed"] == s)
@@ -286,7 +336,7 @@ def main() -> None:
         )
 
     for a, b in args.compare:
-        compare(results, a, b)
+        compare(results, a, b, budget)
 
 
 def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, int]]) -> list[dict]:
@@ -327,23 +377,36 @@ def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, in
     return results
 
 
-def compare(results: list[dict], a: str, b: str) -> None:
-    """``a`` vs ``b``: env steps and episodes to solve (unsolved counts as never), then, where a
-    run did not solve, the last-100 mean return where the runs ended (``--max-steps``)."""
-    from relax_rl.report import improvement_probability, iqm_interval
+def compare(results: list[dict], a: str, b: str, budget: int | None = None) -> None:
+    """``a`` vs ``b``: env steps and episodes to solve, then, where a run did not solve, the
+    last-100 mean return where the runs ended (``--max-steps``). An unsolved run is censored at
+    its budget: in env steps it counts as ``budget`` (default :func:`step_budget`) in the IQM
+    and the tests; in episodes as the episodes it ran in the IQM (a lower bound), and behind
+    every solved run in the tests (its budget in episodes is its own)."""
+    from relax_rl.report import improvement_probability, iqm_interval, iqm_point, lower_bounds
 
+    budget = step_budget(results) if budget is None else budget
     for key, unit in (("solved_at_env_steps", "env steps"), ("solved_at_episodes", "episodes")):
-        print(f"\n{unit} to solve, {a} vs {b} (unsolved counts as never):")
+        where = f"{budget:,} env steps" if key == "solved_at_env_steps" else "the episodes it ran"
+        print(f"\n{unit} to solve, {a} vs {b} (an unsolved run censored at its budget, {where}):")
         at: dict[str, list[float]] = {}
         for name in (a, b):
-            got = [r[key] for r in results if r["agent"] == name]
-            at[name] = [math.inf if x is None else x for x in got]
-            solved = [x for x in got if x is not None]
-            print(
-                f"  {name}: {len(solved)}/{len(got)} solved, IQM "
-                f"{_interval(iqm_interval(solved), 'iqm', 0)} over the solved seeds"
+            rs = [r for r in results if r["agent"] == name]
+            values, censored = to_solve(rs, key, budget)
+            at[name] = (
+                values
+                if key == "solved_at_env_steps"
+                else [math.inf if c else x for x, c in zip(values, censored, strict=True)]
             )
-        # rliable's P(X > Y) wants finite scores, higher better: negate, "never" the worst
+            est = iqm_interval(values)
+            if est is not None:
+                marked = lower_bounds(iqm_point, np.asarray(values), np.asarray(censored, bool))
+                est["lower_bounds"] = marked
+            print(
+                f"  {name}: {len(rs) - sum(censored)}/{len(rs)} solved, {sum(censored)} censored; "
+                f"IQM {_interval(est, 'iqm', 0)} over every seed"
+            )
+        # rliable's P(X > Y) wants finite scores, higher better: negate, unsolved the worst
         score = {
             k: [-sys.float_info.max if x == math.inf else -x for x in v] for k, v in at.items()
         }

@@ -268,7 +268,9 @@ def plot_performance_profile(
 
 def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
     """``aggregates.png``: rliable's interval-estimate plot of the IQM final mean return and
-    (where any seed solved) the IQM env steps to solve, per algo, with 95% bootstrap CIs.
+    (where the runs have a threshold) the IQM env steps to solve, unsolved runs censored at
+    their budget (an algo that solved nothing sits at the budget), per algo, with 95%
+    bootstrap CIs.
 
     :param aggregates: :func:`relax_rl.report.aggregate`'s output.
     :param path: where to write the figure.
@@ -276,7 +278,7 @@ def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
     title = "IQM with 95% CI"
     keys = {
         "final_mean_return_100_iqm": "IQM final return",
-        "env_steps_to_solve_iqm": "IQM env steps to solve",
+        "env_steps_to_solve_iqm": "IQM env steps to solve\n(unsolved at the budget)",
     }
     algos = [a for a, v in aggregates.items() if any(v.get(k) for k in keys)]
     keys = {k: name for k, name in keys.items() if any(aggregates[a].get(k) for a in algos)}
@@ -287,7 +289,7 @@ def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
 
     colors = _algo_colors(algos)
     ests = {a: [aggregates[a].get(k) for k in keys] for a in algos}
-    # An algo without an estimate (no seed solved) gets no bar; with one run, no CI: the point.
+    # An algo without an estimate (no threshold) gets no bar; with one run, no CI: the point.
     points = {
         a: np.array([np.nan if e is None else e["iqm"] for e in es]) for a, es in ests.items()
     }

@@ -216,14 +216,113 @@ def _pairwise(
     return out
 
 
+# Per unit of "to solve": the summary's key of the point a run reached the threshold, and the
+# key of its budget, where an unsolved run is censored (what the finished run was given and ran).
+TO_SOLVE = {
+    "env_steps": ("solved_at_env_steps", "total_env_steps"),
+    "episodes": ("solved_at_episodes", "episodes"),
+}
+
+
+def steps_to_solve(
+    summaries: Sequence[dict], unit: str = "env_steps"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each finished run's env steps (or episodes) to the threshold, an unsolved run censored at
+    its budget: the env steps (episodes) it ran, ``total_env_steps`` (``episodes``) of its
+    summary, which a finished run that did not solve reaches only once its ``total_steps`` are
+    spent. Counting an unsolved run as its budget instead of leaving it out keeps an algo that
+    solves 1 seed of 5 quickly from ranking above one that solves all 5.
+
+    :param summaries: the runs' summaries; only the finished ones count (failed and interrupted
+        runs did not get their budget).
+    :param unit: a key of :data:`TO_SOLVE`.
+    :return: ``(values, censored)``, one entry per finished run (``censored``: the run did not
+        solve and its value is its budget, a lower bound); None when no run finished, the runs
+        have no threshold, or an unsolved run's budget is not recorded.
+    """
+    solved_key, budget_key = TO_SOLVE[unit]
+    values, censored = [], []
+    for s in summaries:
+        if s.get("status") not in FINISHED:
+            continue
+        if "threshold" in s and s["threshold"] is None:
+            return None  # nothing to solve
+        at = s.get(solved_key)
+        if at is None and s.get(budget_key) is None:
+            return None
+        values.append(float(s[budget_key] if at is None else at))
+        censored.append(at is None)
+    if not values:
+        return None
+    return np.asarray(values), np.asarray(censored, dtype=bool)
+
+
+def lower_bounds(
+    point: Callable[[np.ndarray], dict[str, Any] | None], values: np.ndarray, censored: np.ndarray
+) -> list[str]:
+    """The keys of ``point(values)`` that rest on a censored value, so are only lower bounds:
+    those that move when the censored values grow (quantiles and trimmed means are monotone, so
+    one that does not move does not depend on them).
+
+    :param point: a statistic of one value per run, as a dict of numbers.
+    :param values: one value per run.
+    :param censored: which of them are censored (lower bounds themselves).
+    """
+    if not censored.any():
+        return []
+    at, raised = point(values), point(np.where(censored, 2.0 * values + 1.0, values))
+    if at is None or raised is None:
+        return []
+    return [
+        k
+        for k, v in at.items()
+        if isinstance(v, float) and not math.isclose(v, raised[k], rel_tol=1e-9, abs_tol=0.0)
+    ]
+
+
+def _censored_stat(
+    stat: Callable[[np.ndarray], dict[str, Any] | None],
+    point: Callable[[np.ndarray], dict[str, Any] | None],
+    data: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Any] | None:
+    """``stat`` of :func:`steps_to_solve`'s values, with ``censored`` (how many runs count as
+    their budget), ``budget`` (the largest such, None without one) and ``lower_bounds`` (the
+    keys that rest on censored runs).
+
+    :param stat: the statistic (:func:`iqm_interval`, :func:`_quartiles`).
+    :param point: its point estimates alone (no bootstrap), for :func:`lower_bounds`.
+    :param data: :func:`steps_to_solve`'s result.
+    """
+    if data is None:
+        return None
+    values, censored = data
+    est = stat(values)
+    if est is None:
+        return None
+    return {
+        **est,
+        "censored": int(censored.sum()),
+        "budget": int(values[censored].max()) if censored.any() else None,
+        "lower_bounds": lower_bounds(point, values, censored),
+    }
+
+
+def iqm_point(values: np.ndarray) -> dict[str, float]:
+    """``{"iqm": ...}`` of one value per run, without the bootstrap (:func:`lower_bounds`)."""
+    return {"iqm": float(_iqm(values.reshape(-1, 1))[0])}
+
+
 def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Per algo: seeds solved, env steps and episodes to threshold (median, IQR), final mean
     return, mean grad log10 variance and env-steps/s; and rliable's aggregates: the IQM with its
     95% bootstrap CI of the final mean return (``final_mean_return_100_iqm``) and of the env
-    steps to solve over solved seeds (``env_steps_to_solve_iqm``), both as
-    :func:`iqm_interval` returns them, and ``probability_of_improvement``: per other algo,
-    P(this algo's final mean return > the other's) as :func:`improvement_probability` returns
-    it.
+    steps to solve (``env_steps_to_solve_iqm``), both as :func:`iqm_interval` returns them, and
+    ``probability_of_improvement``: per other algo, P(this algo's final mean return > the
+    other's) as :func:`improvement_probability` returns it.
+
+    Steps and episodes to solve are over every finished run, an unsolved one censored at its
+    budget (:func:`steps_to_solve`); their estimates add ``censored``, ``budget`` and
+    ``lower_bounds`` (:func:`_censored_stat`).
 
     :param summaries: the runs' summaries, failed ones included (they count as failed).
     """
@@ -234,12 +333,15 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
         rs = [s for s in summaries if s["algo"] == algo]
         ok = [s for s in rs if s.get("status") in FINISHED]
         solved = [s for s in ok if s.get("solved_at_env_steps") is not None]
+        env_steps = steps_to_solve(ok, "env_steps")
         out[algo] = {
             "runs": len(rs),
             "failed": len(rs) - len(ok),
             "solved": len(solved),
-            "env_steps_to_solve": _quartiles([s["solved_at_env_steps"] for s in solved]),
-            "episodes_to_solve": _quartiles([s["solved_at_episodes"] for s in solved]),
+            "env_steps_to_solve": _censored_stat(_quartiles, _quartiles, env_steps),
+            "episodes_to_solve": _censored_stat(
+                _quartiles, _quartiles, steps_to_solve(ok, "episodes")
+            ),
             "final_mean_return_100": _quartiles(
                 [
                     s["final_mean_return_100"]
@@ -256,7 +358,7 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
                 [s["env_steps_per_s"] for s in ok if s.get("env_steps_per_s")]
             ),
             "final_mean_return_100_iqm": iqm_interval(returns[algo]),
-            "env_steps_to_solve_iqm": iqm_interval([s["solved_at_env_steps"] for s in solved]),
+            "env_steps_to_solve_iqm": _censored_stat(iqm_interval, iqm_point, env_steps),
             "probability_of_improvement": poi[algo],
         }
     return out
@@ -268,7 +370,7 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 
 def _quartiles(xs: Sequence[float]) -> dict[str, float] | None:
-    if not xs:
+    if len(xs) == 0:
         return None
     q1, med, q3 = np.percentile(np.asarray(xs, dtype=float), [25, 50, 75])
     return {"median": float(med), "q1": float(q1), "q3": float(q3)}
@@ -302,10 +404,31 @@ def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def _fmt(q: dict[str, float] | None, digits: int = 0) -> str:
+def _at_least(est: dict[str, Any], key: str, digits: int) -> str:
+    """``est[key]``, marked "≥" where it rests on censored runs (:func:`_censored_stat`)."""
+    mark = "≥ " if key in est.get("lower_bounds", ()) else ""
+    return f"{mark}{est[key]:,.{digits}f}"
+
+
+def _censored_note(est: dict[str, Any] | None, budget: bool = True) -> str:
+    """`` (k censored at N)`` after a steps-to-solve estimate with censored runs, else nothing.
+
+    :param est: a :func:`_censored_stat` result, or None.
+    :param budget: whether to name the budget (not when the table's header does).
+    """
+    if not est or not est.get("censored"):
+        return ""
+    at = f" at {est['budget']:,}" if budget else ""
+    return f" ({est['censored']} censored{at})"
+
+
+def _fmt(q: dict[str, Any] | None, digits: int = 0) -> str:
     if q is None:
         return "-"
-    return f"{q['median']:,.{digits}f} [{q['q1']:,.{digits}f}, {q['q3']:,.{digits}f}]"
+    return (
+        f"{_at_least(q, 'median', digits)} [{_at_least(q, 'q1', digits)}, "
+        f"{_at_least(q, 'q3', digits)}]"
+    )
 
 
 def _signed(x: float | None) -> str:
@@ -331,8 +454,10 @@ def write_report(
     lines = [
         f"# Comparison on {', '.join(env_ids)}",
         "",
-        "Medians with [Q1, Q3] over seeds; steps and episodes to the threshold over solved "
-        "seeds only.",
+        "Medians with [Q1, Q3] over seeds. Env steps and episodes to the threshold are over "
+        "every finished run, an unsolved one censored at its budget (the env steps and episodes "
+        "it ran): it counts as its budget, not left out; a value marked ≥ rests on censored runs "
+        "and is a lower bound.",
         "",
         "| algo | solved | env steps to solve | episodes to solve | final mean return (100) "
         "| mean grad log10 var | env-steps/s |",
@@ -342,8 +467,10 @@ def write_report(
         var = "-" if a["grad_log10_var"] is None else f"{a['grad_log10_var']:.2f}"
         failed = f" ({a['failed']} failed)" if a["failed"] else ""
         lines.append(
-            f"| {algo} | {a['solved']}/{a['runs']}{failed} | {_fmt(a['env_steps_to_solve'])} "
-            f"| {_fmt(a['episodes_to_solve'])} | {_fmt(a['final_mean_return_100'], 1)} "
+            f"| {algo} | {a['solved']}/{a['runs']}{failed} | {_fmt(a['env_steps_to_solve'])}"
+            f"{_censored_note(a['env_steps_to_solve'])} | {_fmt(a['episodes_to_solve'])}"
+            f"{_censored_note(a['episodes_to_solve'], budget=False)} "
+            f"| {_fmt(a['final_mean_return_100'], 1)} "
             f"| {var} | {_fmt(a['env_steps_per_s'])} |"
         )
     paired = {a: v for a, v in aggregates.items() if v["grad_log10_var_reduction"] is not None}
@@ -389,7 +516,7 @@ def _fmt_interval(est: dict[str, Any] | None, key: str, digits: int) -> str:
     """
     if est is None:
         return "-"
-    point = f"{est[key]:,.{digits}f}"
+    point = _at_least(est, key, digits)
     if est["ci"] is None:
         return f"{point} (no CI: {min(np.atleast_1d(est['runs']))} run)"
     low, high = est["ci"]
@@ -401,6 +528,10 @@ def _rliable_section(aggregates: dict[str, dict]) -> list[str]:
 
     :param aggregates: :func:`aggregate`'s output.
     """
+    steps = [a["env_steps_to_solve_iqm"] for a in aggregates.values()]
+    budgets = {e["budget"] for e in steps if e and e["budget"] is not None}
+    one_budget = len(budgets) == 1
+    budget = f" ({budgets.pop():,} env steps)" if one_budget else ""
     lines = [
         "",
         "## Aggregates (rliable)",
@@ -411,8 +542,16 @@ def _rliable_section(aggregates: dict[str, dict]) -> list[str]:
         f"run; with a handful of seeds read it as a rough guide (bootstrap intervals tend to "
         f"undercover at small n).",
         "",
+        "Env steps to solve: every finished run counts, an unsolved one censored at the budget "
+        "(the env steps it ran) rather than left out, so an algo that solves a few seeds fast "
+        "does not rank above one that solves them all by dropping its failures; an IQM marked ≥ "
+        "rests on censored runs "
+        "(a lower bound: the true IQM is at least that; ≥ the budget when the middle runs all "
+        "failed to solve).",
+        "",
         "| algo | runs | IQM final mean return (100) [95% CI] "
-        "| solved | IQM env steps to solve, solved seeds [95% CI] |",
+        f"| solved | IQM env steps to solve, unsolved runs censored at the budget{budget} "
+        "[95% CI] |",
         "|---|---|---|---|---|",
     ]
     for algo, a in aggregates.items():
@@ -420,7 +559,8 @@ def _rliable_section(aggregates: dict[str, dict]) -> list[str]:
         lines.append(
             f"| {algo} | {0 if ret is None else ret['runs']} "
             f"| {_fmt_interval(ret, 'iqm', 1)} | {a['solved']}/{a['runs']} "
-            f"| {_fmt_interval(a['env_steps_to_solve_iqm'], 'iqm', 0)} |"
+            f"| {_fmt_interval(a['env_steps_to_solve_iqm'], 'iqm', 0)}"
+            f"{_censored_note(a['env_steps_to_solve_iqm'], budget=not one_budget)} |"
         )
     scored = [algo for algo, a in aggregates.items() if a["final_mean_return_100_iqm"]]
     if len(scored) >= 2:

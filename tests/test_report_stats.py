@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 EIGHT = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 1000.0]
 
 
-def _summaries(algo: str, returns: list[float], solved_at: list[int | None] | None = None):
+def _summaries(
+    algo: str,
+    returns: list[float],
+    solved_at: list[int | None] | None = None,
+    budget: int = 100_000,
+):
+    """Finished runs that each ran their whole ``budget`` of env steps (20 steps an episode)."""
     solved_at = solved_at or [None] * len(returns)
     return [
         {
@@ -32,6 +38,8 @@ def _summaries(algo: str, returns: list[float], solved_at: list[int | None] | No
             "final_mean_return_100": ret,
             "solved_at_env_steps": at,
             "solved_at_episodes": None if at is None else at // 20,
+            "total_env_steps": budget,
+            "episodes": budget // 20,
             "env_steps_per_s": 1000.0,
         }
         for seed, (ret, at) in enumerate(zip(returns, solved_at, strict=True))
@@ -60,12 +68,62 @@ def test_iqm_is_the_mean_of_the_middle_half_with_rliable_bootstrap_ci():
     assert report.aggregate(_summaries("a", EIGHT))["a"]["final_mean_return_100_iqm"] == iqm
 
 
-def test_steps_to_solve_iqm_is_over_the_solved_seeds_only():
+def test_steps_to_solve_counts_an_unsolved_run_at_its_budget():
     solved_at = [1000, 2000, None, 3000, None]
     agg = report.aggregate(_summaries("a", [1.0] * 5, solved_at))["a"]
     steps = agg["env_steps_to_solve_iqm"]
-    assert steps["runs"] == 3 and steps["iqm"] == pytest.approx(2000.0)
-    assert agg["env_steps_to_solve"]["median"] == pytest.approx(2000.0)
+    # 1000, 2000, 3000, 100000, 100000: the IQM averages 2000, 3000 and one censored run
+    assert steps["runs"] == 5 and steps["iqm"] == pytest.approx(35_000.0)
+    assert steps["censored"] == 2 and steps["budget"] == 100_000
+    assert steps["lower_bounds"] == ["iqm"]  # it rests on a censored run: at least that
+    quartiles = agg["env_steps_to_solve"]
+    assert quartiles["median"] == pytest.approx(3000.0) and quartiles["q3"] == 100_000
+    assert quartiles["lower_bounds"] == ["q3"] and quartiles["censored"] == 2
+    episodes = agg["episodes_to_solve"]  # censored at the episodes the run ran
+    assert episodes["median"] == pytest.approx(150.0) and episodes["q3"] == 5000
+    assert episodes["censored"] == 2 and episodes["lower_bounds"] == ["q3"]
+
+
+def test_an_algo_solving_one_seed_fast_ranks_below_one_solving_every_seed(tmp_path):
+    one = _summaries("one_fast", [1.0] * 5, [1000, None, None, None, None])
+    every = _summaries("every_seed", [1.0] * 5, [20_000] * 5)
+    agg = report.aggregate(one + every)
+    fast, steady = agg["one_fast"], agg["every_seed"]
+    assert steady["env_steps_to_solve_iqm"]["iqm"] < fast["env_steps_to_solve_iqm"]["iqm"]
+    assert steady["env_steps_to_solve"]["median"] < fast["env_steps_to_solve"]["median"]
+    assert fast["env_steps_to_solve_iqm"]["iqm"] == 100_000  # the middle runs never solved
+    assert fast["env_steps_to_solve_iqm"]["lower_bounds"] == ["iqm"]
+    assert fast["env_steps_to_solve_iqm"]["censored"] == 4
+    assert steady["env_steps_to_solve_iqm"]["lower_bounds"] == []
+    assert steady["env_steps_to_solve_iqm"]["censored"] == 0
+    json.dumps(agg)
+    report.write_report(tmp_path, one + every, agg)
+    text = (tmp_path / "report.md").read_text()
+    medians, rliable_part = text.split("## Aggregates (rliable)")
+    assert "an unsolved one censored at its budget" in medians
+    assert "| one_fast | 1/5 | ≥ 100,000 [≥ 100,000, ≥ 100,000] (4 censored at 100,000) |" in (
+        medians
+    )
+    assert "| every_seed | 5/5 | 20,000 [20,000, 20,000] |" in medians
+    header = "IQM env steps to solve, unsolved runs censored at the budget (100,000 env steps)"
+    assert header in rliable_part and "solved seeds" not in text
+    assert "| 1/5 | ≥ 100,000 [" in rliable_part and "(4 censored) |" in rliable_part
+    assert "| 5/5 | 20,000 [20,000, 20,000] |" in rliable_part
+
+
+def test_steps_to_solve_leaves_out_unfinished_runs_and_needs_a_threshold_and_a_budget():
+    runs = _summaries("a", [1.0] * 3, [None, 500, None], budget=100_352)
+    runs[1]["total_env_steps"] = 500  # stopped when solved: not its budget, and not used
+    interrupted = {**runs[0], "status": "interrupted", "total_env_steps": 10}
+    values, censored = report.steps_to_solve([*runs, interrupted])
+    assert values.tolist() == [100_352, 500, 100_352]  # what the runs ran, not less
+    assert censored.tolist() == [True, False, True]
+    assert report.steps_to_solve([{**r, "threshold": None} for r in runs]) is None
+    assert (
+        report.steps_to_solve([{k: v for k, v in runs[0].items() if k != "total_env_steps"}])
+        is None
+    )
+    assert report.steps_to_solve([interrupted]) is None
 
 
 def test_probability_of_improvement_of_a_dominating_algo_is_one():
@@ -96,8 +154,16 @@ def test_a_single_run_algo_gets_its_point_and_no_ci(tmp_path):
     agg = report.aggregate(summaries)
     json.dumps(agg)  # summary.json takes it as it is
     assert agg["one"]["final_mean_return_100_iqm"] == {"iqm": 7.0, "ci": None, "runs": 1}
-    assert agg["one"]["env_steps_to_solve_iqm"] == {"iqm": 500.0, "ci": None, "runs": 1}
-    assert agg["many"]["env_steps_to_solve_iqm"] is None
+    assert agg["one"]["env_steps_to_solve_iqm"] == {
+        "iqm": 500.0,
+        "ci": None,
+        "runs": 1,
+        "censored": 0,
+        "budget": None,
+        "lower_bounds": [],
+    }
+    many = agg["many"]["env_steps_to_solve_iqm"]  # none solved: all three at the budget
+    assert many["iqm"] == 100_000 and many["censored"] == 3 and many["lower_bounds"] == ["iqm"]
     poi = agg["one"]["probability_of_improvement"]["many"]
     assert poi == {"p": 1.0, "ci": None, "runs": [1, 3]}
     report.write_report(tmp_path, summaries, agg)
@@ -154,3 +220,38 @@ def test_bench_tests_are_scipys():
     a, b = [1.0, 2, 3, 4, 5, 6], [7.0, 8, 9, 10, 11, 12]
     assert solve.rank_sum_test(a, b) == pytest.approx(2 / 924)
     assert solve.rank_sum_test([math.inf] * 3, [math.inf] * 3) == 1.0  # never vs never
+
+
+def test_bench_counts_an_unsolved_run_as_the_max_steps_budget(capsys):
+    solve = _bench_solve()
+
+    def runs(agent, solved_at):
+        return [
+            {
+                "agent": agent,
+                "seed": seed,
+                "solved_at_env_steps": at,
+                "solved_at_episodes": None if at is None else at // 20,
+                "env_steps": 100_008 if at is None else at,  # a rollout past the budget
+                "max_steps": 100_000,
+                "episodes": 5000 if at is None else at // 20,
+                "final_mean_return_100": 1.0,
+            }
+            for seed, at in enumerate(solved_at)
+        ]
+
+    results = runs("one_fast", [1000, None, None, None, None]) + runs("every", [20_000] * 5)
+    budget = solve.step_budget(results)
+    assert budget == 100_008  # never less than the steps an unsolved run was given
+    values, censored = solve.to_solve(results[:5], "solved_at_env_steps", budget)
+    assert values == [1000.0] + [100_008.0] * 4 and censored == [False] + [True] * 4
+    assert solve._fmt_censored(values, censored) == ">= 100,008 (1,000 to >= 100,008)"
+    assert solve._fmt_censored([20_000.0] * 2, [False] * 2) == "20,000 (20,000 to 20,000)"
+    solve.compare(results, "one_fast", "every", budget)
+    out = capsys.readouterr().out
+    steps = out.split("episodes to solve")[0]
+    assert "an unsolved run censored at its budget, 100,008 env steps" in steps
+    assert "one_fast: 1/5 solved, 4 censored; IQM >= 100,008 [" in steps
+    assert "every: 5/5 solved, 0 censored; IQM 20,000 [" in steps
+    # every's runs all beat one_fast's censored ones: P = 0.8 * 1 + 0.2 * 0 = 0.8
+    assert "P(every solves in fewer env steps than one_fast) = 0.80" in steps
