@@ -314,8 +314,9 @@ def _per_sample_gradients(
         returns=advantages + values,
         noise_u=expand(u),
         noise_v=expand(v),
-        # RELAX's cross-fitting halves (its kappa) by action draw: no action in both halves
-        env_index=th.arange(n * k, device=device).repeat_interleave(m) % 2,
+        # each action draw (with its continuations) its own group: RELAX's kappa for a draw is
+        # cross-fitted from the other draws, independent of it
+        env_index=th.arange(n * k, device=device).repeat_interleave(m),
         noise_g=expand(g),
         log_prob_dims=expand(log_prob_dims),
     )

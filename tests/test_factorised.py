@@ -204,8 +204,8 @@ def test_per_dimension_settings_are_refused_in_one_line(cls, kwargs, needle):
 
 def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
     """``cv_replay = 3``: phi takes one step per update plus one per kept batch (1, 2, 3, 3,
-    ...), the policy one per update; the kept batches are not saved, and a loaded model
-    goes on."""
+    ...), the policy one per update; the kept batches are saved with the model, and a loaded
+    model goes on with them."""
     model = RELAX(
         "MlpPolicy",
         make_env(MATCH_ENV_ID, 4, 0, env_kwargs={"d": 4}),
@@ -222,9 +222,43 @@ def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
     assert steps(model.cv_optimizer) == 5 + (1 + 2 + 3 + 3 + 3)
     model.save(tmp_path / "m.zip")
     loaded = RELAX.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
-    assert len(loaded._replay) == 0 and loaded.cv_replay == 3
+    assert len(loaded._replay) == 3 and loaded.cv_replay == 3
+    for kept, back in zip(model._replay, loaded._replay, strict=True):
+        assert type(back) is type(kept)
+        for a, b in zip(kept, back, strict=True):
+            assert a.dtype == b.dtype and th.equal(a, b)
     run_updates(loaded, 2)
-    assert steps(loaded.cv_optimizer) == 17 + 2 + (1 + 2)
+    assert steps(loaded.cv_optimizer) == 17 + 2 + (3 + 3)
+
+
+def test_shipped_multibinary_relax_save_load_continue_equals_straight(tmp_path):
+    """The shipped MultiBinaryMatch RELAX config (configs/relax.yaml: cv_replay, the return
+    target, centred terms), smaller: a run saved, loaded and continued ends with the very
+    parameters of a straight run (phi's kept batches are part of the saved state)."""
+    from relax_rl.config import validate, zoo_settings
+
+    _, kwargs = validate(zoo_settings("relax", MATCH_ENV_ID), RELAX)
+    assert kwargs["cv_replay"] == 8
+    kwargs.update(n_steps=2, seed=5, policy_kwargs={"net_arch": [8]}, cv_net_arch=[8])
+
+    def model():
+        return RELAX("MlpPolicy", make_env(MATCH_ENV_ID, 4, 5, env_kwargs={"d": 6}), **kwargs)
+
+    straight = model()
+    straight.learn(80)  # 10 updates: more batches than it keeps
+    straight.learn(32, reset_num_timesteps=False)
+    first = model()
+    first.learn(80)
+    first.save(tmp_path / "m")
+    loaded = RELAX.load(tmp_path / "m", env=first.env, force_reset=False)
+    loaded.learn(32, reset_num_timesteps=False)
+    for module in ("policy", "control_variate"):
+        for (name, p), q in zip(
+            getattr(straight, module).state_dict().items(),
+            getattr(loaded, module).state_dict().values(),
+            strict=True,
+        ):
+            assert th.equal(p, q), (module, name, (p - q).abs().max())
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ def test_update_gradient_unbiased(cls, n_envs, updates, env_id):
 RELAX_VARIANTS = {
     "optimal, cross-fitted": dict(n_envs=16),
     "optimal, one env": dict(n_envs=1, use_baseline=False),
+    "optimal, too few envs to cross-fit": dict(n_envs=4),  # the running moments
     "optimal, scale decay 0.9": dict(n_envs=16, cv_scale_decay=0.9),
     "learned, batch": dict(n_envs=16, kappa_mode="learned", variance_objective="batch"),
     "learned, per-sample, scale decay 0": dict(
@@ -125,6 +126,29 @@ def test_relax_variants_unbiased_with_trained_control_variate(variant, env_id):
     kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
     assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
     _assert_unbiased(grads, exact_gradient(model, env_id))
+
+
+def test_relax_correction_has_mean_zero_with_normalized_advantages():
+    """With ``normalize_advantage`` the target is A2C's own estimate (the advantages
+    standardised by the batch's mean and std): RELAX's correction, paired with A2C on the very
+    same batches (same seed, lr 0), has mean 0 while phi trains. Each env's optimal kappa
+    comes from the other envs' samples, standardised by their own statistics; standardised by
+    the whole batch's, which hold the env's own advantages, it was biased (z about 10 here)."""
+    relax = _agent(RELAX, TOY_ENV_ID, 8, seed=3, cv_learning_rate=3e-3, normalize_advantage=True)
+    a2c = _agent(A2C, TOY_ENV_ID, 8, seed=3, normalize_advantage=True)
+    a2c.policy.load_state_dict(relax.policy.state_dict())
+    assert relax.n_envs >= relax.MIN_CROSS_FIT_ENVS  # cross-fitted
+    g_relax, r_relax = run_updates(relax, 800)
+    g_a2c, r_a2c = run_updates(a2c, 800)
+    losses = [[r.get("train/value_loss") for r in records] for records in (r_relax, r_a2c)]
+    assert losses[0] == losses[1]  # the very same batches
+    kappas = [r["train/kappa"] for r in r_relax[200:] if "train/kappa" in r]
+    assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
+    correction = (g_relax - g_a2c)[200:]  # after 200 updates of phi alone
+    se = correction.std(0) / math.sqrt(correction.shape[0])
+    assert (se > 1e-6).any()
+    z = correction.mean(0) / se.clamp_min(1e-12)
+    assert z.abs().max() < 4.5, z
 
 
 @pytest.mark.parametrize("env_id", [TOY_ENV_ID, CHAIN_ENV_ID])
