@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import run_updates
+from conftest import assert_unbiased, held_bandit_agent, run_updates, spread_action_bias
 from gymnasium import spaces
 from gymnasium.envs.classic_control import CartPoleEnv
 from stable_baselines3.common.callbacks import BaseCallback
@@ -438,29 +438,12 @@ def _bandit_agent(cls, env_id, n_envs, seed=0, **kwargs):
         kwargs = dict(n_epochs=1, batch_size=n_envs, normalize_advantage=False, **kwargs)
     else:
         kwargs["use_baseline"] = kwargs.pop("use_baseline", cls is not REINFORCE)
-    model = cls(
-        "MlpPolicy",
-        make_env(env_id, n_envs, seed, env_kwargs=env_kwargs),
-        n_steps=1 if kwargs.get("use_baseline", True) else 0,
-        gamma=1.0,
-        ent_coef=0.0,
-        max_grad_norm=None,
-        learning_rate=0.0,
-        seed=seed,
-        policy_kwargs={"net_arch": [8], "activation_fn": th.nn.Tanh},
-        **kwargs,
+    env = make_env(env_id, n_envs, seed, env_kwargs=env_kwargs)
+    model = held_bandit_agent(
+        cls, env, seed, n_steps=1 if kwargs.get("use_baseline", True) else 0, **kwargs
     )
-    with th.no_grad():  # away from uniform, so that the gradient is large
-        bias = model.policy.action_net.bias
-        bias.copy_(th.linspace(-0.8, 0.8, bias.numel()))
+    spread_action_bias(model)
     return model
-
-
-def _assert_unbiased(estimates, expected):
-    se = estimates.std(0) / math.sqrt(estimates.shape[0])
-    z = (estimates.mean(0) - expected) / se.clamp_min(1e-12)
-    assert z.abs().max() < 4.5, z
-    assert (expected.abs() > 4 * se).any(), "the test cannot tell the gradient from zero"
 
 
 RETURN_TARGET = {
@@ -537,7 +520,7 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     if cls is RELAX and kwargs.get("kappa_mode") != "learned":
         kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
         assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
-    _assert_unbiased(grads, _exact_gradient(model, env_id))
+    assert_unbiased(grads, _exact_gradient(model, env_id))
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import run_updates
+from conftest import assert_unbiased, held_bandit_agent, run_updates, spread_action_bias
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -106,25 +106,18 @@ class MoveActor(BaseCallback):
 def _agent(cls, env_id, seed=2, env_kwargs=None, **kwargs):
     """Policy held (lr 0), one epoch of one minibatch (the whole rollout), raw advantages, no
     gradient clipping and no entropy: each update is one draw of the estimator."""
-    model = cls(
-        "MlpPolicy",
-        make_env(env_id, N_ENVS, seed, env_kwargs=env_kwargs),
-        n_steps=1,
+    env = make_env(env_id, N_ENVS, seed, env_kwargs=env_kwargs)
+    model = held_bandit_agent(
+        cls,
+        env,
+        seed,
         batch_size=N_ENVS,
         n_epochs=1,
         normalize_advantage=False,
         clip_range=CLIP,
-        gamma=1.0,
-        ent_coef=0.0,
-        max_grad_norm=None,
-        learning_rate=0.0,
-        seed=seed,
-        policy_kwargs={"net_arch": [8], "activation_fn": th.nn.Tanh},
         **kwargs,
     )
-    with th.no_grad():  # away from uniform, so that the gradient is large
-        bias = model.policy.action_net.bias
-        bias.copy_(th.linspace(-0.8, 0.8, bias.numel()))
+    spread_action_bias(model)
     return model
 
 
@@ -161,13 +154,6 @@ def exact_clipped_gradient(model, space: str, delta: th.Tensor) -> tuple[th.Tens
             held += 0.5 * float((p_old * hold.float().reshape(len(every), -1).mean(-1)).sum())
     grads = th.autograd.grad(-objective, actor)
     return th.cat([g.reshape(-1) for g in grads]), held
-
-
-def _assert_unbiased(estimates, expected):
-    se = estimates.std(0) / math.sqrt(estimates.shape[0])
-    z = (estimates.mean(0) - expected) / se.clamp_min(1e-12)
-    assert z.abs().max() < 4.5, z
-    assert (expected.abs() > 4 * se).any(), "the test cannot tell the gradient from zero"
 
 
 # the action head's bias moves: a small one (every ratio inside [0.8, 1.2]) and a large one
@@ -238,7 +224,7 @@ def test_clipped_surrogate_gradient_unbiased_off_policy(case, move):
         assert held == 0.0
     else:  # the clip holds part of the mass, not all of it
         assert 0.1 < held < 0.9, held
-    _assert_unbiased(grads, expected)
+    assert_unbiased(grads, expected)
 
 
 def test_ppo_family_off_policy_is_really_off_policy():

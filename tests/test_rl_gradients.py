@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch as th
-from conftest import run_updates
+from conftest import assert_unbiased, run_updates
 
 from relax_rl.agents import A2C, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.envs import CHAIN_ENV_ID, TOY_ENV_ID, ChainEnv, make_env
@@ -78,14 +78,6 @@ def exact_gradient(model, env_id) -> th.Tensor:
     return -_flat(th.autograd.grad(total, actor)) / env.horizon
 
 
-def _assert_unbiased(estimates: th.Tensor, expected: th.Tensor) -> None:
-    se = estimates.std(0) / math.sqrt(estimates.shape[0])
-    z = (estimates.mean(0) - expected) / se.clamp_min(1e-12)
-    resolved = expected.abs() > 4 * se
-    assert z.abs().max() < 4.5, z  # ~40 coordinates: 4.5 keeps family-wise error tiny
-    assert resolved.any(), "the test cannot tell the gradient from zero"
-
-
 # (agent, n_envs, updates): one env learns from one episode per update, so it needs more.
 AGENTS = [(REINFORCE, 1, 3000), (A2C, 16, 600), (RELAX, 16, 600), (PPO, 16, 600)]
 
@@ -97,7 +89,7 @@ AGENTS = [(REINFORCE, 1, 3000), (A2C, 16, 600), (RELAX, 16, 600), (PPO, 16, 600)
 def test_update_gradient_unbiased(cls, n_envs, updates, env_id):
     model = _agent(cls, env_id, n_envs)
     grads, _ = run_updates(model, updates)
-    _assert_unbiased(grads, exact_gradient(model, env_id))
+    assert_unbiased(grads, exact_gradient(model, env_id))
 
 
 RELAX_VARIANTS = {
@@ -125,7 +117,7 @@ def test_relax_variants_unbiased_with_trained_control_variate(variant, env_id):
     grads, records = run_updates(model, 3000 if n_envs == 1 else 600)
     kappas = [r["train/kappa"] for r in records if "train/kappa" in r]
     assert sum(k != 0 for k in kappas) > len(kappas) // 4  # the control variate is in use
-    _assert_unbiased(grads, exact_gradient(model, env_id))
+    assert_unbiased(grads, exact_gradient(model, env_id))
 
 
 def test_relax_correction_has_mean_zero_with_normalized_advantages():
@@ -159,7 +151,7 @@ def test_relax_ppo_first_epoch_unbiased_with_trained_control_variate(env_id):
     run_updates(model, 200)
     grads, records = run_updates(model, 600)
     assert abs(records[-1]["train/kappa"]) > 0.05 and records[-1]["train/cv_loss"] > 0
-    _assert_unbiased(grads, exact_gradient(model, env_id))
+    assert_unbiased(grads, exact_gradient(model, env_id))
 
 
 def test_scale_from_the_current_batch_would_be_detected():
@@ -184,7 +176,7 @@ def test_scale_from_the_current_batch_would_be_detected():
     run_updates(model, 200)
     grads, _ = run_updates(model, 600)
     with pytest.raises(AssertionError):
-        _assert_unbiased(grads, exact_gradient(model, TOY_ENV_ID))
+        assert_unbiased(grads, exact_gradient(model, TOY_ENV_ID))
 
 
 def test_relax_after_training_phi_has_lower_variance_than_a2c():
@@ -200,7 +192,7 @@ def test_relax_after_training_phi_has_lower_variance_than_a2c():
         after.var(0).sum(),
         baseline.var(0).sum(),
     )
-    _assert_unbiased(after, exact_gradient(relax, CHAIN_ENV_ID))
+    assert_unbiased(after, exact_gradient(relax, CHAIN_ENV_ID))
 
 
 def test_stored_noise_rebuilds_the_taken_actions():
