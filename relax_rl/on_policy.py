@@ -127,7 +127,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         and the critic together, so a large critic gradient shrinks the actor's step) or
         ``separate`` (the actor's parameters and the rest, the critic's, each clipped to
         ``max_grad_norm`` by their own norm). ``train/grad_clip_fraction`` logs the share of
-        optimizer steps that were clipped.
+        optimizer steps that were clipped, ``train/actor_grad_clip_fraction`` those where the
+        actor's gradient was, ``train/actor_grad_scale`` the mean factor applied to it.
     :param use_baseline: learn V(s) and use it as a baseline and for bootstrapping at cuts and
         time-limit truncations. Without it, advantages are the plain (discounted) returns, which
         needs whole episodes (``n_steps=0``).
@@ -179,7 +180,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"max_grad_norm must be > 0 or None (no clipping), got {max_grad_norm}"
             )
         self.grad_clip = grad_clip
-        self._grad_clipped: list[bool] = []  # per optimizer step since the last log
+        # per optimizer step since the last log: (clipped at all, the actor's clip factor)
+        self._grad_clipped: list[tuple[bool, float]] = []
         observation_space = getattr(env, "observation_space", None)
         if observation_space is not None:
             _check_observation_space(type(self).__name__, observation_space)
@@ -474,19 +476,27 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         norm = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(norm):
             raise self._diverged("grad_norm", norm)
-        clipped = False
-        for grads, group_norm in zip(groups, norms, strict=True):
+        scales = [1.0] * len(groups)  # the first group holds the actor's parameters
+        for i, (grads, group_norm) in enumerate(zip(groups, norms, strict=True)):
             if self.max_grad_norm and grads and group_norm + 1e-6 > self.max_grad_norm:
-                th._foreach_mul_(grads, self.max_grad_norm / (group_norm + 1e-6))
-                clipped = True
-        self._grad_clipped.append(clipped)
+                scales[i] = self.max_grad_norm / (group_norm + 1e-6)
+                th._foreach_mul_(grads, scales[i])
+        self._grad_clipped.append((min(scales) < 1.0, scales[0]))
         return norm
 
     def _record_grad_clipping(self) -> None:
-        """Log the share of optimizer steps since the last call whose gradient was clipped."""
+        """Log, over the optimizer steps since the last call, the share whose gradient was
+        clipped (``train/grad_clip_fraction``), the share where the actor's was
+        (``train/actor_grad_clip_fraction``: every clipped step with ``joint``) and the mean
+        factor the clip applied to the actor's gradient (``train/actor_grad_scale``)."""
         if self._grad_clipped:
-            fraction = sum(self._grad_clipped) / len(self._grad_clipped)
-            self.logger.record("train/grad_clip_fraction", fraction)
+            n = len(self._grad_clipped)
+            self.logger.record(
+                "train/grad_clip_fraction", sum(c for c, _ in self._grad_clipped) / n
+            )
+            actor = [scale for _, scale in self._grad_clipped]
+            self.logger.record("train/actor_grad_clip_fraction", sum(s < 1.0 for s in actor) / n)
+            self.logger.record("train/actor_grad_scale", sum(actor) / n)
         self._grad_clipped = []
 
     def learn(  # type: ignore[override]

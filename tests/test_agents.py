@@ -471,8 +471,9 @@ def test_separate_grad_clip_leaves_the_actor_step_to_the_actor(name):
         handle = model.policy.optimizer.register_step_pre_hook(grab)
         _, records = run_updates(model, 2)
         handle.remove()
+        logged = [r for r in records if "train/grad_clip_fraction" in r]
         fractions = [
-            r["train/grad_clip_fraction"] for r in records if "train/grad_clip_fraction" in r
+            (r["train/grad_clip_fraction"], r["train/actor_grad_clip_fraction"]) for r in logged
         ]
         return seen["actor"], seen["critic"], fractions
 
@@ -480,12 +481,17 @@ def test_separate_grad_clip_leaves_the_actor_step_to_the_actor(name):
     total = float(th.cat([free_actor, free_critic]).norm())
     limit = 0.5 * min(total, float(free_critic.norm()))  # both the whole and the critic clip
     joint_actor, _, joint_fraction = first_grads(max_grad_norm=limit)
-    separate_actor, separate_critic, _ = first_grads(max_grad_norm=limit, grad_clip="separate")
+    separate_actor, separate_critic, separate_fraction = first_grads(
+        max_grad_norm=limit, grad_clip="separate"
+    )
     th.testing.assert_close(joint_actor, free_actor * limit / (total + 1e-6))
     actor_scale = min(1.0, limit / (float(free_actor.norm()) + 1e-6))
     th.testing.assert_close(separate_actor, free_actor * actor_scale)
     th.testing.assert_close(separate_critic.norm(), th.tensor(limit), rtol=1e-4, atol=1e-6)
-    assert joint_fraction and all(f == 1.0 for f in joint_fraction)
+    assert joint_fraction and all(f == (1.0, 1.0) for f in joint_fraction)
+    # the critic is clipped, the actor only where its own norm is over the limit
+    actor_clipped = float(actor_scale < 1.0)
+    assert separate_fraction and separate_fraction[0] == (1.0, actor_clipped)
 
 
 @pytest.mark.parametrize(
