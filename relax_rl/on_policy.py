@@ -488,15 +488,18 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Log, over the optimizer steps since the last call, the share whose gradient was
         clipped (``train/grad_clip_fraction``), the share where the actor's was
         (``train/actor_grad_clip_fraction``: every clipped step with ``joint``) and the mean
-        factor the clip applied to the actor's gradient (``train/actor_grad_scale``)."""
+        factor the clip applied to the actor's gradient (``train/actor_grad_scale``); averaged
+        with the other updates until the logger writes a row."""
         if self._grad_clipped:
             n = len(self._grad_clipped)
-            self.logger.record(
+            self.logger.record_mean(
                 "train/grad_clip_fraction", sum(c for c, _ in self._grad_clipped) / n
             )
             actor = [scale for _, scale in self._grad_clipped]
-            self.logger.record("train/actor_grad_clip_fraction", sum(s < 1.0 for s in actor) / n)
-            self.logger.record("train/actor_grad_scale", sum(actor) / n)
+            self.logger.record_mean(
+                "train/actor_grad_clip_fraction", sum(s < 1.0 for s in actor) / n
+            )
+            self.logger.record_mean("train/actor_grad_scale", sum(actor) / n)
         self._grad_clipped = []
 
     def learn(  # type: ignore[override]
