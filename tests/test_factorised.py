@@ -460,15 +460,15 @@ RETURN_TARGET = {
     ("cls", "n_envs", "updates", "kwargs"),
     [
         (REINFORCE, 1, 3000, {}),
-        (A2C, 16, 600, {}),
-        (RELAX, 16, 600, {"cv_learning_rate": 3e-3}),
-        (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
-        (RELAX, 16, 600, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
-        (PPO, 16, 600, {}),
+        (A2C, 64, 160, {}),
+        (RELAX, 64, 160, {"cv_learning_rate": 3e-3}),
+        (RELAX, 64, 160, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
+        (RELAX, 64, 160, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
+        (PPO, 64, 160, {}),
         (
             RELAX,
-            16,
-            600,
+            64,
+            160,
             {
                 "cv_learning_rate": 3e-3,
                 "cv_per_dimension": True,
@@ -477,18 +477,18 @@ RETURN_TARGET = {
                 "cv_replay": 4,
             },
         ),
-        (RELAX, 16, 600, RETURN_TARGET),
+        (RELAX, 64, 160, RETURN_TARGET),
         (
             RELAX,
-            16,
-            600,
+            64,
+            160,
             {**RETURN_TARGET, "cv_centred": True, "cv_linear_fit": "regression"},
         ),
-        (RELAXPPO, 16, 600, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
+        (RELAXPPO, 64, 160, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (
             RELAXPPO,
-            16,
-            600,
+            64,
+            160,
             {
                 "cv_learning_rate": 3e-3,
                 "cv_per_dimension": True,
@@ -515,7 +515,7 @@ RETURN_TARGET = {
 def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
     model = _bandit_agent(cls, env_id, n_envs, seed=2, **kwargs)
     if cls in (RELAX, RELAXPPO):  # the control variate trained first (the policy does not move)
-        run_updates(model, 200)
+        run_updates(model, 60)
     grads, records = run_updates(model, updates)
     if cls is RELAX and kwargs.get("kappa_mode") != "learned":
         kappas = [r["train/kappa"] for r in records if "train/kappa" in r]

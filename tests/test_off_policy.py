@@ -32,7 +32,8 @@ from relax_rl.agents import PPO, RELAXPPO
 from relax_rl.envs import GAUSSIAN_BANDIT_ENV_ID, make_env
 
 CLIP = 0.2
-N_ENVS = 16
+N_ENVS = 64  # many samples per update, few updates: the same power for less overhead
+WARMUP, UPDATES = 60, 160  # phi's updates before the measured ones
 
 
 class TableBandit(gym.Env):
@@ -214,9 +215,9 @@ def test_clipped_surrogate_gradient_unbiased_off_policy(case, move):
     delta = th.tensor(MOVES[space][move])
     mover = MoveActor(delta)
     if cls is RELAXPPO:  # phi trained first, on off-policy batches (the policy does not move)
-        run_updates(model, 200, callback=mover)
+        run_updates(model, WARMUP, callback=mover)
         assert abs(model.control_variate.kappa.item()) > 0.05
-    grads, _ = run_updates(model, 600, callback=mover)
+    grads, _ = run_updates(model, UPDATES, callback=mover)
     with th.no_grad():
         model.policy.action_net.bias.copy_(mover.old + delta)  # theta, as train() saw it
     expected, held = exact_clipped_gradient(model, space, delta)
@@ -249,11 +250,11 @@ def test_lax_ppo_off_policy_equals_ppo_in_the_mean(move):
     ppo.policy.load_state_dict(lax.policy.state_dict())
     delta = th.tensor(GAUSSIAN_MOVES[move])
     lax_mover, ppo_mover = MoveActor(delta), MoveActor(delta)
-    run_updates(lax, 200, callback=lax_mover)
+    run_updates(lax, WARMUP, callback=lax_mover)
     assert abs(lax.control_variate.kappa.item()) > 0.05
-    run_updates(ppo, 200, callback=ppo_mover)  # the same batches from here on
-    g_lax, _ = run_updates(lax, 600, callback=lax_mover)
-    g_ppo, records = run_updates(ppo, 600, callback=ppo_mover)
+    run_updates(ppo, WARMUP, callback=ppo_mover)  # the same batches from here on
+    g_lax, _ = run_updates(lax, UPDATES, callback=lax_mover)
+    g_ppo, records = run_updates(ppo, UPDATES, callback=ppo_mover)
     clipped = np.mean([r["train/clip_fraction"] for r in records if "train/clip_fraction" in r])
     assert (clipped == 0) if move == "inside" else (0.05 < clipped < 0.95), clipped
     difference = g_lax - g_ppo
