@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	WANDB_MODE=disabled $(BIN)/pytest -q -n auto
+	WANDB_MODE=disabled $(BIN)/pytest -q -n auto --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
