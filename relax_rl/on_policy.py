@@ -309,6 +309,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
         spec = self.policy.action_spec
         sample, to_env, joint = spec.sample, spec.to_env, spec.sum_dimensions
+        one_dimension = spec.n_dims == 1  # no per-dimension bookkeeping on the hot path
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
@@ -316,10 +317,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, device)
                 logits, state_values = logits_and_values(obs_tensor)
-                actions, log_prob_dims = sample(
-                    logits, rollout_buffer.noise_g[step], per_dimension=True
-                )
-                log_probs = joint(log_prob_dims)
+                if one_dimension:  # (the buffer takes the log-prob as the dimension's)
+                    actions, log_probs = sample(logits, rollout_buffer.noise_g[step])
+                    log_prob_dims = None
+                else:
+                    actions, log_prob_dims = sample(
+                        logits, rollout_buffer.noise_g[step], per_dimension=True
+                    )
+                    log_probs = joint(log_prob_dims)
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
