@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 import torch as th
 import yaml
 
+from relax_rl import config as cfg
 from relax_rl.agents import A2C, RELAX
 from relax_rl.diagnostics import GradientVarianceCallback, gradient_variance
 from relax_rl.envs import MATCH_ENV_ID, make_env
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         help="RELAX setting over MultiBinaryMatch's config (repeatable; YAML values)",
     )
     args = parser.parse_args(argv)
-    with open("configs/relax.yaml") as f:
-        settings = dict(yaml.safe_load(f)[MATCH_ENV_ID])
+    path = Path("configs/relax.yaml")  # (its entry with a2c.yaml's under it: inherit)
+    settings = cfg.select(cfg.load_config_file(path), MATCH_ENV_ID, path)
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = yaml.safe_load(value)

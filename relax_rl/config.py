@@ -8,8 +8,12 @@ A file ``configs/<algo>.yaml`` maps env ids (and named presets such as ``paper``
       learning_rate: 7.0e-4
       policy_kwargs: {net_arch: [64, 64], activation_fn: tanh}
 
-Keys are the agent's constructor arguments plus the run keys in :data:`RUN_KEYS`. Unknown keys
-and values of the wrong type are refused with a one-line message naming them.
+A file may start from another algo's file with a top-level ``inherit: <algo>`` (``relax.yaml``:
+``inherit: a2c``) and state only what differs: :func:`inherited`.
+
+Keys are the agent's constructor arguments (along its class hierarchy: :func:`algo_parameters`)
+plus the run keys in :data:`RUN_KEYS`. Unknown keys and values of the wrong type are refused with
+a one-line message naming them.
 """
 
 from __future__ import annotations
@@ -136,15 +140,47 @@ NOT_CONFIGURABLE = {
 }
 
 
+def _package(cls: type) -> str:
+    return cls.__module__.partition(".")[0]
+
+
+def _takes_kwargs(init: Any) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
+
+
+def _declaring_classes(algo_cls: type) -> list[type]:
+    """The classes that declare ``algo_cls``'s constructor arguments, nearest first: its MRO up
+    to the first ``__init__`` without ``**kwargs`` (an agent passes its base's arguments
+    through ``**kwargs``, SB3 style), never past ``object`` or into another package's classes
+    (SB3's: the agents set those arguments themselves) once an ``__init__`` is found."""
+    home = {"relax_rl", _package(algo_cls)}
+    classes: list[type] = []
+    init_found = False
+    for cls in algo_cls.__mro__:
+        if init_found and (cls is object or _package(cls) not in home):
+            break
+        classes.append(cls)  # (one without its own __init__ still documents in its docstring)
+        if "__init__" in vars(cls):
+            init_found = True
+            if cls is object or not _takes_kwargs(cls.__init__):
+                break
+    return classes
+
+
 def algo_parameters(algo_cls: type) -> dict[str, inspect.Parameter]:
-    """The configurable parameters of the agent's constructor (an explicit, typed signature),
-    with their annotations evaluated."""
-    signature = inspect.signature(algo_cls.__init__, eval_str=True)
-    return {
-        name: p
-        for name, p in signature.parameters.items()
-        if name not in NOT_CONFIGURABLE and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
+    """The configurable parameters of the agent's constructor, with their annotations
+    evaluated: its ``__init__``'s explicit, typed parameters, then, where that takes
+    ``**kwargs``, its bases' along the MRO (:func:`_declaring_classes`); the nearest class's
+    declaration of a name wins (its default and type). A class that fixes a base's argument
+    itself must not leave it to ``**kwargs``: it would be listed as configurable."""
+    params: dict[str, inspect.Parameter] = {}
+    for cls in _declaring_classes(algo_cls):
+        if "__init__" not in vars(cls):
+            continue
+        for name, p in inspect.signature(cls.__init__, eval_str=True).parameters.items():
+            if name not in NOT_CONFIGURABLE and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(name, p)
+    return params
 
 
 #: configs/ (installed as relax_rl.configs, so an installed relax-rl has it too), or the folder
@@ -155,10 +191,11 @@ CONFIG_DIR = Path(
 
 
 def zoo_settings(algo: str, entry: str | None, required: bool = False) -> dict[str, Any]:
-    """``configs/<algo>.yaml``'s settings for ``entry`` (an env id or a preset name): empty
-    where there is none, unless ``required`` (a preset the user named)."""
+    """``configs/<algo>.yaml``'s settings for ``entry`` (an env id or a preset name), its
+    ``inherit`` applied: empty where there is none, unless ``required`` (a preset the user
+    named)."""
     path = CONFIG_DIR / f"{algo}.yaml"
-    data = load_config_file(path) if path.exists() else {}
+    data = inherited(load_config_file(path), path) if path.exists() else {}
     if entry is None or (entry not in data and not required):
         return {}
     return select(data, entry, path)
@@ -175,14 +212,17 @@ def resolve_settings(
     """A run's settings, unvalidated (:func:`validate` checks them), from the lowest priority
     to the highest: ``configs/<algo>.yaml``'s entry for ``env_id`` (or the named ``preset``),
     ``config_file``, then ``overrides`` (``--set`` and the flags). ``train``, ``compare`` and
-    :meth:`relax_rl.training.RunSpec.create` all resolve settings here."""
-    if preset is not None:
-        settings = zoo_settings(algo, preset, required=True)
-    else:
-        settings = zoo_settings(algo, env_id)
-    if config_file is not None:
-        settings = merge(settings, load_config_file(config_file))
-    return merge(settings, overrides or {})
+    :meth:`relax_rl.training.RunSpec.create` all resolve settings here.
+
+    ``config_file`` (a mapping of settings) with ``inherit: <parent>`` starts from
+    ``configs/<parent>.yaml``'s entry in place of ``configs/<algo>.yaml``'s: the file then
+    states its whole base, as a file in ``configs/`` does."""
+    base = algo
+    own = load_config_file(config_file) if config_file is not None else {}
+    if INHERIT in own:
+        base = _parent_file(own.pop(INHERIT), config_file, CONFIG_DIR).stem
+    settings = zoo_settings(base, preset if preset is not None else env_id, preset is not None)
+    return merge(merge(settings, own), overrides or {})
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -208,8 +248,58 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+#: The top-level key of a config file that names the ``configs/<algo>.yaml`` it starts from.
+INHERIT = "inherit"
+
+
+def _parent_file(value: Any, path: Path | None, config_dir: Path) -> Path:
+    """``config_dir/<value>.yaml``, the file that ``inherit: <value>`` in ``path`` names (a
+    name, not a path: a config file starts from one of the algos' own files)."""
+    names = sorted(p.stem for p in config_dir.glob("*.yaml") if p.is_file())
+    if not isinstance(value, str) or value not in names:
+        what = "names no config file" if isinstance(value, str) else "is not an algo name"
+        raise UsageError(
+            f"{INHERIT}: {value!r} in {path} {what}; valid: {', '.join(names) or 'none'} "
+            f"(the files in {config_dir})"
+        )
+    return config_dir / f"{value}.yaml"
+
+
+def inherited(
+    data: Mapping[str, Any], path: Path, *, _chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """The entries of the loaded config file ``path`` with its ``inherit: <parent>`` applied
+    (``<parent>.yaml`` beside it, itself resolved the same way), without the ``inherit`` key.
+
+    Each entry starts from the parent's entry of the same key, if the parent has one, and the
+    child's keys override it, merged as :func:`merge` does: a mapping value (``policy_kwargs``,
+    ``env_kwargs``) merges by key, any other value replaces the parent's. An entry only the
+    parent has is inherited whole (the parent's entries first, then the child's own)."""
+    if INHERIT not in data:
+        return dict(data)
+    parent = _parent_file(data[INHERIT], path, path.parent)
+    chain = (*_chain, path.resolve())
+    if parent.resolve() in chain:
+        cycle = " -> ".join(p.stem for p in (*chain, parent))
+        raise UsageError(
+            f"{INHERIT}: {data[INHERIT]!r} in {path} makes a cycle ({cycle}); a file cannot "
+            "start from itself or from a file that starts from it"
+        )
+    out = inherited(load_config_file(parent), parent, _chain=chain)
+    for key, entry in data.items():
+        if key == INHERIT:
+            continue
+        base = out.get(key)
+        if isinstance(base, Mapping) and (entry is None or isinstance(entry, Mapping)):
+            entry = merge(dict(base), entry or {})
+        out[key] = entry  # (an entry that is not a mapping is refused by select)
+    return out
+
+
 def select(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
-    """The settings under ``key`` (an env id or preset name) of a loaded config file."""
+    """The settings under ``key`` (an env id or preset name) of a loaded config file, its
+    ``inherit`` applied (:func:`inherited`)."""
+    data = inherited(data, path)
     if key not in data:
         raise UsageError(
             f"no entry {key!r} in {path}; it has: {', '.join(map(str, data)) or 'nothing'}"
@@ -392,8 +482,11 @@ def to_yaml_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parameter_docs(algo_cls: type) -> dict[str, str]:
-    """``:param name: text`` of the agent's class docstrings (its own first, then its bases'),
-    the text on one line."""
+    """``:param name: text`` of the agent's class docstrings, the text on one line; the nearest
+    class along the MRO that documents a name wins. The classes that declare the arguments
+    (:func:`_declaring_classes`) come first in the MRO, so a subclass documents only its own
+    (SB3 style), and one that re-declares a base's argument (REINFORCE's explicit signature)
+    without documenting it keeps the base's text."""
     docs: dict[str, str] = {}
     for cls in algo_cls.__mro__:
         lines = (cls.__doc__ or "").splitlines()

@@ -50,7 +50,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         default=None,
-        help="a YAML file of settings (a mapping), applied over configs/<algo>.yaml's",
+        help="a YAML file of settings (a mapping), applied over configs/<algo>.yaml's (with "
+        "inherit: ALGO, over configs/ALGO.yaml's)",
     )
     p.add_argument(
         "--set",
