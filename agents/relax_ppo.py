@@ -4,23 +4,27 @@ update lives here and in :class:`~relax_rl.agents.PPO`, whose loop it reuses."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from relax_rl.agents.ppo import PPO
 from relax_rl.buffers import GumbelRolloutSamples
+from relax_rl.control_variate import (
+    FORM_FIELDS,
+    ControlVariate,
+    ControlVariateMixin,
+    relax_logit_gradient,
+)
 from relax_rl.on_policy import total_grad_norm
-from relax_rl.policies import ACTIVATIONS, GumbelPolicy, StateActionControlVariate
 
 
-class RELAXPPO(PPO):
+class RELAXPPO(ControlVariateMixin, PPO):
     """PPO with RELAX's control variate on the advantage term. Per sample, with the ratio
     ``r = pi(a|s) / pi_old(a|s)``, the normalised advantage ``A`` (PPO's), PPO's unclipped
     indicator ``m`` (1 unless the clip holds the sample: ``A > 0, r > 1 + eps`` or
     ``A < 0, r < 1 - eps``) and ``c_hat(z, s) = kappa * c(z, s)``
-    (:class:`~relax_rl.policies.StateActionControlVariate`, in the units of ``A``), the
+    (:class:`~relax_rl.control_variate.ControlVariate`, in the units of ``A``), the
     gradient estimate is
 
     ``g = m r A dlog pi(a|s) + C``,  ``C = dc_hat(z) - r [c_hat(z~) dlog pi(a|s) + dc_hat(z~)]``
@@ -57,147 +61,92 @@ class RELAXPPO(PPO):
     correction applied to a rollout uses phi as it was *before* that rollout (a frozen copy),
     so phi is never fit on the samples it corrects; outside an update the two are equal.
 
+    :param cv_preset: the control variate's recipe (its form only:
+        :attr:`~relax_rl.control_variate.ControlVariateConfig.PRESETS`; ``factorised`` is per
+        dimension with linear, logit and centred terms); each ``cv_*`` argument overrides it.
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of ``c``'s MLP (default ``[64, 64]``).
-    :param cv_activation: ``relu``, ``tanh`` or ``elu``.
-    :param kappa_init: initial ``kappa``.
+    :param cv_activation: ``relu`` (default), ``tanh``, ``elu`` or ``leaky_relu``.
     :param cv_linear_term: add to ``c`` a term linear in the relaxed action with
         state-dependent coefficients (for rewards that sum over many action dimensions).
-    :param cv_zero_init: start ``c``'s MLP output at 0: RELAX-PPO starts as PPO.
+    :param cv_zero_init: start ``c``'s MLP output at 0 (default: RELAX-PPO starts as PPO).
     :param cv_n_epochs: epochs of each rollout whose minibatches also step phi (``None``: all).
         The variance objective is of the estimator near ``r = 1``: in later epochs a few
         samples with large joint ratios dominate ``||g||^2`` (on MultiBinaryMatch d = 128, where
         PPO's joint ratio leaves the clip range for 72-75% of the samples, phi fit on every
         epoch drove ``cv_loss`` to 1e5-1e7 and the policy back to random; with 1, stable).
     :param cv_per_dimension: one control variate per action dimension (that dimension
-        relaxed, the others at their sampled values:
-        :class:`~relax_rl.policies.StateActionControlVariate`).
+        relaxed, the others at their sampled values).
     :param cv_logit_term: add to ``c`` a term linear in the relaxed action whose coefficient
         for each value is a small MLP of the policy's (detached) preference for it, shared by
         every dimension (discrete actions).
     :param cv_centred: the linear and logit terms act on the relaxed action minus the
         policy's mean of the sampled one (mean 0 given the state; discrete actions).
-    :param ratio: PPO's (``joint`` or ``per_dimension``). With ``per_dimension`` each
-        dimension's terms carry that dimension's ratio, its PPO term its clip indicator:
-        ``g_d = m_d r_d A dlog pi_d - r_d [c_hat_d(z~) dlog pi_d + dc_hat_d(z~)] +
-        dc_hat_d(z)``, which needs ``cv_per_dimension`` where there is more than one
-        dimension (discrete actions: a Gaussian's control variate is over the whole action).
-    The other parameters are :class:`~relax_rl.agents.PPO`'s (same defaults).
+    :param cv_options: research switches by
+        :class:`~relax_rl.control_variate.ControlVariateConfig` field (``kappa_init``: the
+        learned kappa's start, 1).
+    :param kwargs: :class:`~relax_rl.agents.PPO`'s arguments (same defaults). Its ``ratio``
+        (``joint`` or ``per_dimension``): with ``per_dimension`` each dimension's terms carry
+        that dimension's ratio, its PPO term its clip indicator, ``g_d = m_d r_d A dlog pi_d
+        - r_d [c_hat_d(z~) dlog pi_d + dc_hat_d(z~)] + dc_hat_d(z)``, which needs
+        ``cv_per_dimension`` where there is more than one dimension (discrete actions: a
+        Gaussian's control variate is over the whole action).
     """
 
     paired_baseline = True
     paired_baseline_name = "PPO"
-    control_variate: StateActionControlVariate
+
+    #: RELAX-PPO's control variate: phi starts at 0 (RELAX-PPO starts as PPO), learned kappa
+    CV_DEFAULTS: ClassVar[dict[str, Any]] = {"zero_init": True, "kappa": "learned"}
+    CV_FIELDS: ClassVar[tuple[str, ...] | None] = (
+        *FORM_FIELDS,
+        "learning_rate",
+        "kappa_init",
+    )
 
     def __init__(
         self,
-        policy: str | type[GumbelPolicy],
-        env: GymEnv | str,
-        learning_rate: float | Schedule = 3e-4,
-        n_steps: int = 2048,
-        batch_size: int = 64,
-        n_epochs: int = 10,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        clip_range: float | Schedule = 0.2,
-        clip_range_vf: float | None = None,
-        normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
-        vf_coef: float = 0.5,
-        max_grad_norm: float | None = 0.5,
-        grad_clip: str = "joint",
-        target_kl: float | None = None,
-        ratio: str = "joint",
-        optimizer: str = "adam",
-        optimizer_kwargs: dict[str, Any] | None = None,
+        policy: Any,
+        env: Any,
+        cv_preset: str = "default",
         cv_learning_rate: float | None = None,
         cv_net_arch: list[int] | None = None,
-        cv_activation: str = "relu",
-        kappa_init: float = 1.0,
-        cv_linear_term: bool = False,
-        cv_zero_init: bool = True,
+        cv_activation: str | None = None,
+        cv_linear_term: bool | None = None,
+        cv_zero_init: bool | None = None,
         cv_n_epochs: int | None = 1,
-        cv_per_dimension: bool = False,
-        cv_logit_term: bool = False,
-        cv_centred: bool = False,
-        stats_window_size: int = 100,
-        tensorboard_log: str | None = None,
-        policy_kwargs: dict[str, Any] | None = None,
-        verbose: int = 0,
-        seed: int | None = None,
-        device: th.device | str = "cpu",
-        _init_setup_model: bool = True,
+        cv_per_dimension: bool | None = None,
+        cv_logit_term: bool | None = None,
+        cv_centred: bool | None = None,
+        cv_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        if cv_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown cv_activation {cv_activation!r}; valid: {', '.join(ACTIVATIONS)}"
-            )
-        if ratio == "per_dimension" and not cv_per_dimension:
+        self._init_control_variate(
+            cv_preset,
+            cv_options,
+            learning_rate=cv_learning_rate,
+            net_arch=cv_net_arch,
+            activation=cv_activation,
+            linear_term=cv_linear_term,
+            zero_init=cv_zero_init,
+            per_dimension=cv_per_dimension,
+            logit_term=cv_logit_term,
+            centred=cv_centred,
+        )
+        if kwargs.get("ratio", "joint") == "per_dimension" and not self.cv_config.per_dimension:
             raise ValueError(
                 "ratio='per_dimension' weighs each dimension's correction by its own ratio: "
                 "set cv_per_dimension=True as well (or use ratio='joint')"
             )
         if cv_n_epochs is not None and cv_n_epochs < 0:
             raise ValueError(f"cv_n_epochs must be >= 0 or None (all), got {cv_n_epochs}")
-        self.cv_learning_rate = cv_learning_rate
-        self.cv_net_arch = list(cv_net_arch) if cv_net_arch is not None else [64, 64]
-        self.cv_activation = cv_activation
-        self.kappa_init = kappa_init
-        self.cv_linear_term = cv_linear_term
-        self.cv_zero_init = cv_zero_init
         self.cv_n_epochs = cv_n_epochs
-        self.cv_per_dimension = cv_per_dimension
-        self.cv_logit_term = cv_logit_term
-        self.cv_centred = cv_centred
         self._in_update = False  # inside train(): corrections by the frozen copy
         self._cv_loss: th.Tensor | None = None  # this minibatch's phi objective, if it fits phi
         self._cv_losses: list[th.Tensor] = []
-        super().__init__(
-            policy,
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            n_epochs=n_epochs,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            clip_range=clip_range,
-            clip_range_vf=clip_range_vf,
-            normalize_advantage=normalize_advantage,
-            ent_coef=ent_coef,
-            vf_coef=vf_coef,
-            max_grad_norm=max_grad_norm,
-            grad_clip=grad_clip,
-            target_kl=target_kl,
-            ratio=ratio,
-            optimizer=optimizer,
-            optimizer_kwargs=optimizer_kwargs,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            seed=seed,
-            device=device,
-            _init_setup_model=_init_setup_model,
-        )
+        super().__init__(policy, env, **kwargs)
 
     # ---------------------------------------------------------------- set-up and save/load
-    def _new_control_variate(self) -> StateActionControlVariate:
-        cv = StateActionControlVariate(
-            int(self.policy.features_dim),
-            self.policy.action_spec,
-            self.cv_net_arch,
-            ACTIVATIONS[self.cv_activation],
-            self.kappa_init,
-            linear_term=self.cv_linear_term,
-            zero_init=self.cv_zero_init,
-            per_dimension=self.cv_per_dimension,
-            logit_term=self.cv_logit_term,
-            centred=self.cv_centred,
-        )
-        cv.scaled = False  # c is in the units of the normalised advantages
-        return cv.to(self.device)
-
     def _setup_model(self) -> None:
         super()._setup_model()
         spec = self.policy.action_spec
@@ -206,16 +155,10 @@ class RELAXPPO(PPO):
                 f"ratio='per_dimension' needs a control variate per dimension, which a "
                 f"Gaussian's (LAX) is not: use ratio='joint' for {spec.space}"
             )
-        self.control_variate = self._new_control_variate()
-        self._frozen_cv = self._new_control_variate().requires_grad_(False)
-        lr = self.cv_learning_rate if self.cv_learning_rate is not None else self.lr_schedule(1)
-        self.cv_optimizer = th.optim.Adam(
-            self.control_variate.parameters(), lr=lr, eps=1e-5, fused=True
-        )
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, tensors = super()._get_torch_save_params()
-        return [*state_dicts, "control_variate", "cv_optimizer"], tensors
+        self._setup_control_variate()
+        features = int(self.policy.features_dim)
+        frozen = ControlVariate(features, spec, self.cv_config).to(self.device)
+        self._frozen_cv = frozen.requires_grad_(False)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_frozen_cv", "_cv_loss", "_cv_losses"]
@@ -249,7 +192,7 @@ class RELAXPPO(PPO):
         obs = self.policy.actor_features(data.observations).detach()  # constant in theta
         pieces = (logits, data.actions, data.noise_g, data.noise_v, obs)
         weights = {"tilde_weight": tilde_weight, "z_weight": z_weight}
-        corr = cv.correction(*pieces, create_graph=False, **weights)
+        corr = relax_logit_gradient(cv, *pieces, create_graph=False, **weights)
         # PPO's term carries the clip; the correction must not (its mean is 0 only over every
         # action, and the clip indicator depends on the action)
         ppo_term = -(mask * r * advantages.detach().unsqueeze(-1)) * corr.score
@@ -259,7 +202,7 @@ class RELAXPPO(PPO):
             # phi's objective: the estimate that is applied, with the live phi (its graph to
             # phi only)
             live = self.control_variate
-            h = live.correction(*pieces, **weights).h
+            h = relax_logit_gradient(live, *pieces, **weights).h
             self._cv_loss = (ppo_term + live.kappa * h).pow(2).sum(-1).mean()
         return surrogate.detach(), logit_grad
 
@@ -291,7 +234,7 @@ class RELAXPPO(PPO):
         cv_loss, self._cv_loss = self._cv_loss, None
         if cv_loss is None:
             return super()._step(loss)
-        cv_params = list(self.control_variate.parameters())
+        cv_params = self._cv_parameters()
         params = [*self._policy_parameters(), *cv_params]
         for p in params:
             p.grad = None

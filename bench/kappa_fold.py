@@ -29,7 +29,7 @@ import numpy as np
 import torch as th
 
 from relax_rl.agents import A2C, RELAX
-from relax_rl.agents.relax import _cross_fitted_kappa
+from relax_rl.control_variate import cross_fitted_kappa as _cross_fitted_kappa
 from relax_rl.envs import MATCH_ENV_ID, make_env
 
 SCHEMES = ("halves", "leave-one-env-out", "running")
@@ -85,7 +85,11 @@ def trace_ratios(
         hh = h.double().pow(2).sum(1).numpy()
         env_index = data.env_index.numpy()
         cv = model.control_variate
-        running = float(-cv.mean_gh / cv.mean_hh) if float(cv.mean_hh) > 0 else 0.0
+        running = (
+            float(-cv.kappa_rule.mean_gh / cv.kappa_rule.mean_hh)
+            if float(cv.kappa_rule.mean_hh) > 0
+            else 0.0
+        )
         kappas = {
             "a2c": np.zeros(len(gh)),
             "halves": _cross_fitted_kappa(gh, hh, env_index % 2),

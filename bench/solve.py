@@ -18,6 +18,7 @@ ran) and training env-steps/s (median, min-max). SB3's agents use rl-zoo3's sett
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -138,11 +139,13 @@ def run_one(
         algo = {"sb3-a2c": SB3A2C, "sb3-ppo": SB3PPO}[agent]
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **zoo["kwargs"])
     else:
-        algo = ALGOS[agent]
-        path = Path(__file__).resolve().parents[1] / "configs" / f"{agent}.yaml"
+        # "relax+cv_replay=0+cv_net_arch=[32,32]": a variant of an agent, by its own overrides
+        name, *variant = agent.split("+")
+        algo = ALGOS[name]
+        path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
         data = cfg.load_config_file(path)
         settings = cfg.select(data, preset or env_id, path)
-        settings = cfg.merge(settings, cfg.parse_set(overrides))
+        settings = cfg.merge(settings, cfg.parse_set([*overrides, *variant]))
         if env_kwargs:
             settings = cfg.merge(settings, {"env_kwargs": env_kwargs})
         run, kwargs = cfg.validate(settings, algo)
@@ -152,6 +155,7 @@ def run_one(
             env = normalize_env(env, gamma, run["normalize_kwargs"])
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
     tracker = EpisodeTracker(threshold, stop_when_solved=True)
+    _reset_peak_rss()  # (a pool worker runs many cells: this run's peak only)
     start = time.perf_counter()
     model.learn(max_steps, callback=tracker)
     wall = time.perf_counter() - start
@@ -166,8 +170,27 @@ def run_one(
         "episodes": tracker.episodes,
         "wall_s": wall,
         "env_steps_per_s": model.num_timesteps / wall,
+        "peak_rss_mb": _peak_rss_mb(),
         "final_mean_return_100": tracker.mean_return,
     }
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak resident memory (Linux: ``/proc/self/clear_refs``), so that a
+    pool worker's peak is that of the run it is on; elsewhere a no-op."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float | None:
+    """The process's peak resident memory since :func:`_reset_peak_rss`, in MiB (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _fmt(xs: list[float], digits: int = 0) -> str:
@@ -294,7 +317,8 @@ def main() -> None:
         results = run_all(args, threshold, jobs)
     head = (
         f"{'agent':<11}{'solved':>8}{'env steps to solve':>30}{'episodes to solve':>30}"
-        f"{'env-steps/s':>24}{'last-100 return at the end':>34}"
+        f"{'env-steps/s':>24}{'seconds (to solve)':>24}{'peak MiB':>20}"
+        f"{'last-100 return at the end':>34}"
     )
     budget = step_budget(results)
     print(head)
@@ -308,6 +332,8 @@ def main() -> None:
             f"{_fmt_censored(*to_solve(rs, 'solved_at_env_steps', budget)):>30}"
             f"{_fmt_censored(*to_solve(rs, 'solved_at_episodes', budget)):>30}"
             f"{_fmt([r['env_steps_per_s'] for r in rs]):>24}"
+            f"{_fmt([r['wall_s'] for r in rs], 1):>24}"
+            f"{_fmt([r.get('peak_rss_mb') or 0 for r in rs]):>20}"
             f"{_fmt([r['final_mean_return_100'] for r in rs], 1):>34}"
         )
     print(
@@ -356,7 +382,8 @@ def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, in
         print(
             f"  {r['agent']} seed {r['seed']}: solved at {r['solved_at_env_steps']} env "
             f"steps ({r['solved_at_episodes']} episodes), {r['env_steps_per_s']:,.0f} "
-            f"steps/s, last-100 mean {r['final_mean_return_100']}",
+            f"steps/s, {r['wall_s']:.1f} s, peak {r['peak_rss_mb'] or 0:.0f} MiB, "
+            f"last-100 mean {r['final_mean_return_100']}",
             flush=True,
         )
 

@@ -400,7 +400,7 @@ def run_config(spec: RunSpec) -> dict[str, Any]:
 
 #: Keys of ``config.yaml`` that describe the build rather than choose it (not compared when a
 #: grid resumes).
-DERIVED_CONFIG_KEYS = ("policy", "versions")
+DERIVED_CONFIG_KEYS = ("policy", "control_variate", "versions")
 
 
 def describe_policy(model: Any) -> dict[str, Any]:
@@ -417,6 +417,16 @@ def describe_policy(model: Any) -> dict[str, Any]:
             "optimizer_kwargs": dict(policy.optimizer_kwargs),
         }
     )
+
+
+def describe_control_variate(model: Any) -> dict[str, Any]:
+    """``{"control_variate": ...}``: the control variate's config as the agent resolved it
+    from its preset and arguments (empty for agents without one)."""
+    config = getattr(model, "cv_config", None)
+    if config is None:
+        return {}
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}
+    return {"control_variate": to_yaml_safe(fields)}
 
 
 def package_versions() -> dict[str, str]:
@@ -445,6 +455,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     config = {
         **run_config(spec),
         "policy": describe_policy(model),
+        **describe_control_variate(model),
         "versions": package_versions(),
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

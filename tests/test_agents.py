@@ -334,7 +334,7 @@ def test_run_folder_contents(tmp_path):
 def test_cross_fitted_kappa_is_the_other_halfs_shrunk_ratio():
     """Each sample gets the OTHER half's kappa = -sum gh / sum hh, shrunk by its jackknife
     standard error; a half with one sample or no h gives 0."""
-    from relax_rl.agents.relax import _cross_fitted_kappa
+    from relax_rl.control_variate import cross_fitted_kappa as _cross_fitted_kappa
 
     def shrunk(gh, hh):  # one half, written out
         m = len(gh)

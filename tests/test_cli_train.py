@@ -50,7 +50,7 @@ def test_train_then_eval(tmp_path, capsys):
     # every hyperparameter the agent was built with, defaults included, and the versions
     resolved = yaml.safe_load(config)
     assert resolved["learning_rate"] == 7e-4 and resolved["gamma"] == 0.99
-    assert resolved["n_steps"] == 5 and resolved["kappa_mode"] == "optimal"
+    assert resolved["n_steps"] == 5 and resolved["control_variate"]["kappa"] == "optimal"
     assert resolved["policy"]["net_arch"] == [8]
     assert resolved["policy"]["activation_fn"] == "tanh"
     assert {"torch", "stable-baselines3", "gymnasium", "relax-rl"} <= set(resolved["versions"])

@@ -14,6 +14,7 @@ from gymnasium import spaces
 
 from relax_rl.actions import ActionSpec
 from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
+from relax_rl.control_variate import relax_logit_gradient
 from relax_rl.envs import GAUSSIAN_BANDIT_ENV_ID, make_env
 from relax_rl.estimators import uniform_noise
 
@@ -114,7 +115,7 @@ def test_lax_reparameterises_the_taken_action():
     assert th.equal(z_tilde, data.actions)
     cv = model.control_variate
     obs = model.policy.actor_features(data.observations).detach()
-    h = cv.correction(logits, data.actions, data.noise_g, data.noise_v, obs).h
+    h = relax_logit_gradient(cv, logits, data.actions, data.noise_g, data.noise_v, obs).h
     # LAX by hand: -c(a) ... in the minimised surrogate's sign: c(a) dlog pi - dc(a(theta))
     leaf = logits.detach().requires_grad_()
     mean, log_std = leaf[:, :D], leaf[:, D:]

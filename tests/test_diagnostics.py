@@ -63,7 +63,7 @@ def test_log10_total_variance_is_log_of_the_summed_variance():
         {"name": "a2c"},
         {"name": "relax"},
         {"name": "relax", "cv_scale_decay": 0.5},
-        {"name": "relax", "kappa_mode": "learned", "kappa_init": 1.0},
+        {"name": "relax", "kappa_mode": "learned", "cv_options": {"kappa_init": 1.0}},
         {"name": "relax", "kappa_mode": "learned", "variance_objective": "batch"},
     ],
     ids=str,
@@ -97,7 +97,7 @@ def test_relax_variance_matches_a2c_when_kappa_is_zero():
         n_steps=16,
         policy_kwargs=TINY,
         kappa_mode="learned",
-        kappa_init=0.0,
+        cv_options={"kappa_init": 0.0},
     )
     _, callback = model._setup_learn(10**6, None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)

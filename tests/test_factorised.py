@@ -18,9 +18,24 @@ from stable_baselines3.common.callbacks import BaseCallback
 from relax_rl.actions import ActionSpec
 from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.cli import main
+from relax_rl.control_variate import (
+    ControlVariate,
+    ControlVariateConfig,
+    LinearTerm,
+    Points,
+    relax_logit_gradient,
+)
 from relax_rl.envs import MATCH_ENV_ID, MultiBinaryMatchEnv, ParallelCartPoleEnv, make_env
 from relax_rl.estimators import uniform_noise
-from relax_rl.policies import StateActionControlVariate
+
+
+def _cv(obs_dim, spec, net_arch, activation="relu", **form):
+    """A control variate of the given form (a learned kappa: any form is allowed)."""
+    config = ControlVariateConfig(
+        net_arch=tuple(net_arch), activation=activation, kappa="learned", **form
+    )
+    return ControlVariate(obs_dim, spec, config)
+
 
 SPACES = {
     "Discrete(4)": spaces.Discrete(4),
@@ -97,11 +112,11 @@ def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name,
     spec, gen = ActionSpec(SPACES[name]), th.Generator().manual_seed(2)
     th.manual_seed(2)
     extra = terms != "mlp"
-    cv = StateActionControlVariate(
+    cv = _cv(
         3,
         spec,
         [7, 6],
-        th.nn.Tanh,
+        "tanh",
         linear_term=extra,
         logit_term=extra,
         per_dimension=True,
@@ -119,13 +134,19 @@ def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name,
     z, z_tilde = spec.rebuild(logits, actions, g, v)
     obs, prefs = th.randn(n, 3, generator=gen), spec.preferences(logits)
     both = th.cat([z, z_tilde])
-    fast = cv._per_dimension(both, actions, obs, prefs if extra else None)
-    relaxed, hard = spec.relax(both, cv.log_tau.exp()), spec.hard(actions).repeat(2, 1)
+    # z's and z~'s relaxations, (2, n, K), sharing each row's state
+    relaxed = spec.relax(both, cv.log_tau.exp()).unflatten(0, (2, n)).detach().requires_grad_()
+    hard = spec.hard(actions)
+    prefs = prefs if extra else None
+    fast, fast_grad = cv.evaluate(cv.points(relaxed, actions), obs, prefs)
     for d in range(spec.n_dims):
         own = spec.column_dims == d
         point = th.where(own, relaxed, hard)
-        slow = cv._at(point, obs.repeat(2, 1), prefs.repeat(2, 1) if extra else None)
-        th.testing.assert_close(fast[:, d], slow)
+        slow = cv.evaluate(Points(point, None, None, 1), obs, prefs)[0].squeeze(-1)
+        th.testing.assert_close(fast[..., d], slow)
+        # the explicit gradient in dimension d's columns is autograd's of c_d
+        (slow_grad,) = th.autograd.grad(slow.sum(), relaxed)
+        th.testing.assert_close(fast_grad[..., own], slow_grad[..., own])
 
 
 def test_per_dimension_removes_the_other_dimensions_noise():
@@ -137,12 +158,9 @@ def test_per_dimension_removes_the_other_dimensions_noise():
     weights = th.linspace(-1.0, 1.0, d)
     grads = {}
     for per_dimension in (True, False):
-        cv = StateActionControlVariate(
-            1, spec, [], linear_term=True, zero_init=True, per_dimension=per_dimension
-        )
+        cv = _cv(1, spec, [], linear_term=True, zero_init=True, per_dimension=per_dimension)
         with th.no_grad():
-            cv.coefficients.bias.copy_(weights)
-        cv.scaled = False
+            cv.linear.coefficients.bias.copy_(weights)
         logits = th.full((n, d), 0.3)
         u = uniform_noise((n, d), gen)
         v = uniform_noise((n, d), gen)
@@ -154,7 +172,7 @@ def test_per_dimension_removes_the_other_dimensions_noise():
                 vv[:, 1:] = uniform_noise((n, d - 1), gen)
             g = spec.perturb(uu)
             actions, _ = spec.sample(logits, g)
-            corr = cv.correction(logits, actions, g, vv, th.zeros(n, 1))
+            corr = relax_logit_gradient(cv, logits, actions, g, vv, th.zeros(n, 1))
             f = (actions.float() * weights).sum(-1)  # the reward, c_hat's own function
             out.append(f.unsqueeze(-1) * corr.score - corr.h)  # RELAX's logit gradient
         grads[per_dimension] = out
@@ -181,14 +199,28 @@ def test_per_dimension_removes_the_other_dimensions_noise():
         (RELAX, {"cv_replay": -1}, "cv_replay must be >= 0"),
         (RELAX, {"cv_target": "q"}, "unknown cv_target 'q'; valid: advantage, return"),
         (RELAX, {"cv_zero_init": True}, "use kappa_mode='learned' or cv_zero_init=False"),
-        (RELAX, {"cv_linear_fit": "ls"}, "unknown cv_linear_fit 'ls'; valid: variance, regr"),
         (
             RELAX,
-            {"cv_linear_term": True, "cv_linear_fit": "regression"},
-            "set cv_linear_term=True and cv_centred=True, or use cv_linear_fit='variance'",
+            {"cv_options": {"linear_fit": "ls"}},
+            "unknown cv_options.linear_fit 'ls'; valid: variance, regr",
         ),
-        (RELAX, {"cv_linear_step": 2.0}, r"cv_linear_step must be in \(0, 2\), got 2.0"),
-        (RELAX, {"cv_linear_decay": 0.0}, r"cv_linear_decay must be in \(0, 1\], got 0.0"),
+        (
+            RELAX,
+            {"cv_linear_term": True, "cv_options": {"linear_fit": "regression"}},
+            "set cv_linear_term=True and cv_centred=True, or leave linear_fit at 'variance'",
+        ),
+        (
+            RELAX,
+            {"cv_options": {"linear_step": 2.0}},
+            r"cv_options.linear_step must be in \(0, 2\), got 2.0",
+        ),
+        (
+            RELAX,
+            {"cv_options": {"linear_decay": 0.0}},
+            r"cv_options.linear_decay must be in \(0, 1\], got 0.0",
+        ),
+        (RELAX, {"cv_options": {"decay": 1}}, "unknown cv_options key 'decay'"),
+        (RELAX, {"cv_preset": "fast"}, "unknown cv_preset 'fast'; valid: default, paper, fact"),
         (
             RELAX,
             {"cv_target": "return", "normalize_advantage": True},
@@ -222,7 +254,7 @@ def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
     assert steps(model.cv_optimizer) == 5 + (1 + 2 + 3 + 3 + 3)
     model.save(tmp_path / "m.zip")
     loaded = RELAX.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
-    assert len(loaded._replay) == 3 and loaded.cv_replay == 3
+    assert len(loaded._replay) == 3 and loaded.cv_config.replay == 3
     for kept, back in zip(model._replay, loaded._replay, strict=True):
         assert type(back) is type(kept)
         for a, b in zip(kept, back, strict=True):
@@ -238,7 +270,13 @@ def test_shipped_multibinary_relax_save_load_continue_equals_straight(tmp_path):
     from relax_rl.config import validate, zoo_settings
 
     _, kwargs = validate(zoo_settings("relax", MATCH_ENV_ID), RELAX)
-    assert kwargs["cv_replay"] == 8
+    assert (
+        kwargs["cv_preset"] == "factorised"
+        and RELAX(
+            "MlpPolicy", make_env(MATCH_ENV_ID, 2, 0, env_kwargs={"d": 4}), **kwargs
+        ).cv_config.replay
+        == 8
+    )
     kwargs.update(n_steps=2, seed=5, policy_kwargs={"net_arch": [8]}, cv_net_arch=[8])
 
     def model():
@@ -264,8 +302,8 @@ def test_shipped_multibinary_relax_save_load_continue_equals_straight(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"cv_logit_term": True}, "logit term needs discrete actions"),
-        ({"cv_linear_term": True, "cv_centred": True}, "centring needs discrete actions"),
+        ({"cv_logit_term": True}, "cv_logit_term needs discrete actions"),
+        ({"cv_linear_term": True, "cv_centred": True}, "cv_centred needs discrete actions"),
     ],
 )
 def test_logit_term_and_centring_are_refused_for_box_actions(kwargs, needle):
@@ -280,15 +318,15 @@ def test_value_state_term_moves_only_the_score_term(per_dimension):
     (``V`` is constant in the logits), per dimension as jointly."""
     spec, gen = ActionSpec(spaces.MultiDiscrete([3, 2])), th.Generator().manual_seed(6)
     th.manual_seed(6)
-    cv = StateActionControlVariate(2, spec, [5], per_dimension=per_dimension)
+    cv = _cv(2, spec, [5], per_dimension=per_dimension)
     n = 6
     logits = th.randn(n, spec.n_logits, generator=gen)
     g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
     v = uniform_noise((n, spec.n_logits), gen)
     actions, _ = spec.sample(logits, g)
     obs, value = th.randn(n, 2, generator=gen), th.randn(n, generator=gen)
-    plain = cv.correction(logits, actions, g, v, obs, create_graph=False)
-    shifted = cv.correction(logits, actions, g, v, obs, create_graph=False, value=value)
+    plain = relax_logit_gradient(cv, logits, actions, g, v, obs, create_graph=False)
+    shifted = relax_logit_gradient(cv, logits, actions, g, v, obs, create_graph=False, value=value)
     th.testing.assert_close(shifted.h, plain.h - value.unsqueeze(-1) * plain.score)
     column = value.unsqueeze(-1) if per_dimension else value
     th.testing.assert_close(shifted.c_tilde, plain.c_tilde - column)
@@ -300,19 +338,15 @@ def test_centred_terms_have_mean_zero_and_centre_by_earlier_batches_only(tmp_pat
     centred by the states of the batches *before* the one being corrected: after one update
     the running mean is that update's batch's, and it survives save/load."""
     spec, gen = ActionSpec(spaces.MultiDiscrete([3, 2, 4])), th.Generator().manual_seed(5)
-    cv = StateActionControlVariate(
-        2, spec, [4], linear_term=True, logit_term=True, zero_init=True, centred=True
-    )
-    cv.scaled = False
+    cv = _cv(2, spec, [4], linear_term=True, logit_term=True, zero_init=True, centred=True)
     with th.no_grad():
-        for p in [*cv.coefficients.parameters(), *cv.preference_net.parameters()]:
+        for p in [*cv.linear.parameters(), *cv.preference.parameters()]:
             p.copy_(th.randn(p.shape, generator=gen))
     logits = th.randn(1, spec.n_logits, generator=gen)
     prefs, obs = spec.preferences(logits), th.randn(1, 2, generator=gen)
     actions = th.cartesian_prod(th.arange(3), th.arange(2), th.arange(4))
     pi = spec.log_prob(logits.expand(len(actions), -1), actions).exp()
-    hard = spec.hard(actions)
-    c = cv._at(hard, obs.expand(len(actions), -1), prefs.expand(len(actions), -1))
+    c = cv.at_actions(actions, obs.expand(len(actions), -1), prefs.expand(len(actions), -1))
     th.testing.assert_close((pi * c).sum(), th.tensor(0.0), atol=1e-5, rtol=0)
 
     for cls in (RELAX, RELAXPPO):
@@ -482,7 +516,7 @@ RETURN_TARGET = {
             RELAX,
             64,
             160,
-            {**RETURN_TARGET, "cv_centred": True, "cv_linear_fit": "regression"},
+            {**RETURN_TARGET, "cv_centred": True, "cv_options": {"linear_fit": "regression"}},
         ),
         (RELAXPPO, 64, 160, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
         (
@@ -524,7 +558,9 @@ def test_update_gradient_unbiased(env_id, cls, n_envs, updates, kwargs):
 
 
 @pytest.mark.parametrize(
-    "fit", [{}, {"cv_centred": True, "cv_linear_fit": "regression"}], ids=["variance", "regression"]
+    "fit",
+    [{}, {"cv_centred": True, "cv_options": {"linear_fit": "regression"}}],
+    ids=["variance", "regression"],
 )
 def test_zero_init_control_variate_starts_relax_as_a2c(fit):
     """``cv_zero_init`` (with the linear term, which starts at 0 anyway): c_hat is 0 at every
@@ -550,7 +586,7 @@ def test_zero_init_control_variate_starts_relax_as_a2c(fit):
     th.testing.assert_close(g_relax, g_a2c)
     assert g_relax.abs().sum() > 0
     if fit:  # the batch was folded into the fit, after its update
-        assert relax.control_variate.coefficients.weight.abs().sum() > 0
+        assert relax.control_variate.linear.coefficients.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize("chunk", [64, 8], ids=["one-block", "four-blocks"])
@@ -560,14 +596,13 @@ def test_linear_regression_recovers_a_return_linear_in_the_action(chunk, monkeyp
     to ``a``, and the residual falls to a small fraction of the advantages' variance (a
     per-column regression against the full advantage would keep the other columns' noise).
     The same with each 32-sample batch stepped in blocks of 8."""
-    monkeypatch.setattr(StateActionControlVariate, "LINEAR_CHUNK", chunk)
+    monkeypatch.setattr(LinearTerm, "CHUNK", chunk)
     spec, gen = ActionSpec(spaces.MultiBinary(6)), th.Generator().manual_seed(8)
     obs_dim, n = 3, 32
-    cv = StateActionControlVariate(
-        obs_dim, spec, [4], linear_term=True, zero_init=True, centred=True, linear_regression=True
+    cv = _cv(
+        obs_dim, spec, [4], linear_term=True, zero_init=True, centred=True, linear_fit="regression"
     )
-    cv.scaled = False
-    assert not cv.coefficients.weight.requires_grad  # not phi's optimizer's
+    assert not cv.linear.coefficients.weight.requires_grad  # not phi's optimizer's
     true_w, true_b = th.randn(6, obs_dim, generator=gen), th.randn(6, generator=gen)
 
     def batch():
@@ -578,7 +613,7 @@ def test_linear_regression_recovers_a_return_linear_in_the_action(chunk, monkeyp
         return obs, actions, logits, advantages
 
     def residual(obs, actions, logits, advantages):
-        return advantages - cv._at(spec.hard(actions), obs, spec.preferences(logits))
+        return advantages - cv.at_actions(actions, obs, spec.preferences(logits))
 
     with th.no_grad():
         first = residual(*batch()).pow(2).mean()
@@ -587,8 +622,8 @@ def test_linear_regression_recovers_a_return_linear_in_the_action(chunk, monkeyp
         with th.no_grad():
             e = residual(obs, actions, logits, advantages)
         cv.fit_linear(obs, actions, spec.preferences(logits), e, step=0.5, decay=0.99)
-    th.testing.assert_close(cv.coefficients.weight, true_w, atol=0.05, rtol=0)
-    th.testing.assert_close(cv.coefficients.bias, true_b, atol=0.05, rtol=0)
+    th.testing.assert_close(cv.linear.coefficients.weight, true_w, atol=0.05, rtol=0)
+    th.testing.assert_close(cv.linear.coefficients.bias, true_b, atol=0.05, rtol=0)
     with th.no_grad():
         assert residual(*batch()).pow(2).mean() < 1e-3 * first
 

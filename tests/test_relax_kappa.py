@@ -1,7 +1,7 @@
 """RELAX's optimal kappa: cross-fitted over the envs (each env's kappa from all OTHER envs'
 samples, shrunk by a jackknife over envs), with each fold's own standardisation of the
 advantages under ``normalize_advantage``; from the running moments of earlier batches below
-``RELAX.MIN_CROSS_FIT_ENVS`` envs. And ``cv_scale_decay``'s scale from the advantages as the
+``MIN_CROSS_FIT_ENVS`` envs. And ``cv_scale_decay``'s scale from the advantages as the
 estimator uses them."""
 
 import numpy as np
@@ -10,7 +10,8 @@ import torch as th
 from conftest import run_updates
 
 from relax_rl.agents import A2C, RELAX
-from relax_rl.agents.relax import _cross_fitted_kappa
+from relax_rl.control_variate import OptimalKappa
+from relax_rl.control_variate import cross_fitted_kappa as _cross_fitted_kappa
 from relax_rl.envs import TOY_ENV_ID, make_env
 
 TINY = {"net_arch": [8], "activation_fn": th.nn.Tanh}
@@ -93,15 +94,15 @@ def test_an_envs_kappa_does_not_depend_on_its_own_samples(normalize_advantage):
 def test_few_envs_take_kappa_from_the_running_moments():
     """Below MIN_CROSS_FIT_ENVS envs the optimal kappa is the running moments' of earlier
     batches, one value for the whole batch; from there on, leave one env out."""
-    few = _relax(RELAX.MIN_CROSS_FIT_ENVS - 1)
+    few = _relax(OptimalKappa.MIN_CROSS_FIT_ENVS - 1)
     few.learn(320)
     cv = few.control_variate
-    expected = float(-cv.mean_gh / cv.mean_hh)
+    expected = float(-cv.kappa_rule.mean_gh / cv.kappa_rule.mean_hh)
     few.losses(few.rollout_buffer.get_all())
     kappa = few._kappa_terms[2]
     assert expected != 0
     th.testing.assert_close(kappa, th.full_like(kappa, expected))
-    enough = _relax(RELAX.MIN_CROSS_FIT_ENVS)
+    enough = _relax(OptimalKappa.MIN_CROSS_FIT_ENVS)
     enough.learn(320)
     data = enough.rollout_buffer.get_all()
     enough.losses(data)

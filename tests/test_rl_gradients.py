@@ -132,7 +132,7 @@ def test_relax_correction_has_mean_zero_with_normalized_advantages():
     relax = _agent(RELAX, TOY_ENV_ID, 8, seed=3, cv_learning_rate=3e-3, normalize_advantage=True)
     a2c = _agent(A2C, TOY_ENV_ID, 8, seed=3, normalize_advantage=True)
     a2c.policy.load_state_dict(relax.policy.state_dict())
-    assert relax.n_envs >= relax.MIN_CROSS_FIT_ENVS  # cross-fitted
+    assert relax.n_envs >= relax.control_variate.kappa_rule.MIN_CROSS_FIT_ENVS  # cross-fitted
     g_relax, r_relax = run_updates(relax, 800)
     g_a2c, r_a2c = run_updates(a2c, 800)
     losses = [[r.get("train/value_loss") for r in records] for records in (r_relax, r_a2c)]
