@@ -112,15 +112,23 @@ class A2C(GumbelOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses = self.losses(self.rollout_buffer.get_all())
-        self._check_finite(
-            pg_loss=losses.pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
+        pg_loss = losses.pg_loss
+        # (without logit gradients the actor's objective is the surrogate's mean: pg_loss)
+        loss = (pg_loss if losses.logit_grad is None else losses.actor_objective) + (
+            self.vf_coef * losses.value_loss
         )
-        loss = losses.actor_objective + self.vf_coef * losses.value_loss
         if self.ent_coef != 0:
             loss = loss - self.ent_coef * losses.entropy
         self._zero_policy_grads()
         loss.backward()
-        grad_norm = self._clip_and_check()
-        self.policy.optimizer.step()
+        # one read from the device: the losses' finiteness, the clip and the logged values
+        values, grad_norm = self._clip_check_step(
+            pg_loss=pg_loss, value_loss=losses.value_loss, entropy=losses.entropy
+        )
         self.n_updates += 1
-        self._record_update(losses, grad_norm)
+        self._log_update(
+            grad_norm,
+            policy_loss=values["pg_loss"],
+            value_loss=values["value_loss"],
+            entropy=values["entropy"],
+        )

@@ -306,6 +306,5 @@ class PPO(GumbelOnPolicyAlgorithm):
         """One optimizer step on ``loss``; returns the gradient norm before clipping."""
         self._zero_policy_grads()
         loss.backward()
-        grad_norm = self._clip_and_check()
-        self.policy.optimizer.step()
+        _, grad_norm = self._clip_check_step()  # clip, check the norm, step: one read
         return grad_norm

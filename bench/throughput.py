@@ -4,12 +4,15 @@ CartPole-v1, 8 envs in a DummyVecEnv, n_steps 5 (rl-zoo3's A2C settings), one to
 (``--threads``). ``relax`` is RELAX with its defaults (optimal kappa, per-sample objective),
 ``relax-batch`` with the paper's batch objective and learned kappa (double backward through the
 policy network); ``NAME@envpool`` the same agent on ``vec_env: envpool`` (where installed).
-Each repeat trains every agent for ``--steps`` env steps, in turn, from a fresh model; the table
-gives env-steps/s and the ratio to SB3 A2C *within the same repeat*, as median (min-max) over
-``--repeats``. Then the cost split of one update (collect, forward, the variance objective,
-optimizer steps, the rest of train) in microseconds.
+Each repeat trains every agent for ``--steps`` env steps from a fresh model, in ``--chunks``
+``learn()`` calls that the agents take in turn (the first agent rotating), so that a change of
+load on a shared machine falls on every agent alike (``--chunks 1``: each agent's whole run in
+one go, one after the other); the table gives env-steps/s and the ratio to SB3 A2C *within the
+same repeat*, as median (min-max) over ``--repeats``. Then the cost split of one update
+(collect, forward, the variance objective, optimizer steps, the rest of train) in
+microseconds.
 
-    python bench/throughput.py [--steps 50000] [--repeats 5]
+    python bench/throughput.py [--steps 50000] [--repeats 5] [--chunks 10]
 """
 
 from __future__ import annotations
@@ -49,16 +52,23 @@ def _make(name: str, seed: int):
     return {"a2c": A2C, "relax": RELAX}[name]("MlpPolicy", env, seed=seed, ent_coef=0.0)
 
 
-def _time_calls(obj: object, method: str, seconds: dict[str, float], phase: str) -> None:
-    """Wrap ``obj.method`` (on this instance only) to add its wall time to ``seconds[phase]``."""
+def _time_calls(
+    obj: object, method: str, seconds: dict[str, float], phase: str, depth: list[int] | None = None
+) -> None:
+    """Wrap ``obj.method`` (on this instance only) to add its wall time to ``seconds[phase]``;
+    methods that share ``depth`` (one calls the other) count only the outermost call."""
     inner = getattr(obj, method)
+    depth = [0] if depth is None else depth
 
     def timed(*args, **kwargs):
+        depth[0] += 1
         t0 = time.perf_counter()
         try:
             return inner(*args, **kwargs)
         finally:
-            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
+            depth[0] -= 1
+            if depth[0] == 0:
+                seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
     setattr(obj, method, timed)
 
@@ -76,8 +86,11 @@ def update_cost_split(name: str, n_updates: int = 300) -> dict[str, float]:
     if hasattr(model, "variance_loss"):
         _time_calls(model, "variance_loss", seconds, "variance objective")
     for opt in (model.policy.optimizer, getattr(model, "cv_optimizer", None)):
-        if opt is not None:
-            _time_calls(opt, "step", seconds, "optimizer steps")
+        if opt is not None:  # (step_unprofiled: FlatRMSprop's step without torch's wrapper)
+            depth = [0]
+            for method in ("step", "step_unprofiled"):
+                if hasattr(opt, method):
+                    _time_calls(opt, method, seconds, "optimizer steps", depth)
     collect = train = 0.0
     for _ in range(n_updates):
         t0 = time.perf_counter()
@@ -101,6 +114,12 @@ def main() -> None:
         default=None,
         help="agents besides sb3-a2c (default: a2c relax relax-batch, and @envpool rows)",
     )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=10,
+        help="learn() calls per run, the agents taking turns (1: each run in one go)",
+    )
     parser.add_argument("--no-split", action="store_true", help="skip the cost split")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
@@ -109,19 +128,24 @@ def main() -> None:
         agents += ["a2c@envpool", "relax@envpool"]
     fps: dict[str, list[float]] = {a: [] for a in agents}
     ratio: dict[str, list[float]] = {a: [] for a in agents}
+    chunks = max(1, args.chunks)
     for r in range(args.repeats):
-        this = {}
+        models = {a: _make(a, r) for a in agents}
+        seconds = dict.fromkeys(agents, 0.0)
+        for c in range(chunks):
+            steps = args.steps * (c + 1) // chunks - args.steps * c // chunks
+            for a in agents[c % len(agents) :] + agents[: c % len(agents)]:
+                start = time.perf_counter()
+                models[a].learn(steps, reset_num_timesteps=c == 0)
+                seconds[a] += time.perf_counter() - start
+        this = {a: models[a].num_timesteps / seconds[a] for a in agents}
         for a in agents:
-            model = _make(a, r)
-            start = time.perf_counter()
-            model.learn(args.steps)
-            this[a] = model.num_timesteps / (time.perf_counter() - start)
             fps[a].append(this[a])
-        for a in agents:
             ratio[a].append(this[a] / this["sb3-a2c"])
     print(
-        f"CartPole-v1, 8 envs, n_steps 5, {args.steps:,} env steps per run, "
-        f"{args.threads} torch thread(s), median (min-max) of {args.repeats} repeats"
+        f"CartPole-v1, 8 envs, n_steps 5, {args.steps:,} env steps per run in {chunks} "
+        f"interleaved chunk(s), {args.threads} torch thread(s), median (min-max) of "
+        f"{args.repeats} repeats"
     )
     print(f"{'agent':<10}{'env-steps/s':>26}{'x SB3 A2C (same repeat)':>28}")
     for a in agents:

@@ -75,6 +75,18 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def _stacked(steps: tuple[th.Tensor, ...], n_envs: int) -> np.ndarray:
+    """Per-step tensors of ``n_envs`` rows each as one float32 numpy array (one stack, one
+    copy to the host)."""
+    try:
+        stacked = th.stack(steps)
+    except RuntimeError:  # shapes that differ ((n,) and (n, 1)): each as (n, -1)
+        stacked = th.stack([x.reshape(n_envs, -1) for x in steps])
+    if stacked.dtype == th.float32 and stacked.is_cpu and not stacked.requires_grad:
+        return stacked.numpy()
+    return stacked.detach().float().cpu().numpy()
+
+
 class GumbelRolloutBuffer(RolloutBuffer):
     """Rollout buffer for factorised discrete actions sampled from stored noise.
 
@@ -93,9 +105,11 @@ class GumbelRolloutBuffer(RolloutBuffer):
     ) -> None:
         self.action_spec = ActionSpec(action_space)
         self.n_noise = self.action_spec.n_noise
+        self._multi_dim = self.action_spec.n_dims != 1
         super().__init__(
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
         )
+        self._obs_row = (self.n_envs, *self.obs_shape)
 
     def reset(self) -> None:
         shape = (self.buffer_size, self.n_envs)
@@ -115,6 +129,8 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.noise_g = th.zeros((*shape, self.n_noise), device=self.device)
         self.pos, self.full, self.generator_ready = 0, False, False
         self._samples: GumbelRolloutSamples | None = None
+        # the tensors of the steps added since the last flush: (value, log_prob, log_prob_dims)
+        self._pending: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]] = []
 
     def draw_noise(self, generator: th.Generator, step: int | None = None) -> None:
         """Draw and store the noise (``u`` and ``v``) of ``step``, or of every step, from the
@@ -122,9 +138,14 @@ class GumbelRolloutBuffer(RolloutBuffer):
         step by step, ``u`` then ``v``, envs, logits."""
         steps = self.buffer_size if step is None else 1
         noise = uniform_noise((steps, 2, self.n_envs, self.n_noise), generator).to(self.device)
-        at = slice(None) if step is None else slice(step, step + 1)
-        self.noise_u[at], self.noise_v[at] = noise[:, 0], noise[:, 1]
-        self.noise_g[at] = self.action_spec.perturb(noise[:, 0])  # acting needs it; RELAX's z too
+        u, v = noise.unbind(1)
+        if step is None:  # the whole rollout's: the drawn tensor holds the fields (no copies)
+            self.noise_u, self.noise_v = u, v
+            self.noise_g = self.action_spec.perturb(u)  # acting needs it; RELAX's z too
+            return
+        at = slice(step, step + 1)
+        self.noise_u[at], self.noise_v[at] = u, v
+        self.noise_g[at] = self.action_spec.perturb(u)
 
     def add(  # type: ignore[override]
         self,
@@ -138,36 +159,59 @@ class GumbelRolloutBuffer(RolloutBuffer):
     ) -> None:
         """Write one vectorised step (all arguments have a leading ``n_envs`` dimension); the
         step's noise is drawn by :meth:`draw_noise`. ``log_prob_dims``: the log-prob of each
-        action dimension ``(n_envs, D)`` (with one dimension, ``log_prob`` is enough)."""
+        action dimension ``(n_envs, D)`` (with one dimension, ``log_prob`` is enough).
+
+        The step's tensors (``value``, ``log_prob``, ``log_prob_dims``) are kept as they are
+        and written to the numpy fields once per rollout (:meth:`_flush`: one stack and one
+        device-to-host copy each instead of one per step); the numpy arguments are written at
+        once."""
+        if log_prob_dims is None and self._multi_dim:
+            raise ValueError(
+                f"a step of a {self.action_spec.n_dims}-dimensional action needs "
+                "log_prob_dims, the log-prob of each dimension"
+            )
         p = self.pos
-        self.observations[p] = obs.reshape(self.n_envs, *self.obs_shape)
+        self.observations[p] = obs.reshape(self._obs_row)
         self.actions[p] = action
         self.rewards[p] = reward
         self.episode_starts[p] = episode_start
-        self.values[p] = value.cpu().numpy().reshape(self.n_envs)
-        self.log_probs[p] = log_prob.cpu().numpy()
-        if log_prob_dims is None:
-            if self.action_spec.n_dims != 1:
-                raise ValueError(
-                    f"a step of a {self.action_spec.n_dims}-dimensional action needs "
-                    "log_prob_dims, the log-prob of each dimension"
-                )
-            log_prob_dims = log_prob.reshape(self.n_envs, 1)
-        self.log_prob_dims[p] = log_prob_dims.cpu().numpy()
-        self.pos += 1
+        self._pending.append((value, log_prob, log_prob_dims))
+        self.pos = p + 1
         self.full = self.pos == self.buffer_size
         self._samples = None
+
+    def _flush(self) -> None:
+        """Write the steps' tensors that :meth:`add` kept to the numpy fields (``values``,
+        ``log_probs``, ``log_prob_dims``), stacked per field: the very same numbers a per-step
+        write would give."""
+        pending = self._pending
+        if not pending:
+            return
+        start, n_envs = self.pos - len(pending), self.n_envs
+        end = self.pos
+        values, log_probs, dims = zip(*pending, strict=True)
+        with th.no_grad():  # values and log-probs in one stack, one copy
+            both = _stacked(values + log_probs, n_envs).reshape(2, -1, n_envs)
+            self.values[start:end], self.log_probs[start:end] = both
+            if dims[0] is None:  # one dimension: the log-prob is the dimension's
+                self.log_prob_dims[start:end] = self.log_probs[start:end, :, None]
+            else:
+                self.log_prob_dims[start:end] = _stacked(dims, n_envs).reshape(
+                    -1, n_envs, self.action_spec.n_dims
+                )
+        self._pending = []
 
     def compute_returns_and_advantage(  # type: ignore[override]
         self, last_values: th.Tensor, dones: np.ndarray
     ) -> None:
         """Advantages and returns of the filled part, by :func:`compute_gae`."""
+        self._flush()
         n = self.pos
         adv, ret = compute_gae(
             self.rewards[:n],
             self.values[:n],
             self.episode_starts[:n],
-            last_values.detach().reshape(self.n_envs).float().cpu().numpy(),
+            _stacked((last_values,), self.n_envs).reshape(self.n_envs),
             np.asarray(dones, dtype=np.float32).reshape(self.n_envs),
             self.gamma,
             self.gae_lambda,
@@ -179,11 +223,14 @@ class GumbelRolloutBuffer(RolloutBuffer):
         """The filled part as one batch of tensors on the device (A2C-style algorithms train
         on all of it at once); built once per rollout."""
         if self._samples is None:
+            self._flush()
             n, dev = self.pos, self.device
             rows = n * self.n_envs
+            on_cpu = th.device(dev).type == "cpu"
 
             def flat(x: np.ndarray) -> th.Tensor:
-                return th.from_numpy(x[:n].reshape(rows, *x.shape[2:])).to(dev)
+                tensor = th.from_numpy(x[:n].reshape(rows, *x.shape[2:]))
+                return tensor if on_cpu else tensor.to(dev)
 
             self._samples = GumbelRolloutSamples(
                 flat(self.observations),
@@ -194,11 +241,21 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 flat(self.returns),
                 self.noise_u[:n].reshape(rows, -1),
                 self.noise_v[:n].reshape(rows, -1),
-                th.arange(self.n_envs, device=dev).repeat(n),
+                self._env_index(n),
                 self.noise_g[:n].reshape(rows, -1),
                 flat(self.log_prob_dims),
             )
         return self._samples
+
+    def _env_index(self, n: int) -> th.Tensor:
+        """The env of each row of ``n`` steps, ``(n * n_envs,)``; for a full buffer made once
+        and shared by the batches (read-only)."""
+        if n != self.buffer_size:  # (a whole episode's length varies)
+            return th.arange(self.n_envs, device=self.device).repeat(n)
+        index = self.__dict__.get("_full_env_index")
+        if index is None:
+            index = self._full_env_index = th.arange(self.n_envs, device=self.device).repeat(n)
+        return index
 
     def minibatches(
         self, batch_size: int, rng: np.random.RandomState

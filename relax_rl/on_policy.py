@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -28,6 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from relax_rl.actions import ActionSpec
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
+from relax_rl.optim import FlatRMSprop
 from relax_rl.policies import GumbelPolicy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
@@ -35,9 +37,10 @@ SelfAlgo = TypeVar("SelfAlgo", bound="GumbelOnPolicyAlgorithm")
 OPTIMIZERS: dict[str, tuple[type[th.optim.Optimizer], dict[str, Any]]] = {
     # SB3 A2C's RMSprop settings (alpha 0.99, eps 1e-5) and SB3's Adam eps; foreach: one
     # multi-tensor kernel per operation instead of a Python loop over parameters (same numbers);
-    # fused (Adam only): one kernel for the whole step.
+    # fused (Adam only): one kernel for the whole step. FlatRMSprop: torch's RMSprop, its step
+    # on the CPU done on one flat buffer (same numbers, state and save format; relax_rl.optim).
     "rmsprop": (
-        th.optim.RMSprop,
+        FlatRMSprop,
         {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0, "foreach": True},
     ),
     "adam": (th.optim.Adam, {"eps": 1e-5, "fused": True}),
@@ -91,6 +94,24 @@ class Losses(NamedTuple):
         """A scalar with the gradient of ``pg_loss`` w.r.t. the actor (what the update
         backpropagates)."""
         return self.per_sample_objective.mean()
+
+
+def _obs_to_tensor(device: th.device) -> Callable[[Any], th.Tensor]:
+    """SB3's ``obs_as_tensor`` for the collect loop: a numpy array shares its memory with the
+    tensor (the env hands a fresh array each step) and moves only to a device other than the
+    CPU; anything else goes through ``obs_as_tensor``."""
+    on_cpu = th.device(device).type == "cpu"
+
+    def as_tensor(obs: Any) -> th.Tensor:
+        if type(obs) is np.ndarray:
+            try:
+                tensor = th.from_numpy(obs)
+            except (TypeError, ValueError):  # a dtype or layout torch does not share
+                return obs_as_tensor(obs, device)
+            return tensor if on_cpu else tensor.to(device)
+        return obs_as_tensor(obs, device)
+
+    return as_tensor
 
 
 def _check_observation_space(agent: str, space: spaces.Space) -> None:
@@ -269,7 +290,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return ["policy", "policy.optimizer"], ["noise_rng_state"]
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_noise_gen", "_grad_clipped"]
+        return [*super()._excluded_save_params(), "_noise_gen", "_grad_clipped", "_forward_cache"]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.noise_rng_state = self._noise_gen.get_state()
@@ -305,28 +326,30 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_envs, device = env.num_envs, self.device
         if not whole_episode:
             rollout_buffer.draw_noise(self._noise_gen)
+        # each step's G(u), as views made once (a whole episode indexes the step it draws)
+        noise_g = rollout_buffer.noise_g if whole_episode else rollout_buffer.noise_g.unbind(0)
         no_values = th.zeros(n_envs, device=device)
-        logits_and_values = self.policy.forward_function()  # parameters are fixed while acting
+        logits_and_values = self._policy_forward()  # parameters are fixed while acting
+        as_tensor = _obs_to_tensor(device)
         spec = self.policy.action_spec
         sample, to_env, joint = spec.sample, spec.to_env, spec.sum_dimensions
         one_dimension = spec.n_dims == 1  # no per-dimension bookkeeping on the hot path
+        use_baseline, add = self.use_baseline, rollout_buffer.add
+        log_prob_dims = None
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
             if whole_episode:
                 rollout_buffer.draw_noise(self._noise_gen, step)
             with th.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, device)
+                obs_tensor = as_tensor(self._last_obs)
                 logits, state_values = logits_and_values(obs_tensor)
                 if one_dimension:  # (the buffer takes the log-prob as the dimension's)
-                    actions, log_probs = sample(logits, rollout_buffer.noise_g[step])
-                    log_prob_dims = None
+                    actions, log_probs = sample(logits, noise_g[step])
                 else:
-                    actions, log_prob_dims = sample(
-                        logits, rollout_buffer.noise_g[step], per_dimension=True
-                    )
+                    actions, log_prob_dims = sample(logits, noise_g[step], per_dimension=True)
                     log_probs = joint(log_prob_dims)
             # SB3's names, types and shapes, for callbacks that read self.locals.
-            values = (state_values if self.use_baseline else no_values).unsqueeze(-1)
+            values = (state_values if use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
             clipped_actions = to_env(actions)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -335,14 +358,16 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            if self.use_baseline:
+            if use_baseline:
                 rewards = self._bootstrap_truncations(rewards, dones, infos)
-            rollout_buffer.add(
+            # (the buffer keeps the tensors and writes them once per rollout; the values as
+            # (n_envs,), like the log-probs: one stack for both)
+            add(
                 self._last_obs,
                 actions,
                 rewards,
                 self._last_episode_starts,
-                values,
+                state_values if use_baseline else no_values,
                 log_probs,
                 log_prob_dims,
             )
@@ -350,20 +375,31 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):
                 break
         with th.no_grad():
-            if self.use_baseline:
-                last_values = logits_and_values(obs_as_tensor(new_obs, device))[1]
-            else:
-                last_values = no_values
+            last_values = logits_and_values(as_tensor(new_obs))[1] if use_baseline else no_values
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _policy_forward(self) -> Callable[[th.Tensor], tuple[th.Tensor, th.Tensor]]:
+        """The policy's :meth:`~relax_rl.policies.GumbelPolicy.forward_function` for acting,
+        built once and reused while the policy and the parameters its optimizer steps are the
+        same objects (the optimizer updates them in place; a new policy, module or optimizer
+        rebuilds it). Not for the update: ``th.func.functional_call`` (the gradient
+        diagnostics) swaps parameters under the modules, which a kept function would miss."""
+        key = (id(self.policy), *map(id, self._policy_parameters()))
+        cached = getattr(self, "_forward_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._forward_cache = (key, self.policy.forward_function())
+        return cached[1]
 
     def _bootstrap_truncations(
         self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
     ) -> np.ndarray:
         """At a time-limit truncation add ``gamma * V(terminal obs)`` to the reward (SB3's rule),
         in one batched forward pass; returns the rewards (a copy where one changed)."""
+        if not dones.any():  # most steps: no episode ended
+            return rewards
         idx = [
             i
             for i, done in enumerate(dones)
@@ -375,7 +411,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             return rewards
         terminal = np.stack([infos[i]["terminal_observation"] for i in idx])
         with th.no_grad():
-            values = self.policy.logits_and_values(obs_as_tensor(terminal, self.device))[1]
+            values = self._policy_forward()(obs_as_tensor(terminal, self.device))[1]
         rewards = rewards.astype(np.float32)  # a copy: what the callbacks saw stays as it was
         rewards[idx] += self.gamma * values.cpu().numpy()
         return rewards
@@ -396,6 +432,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
     def losses(self, data: GumbelRolloutSamples) -> Losses:
         """The losses of a batch; ``actor_objective`` has minus the policy-gradient estimate as
         its gradient w.r.t. the actor."""
+        # (built anew: th.func.functional_call, as the gradient diagnostics use, swaps the
+        # parameters under it, which a cached forward function would not see)
         logits, values = self.policy.logits_and_values(data.observations)
         # (with ent_coef 0 the entropy is only logged: no graph)
         log_prob, entropy = self.policy.action_spec.log_prob_and_entropy(
@@ -425,7 +463,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def _record_update(self, losses: Losses, grad_norm: float, **extra: th.Tensor) -> None:
         """Log what every update has and an algorithm's ``extra`` scalars (``train/<name>``),
-        read from the device in one go."""
+        read from the device in one go (:meth:`_log_update` logs values already read)."""
         scalars = {
             "policy_loss": losses.pg_loss,
             "value_loss": losses.value_loss,
@@ -434,10 +472,16 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         }
         with th.no_grad():  # one read from the device for all of them
             values = th.stack(list(scalars.values())).tolist()
-        self.logger.record("train/n_updates", self.n_updates, exclude="tensorboard")
-        for name, value in zip(scalars, values, strict=True):
-            self.logger.record(f"train/{name}", value)
-        self.logger.record("train/grad_norm", grad_norm)
+        self._log_update(grad_norm, **dict(zip(scalars, values, strict=True)))
+
+    def _log_update(self, grad_norm: float, **values: float) -> None:
+        """Log an update's ``values`` (``train/<name>``; every update has ``policy_loss``,
+        ``value_loss`` and ``entropy``), its gradient norm and the clipping statistics."""
+        record = self.logger.record
+        record("train/n_updates", self.n_updates, exclude="tensorboard")
+        for name, value in values.items():
+            record(f"train/{name}", value)
+        record("train/grad_norm", grad_norm)
         self._record_grad_clipping()
 
     def _check_finite(self, **values: th.Tensor) -> None:
@@ -464,30 +508,100 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         for p in self._policy_parameters():
             p.grad = None
 
+    def _grad_groups(self) -> list[list[th.Tensor]]:
+        """The policy's gradients by clip group: all of them (``grad_clip="joint"``), or the
+        actor's then the critic's (``"separate"``); the first group holds the actor's."""
+        grads = [p.grad for p in self._policy_parameters() if p.grad is not None]
+        if self.grad_clip == "joint":
+            return [grads]
+        actor = {id(p) for p in self.policy.actor_parameters()}
+        params = [p for p in self._policy_parameters() if p.grad is not None]
+        return [
+            [p.grad for p in params if (id(p) in actor) == is_actor] for is_actor in (True, False)
+        ]
+
+    def _clip_scales(self, groups: list[list[th.Tensor]], norms: list[float]) -> list[float]:
+        """Each group's ``clip_grad_norm_`` factor, ``max_grad_norm / (norm + 1e-6)`` where that
+        is below 1 (else 1: its rule leaves the gradient as it is), noted for
+        :meth:`_record_grad_clipping`."""
+        scales = [1.0] * len(groups)  # the first group holds the actor's parameters
+        limit = self.max_grad_norm
+        if limit:
+            for i, (grads, group_norm) in enumerate(zip(groups, norms, strict=True)):
+                if grads and group_norm + 1e-6 > limit:
+                    scales[i] = limit / (group_norm + 1e-6)
+        self._grad_clipped.append((min(scales) < 1.0, scales[0]))
+        return scales
+
+    def _scale_grads(self, groups: list[list[th.Tensor]], norms: list[float]) -> None:
+        """Clip each group of gradients in place by its :meth:`_clip_scales` factor."""
+        for grads, scale in zip(groups, self._clip_scales(groups, norms), strict=True):
+            if scale != 1.0:
+                th._foreach_mul_(grads, scale)
+
     def _clip_and_check(self) -> float:
         """Clip the policy's gradient to ``max_grad_norm`` (``clip_grad_norm_``'s rule; with
         ``grad_clip="separate"`` the actor's and the critic's parameters each by their own
         norm) and return the whole gradient's norm before clipping; a NaN/inf norm raises."""
-        params = [p for p in self._policy_parameters() if p.grad is not None]
-        if self.grad_clip == "joint":
-            groups = [[p.grad for p in params]]
-        else:
-            actor = {id(p) for p in self.policy.actor_parameters()}
-            groups = [
-                [p.grad for p in params if (id(p) in actor) == is_actor]
-                for is_actor in (True, False)
-            ]
+        groups = self._grad_groups()
         norms = [float(total_grad_norm(grads)) for grads in groups]
         norm = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(norm):
             raise self._diverged("grad_norm", norm)
-        scales = [1.0] * len(groups)  # the first group holds the actor's parameters
-        for i, (grads, group_norm) in enumerate(zip(groups, norms, strict=True)):
-            if self.max_grad_norm and grads and group_norm + 1e-6 > self.max_grad_norm:
-                scales[i] = self.max_grad_norm / (group_norm + 1e-6)
-                th._foreach_mul_(grads, scales[i])
-        self._grad_clipped.append((min(scales) < 1.0, scales[0]))
+        self._scale_grads(groups, norms)
         return norm
+
+    def _clip_check_step(
+        self, step: bool = True, **scalars: th.Tensor
+    ) -> tuple[dict[str, float], float]:
+        """The end of an update, once its backward pass has left the policy's gradients in
+        ``.grad``, with ONE read from the device: :meth:`_check_finite`, :meth:`_clip_and_check`
+        and the optimizer step in one.
+
+        ``scalars`` (0-dim tensors on the policy's device: the losses, other norms; graphs
+        allowed) and the gradient norm of each clip group are read in one go. Then, in order:
+        a NaN/inf among ``scalars`` (the first, in the order given) or in the gradient norm
+        (``grad_norm``) raises :class:`TrainingDivergedError` before anything is changed but
+        the gradients (parameters, optimizer state and clipping statistics as they were); the
+        gradient is clipped as :meth:`_clip_and_check` does; with ``step`` (the default) the
+        policy's optimizer steps (without it, the caller steps it, after any other check).
+
+        :return: ``scalars`` as Python floats (the same names, in order; for logging) and the
+            whole gradient's norm before clipping (:meth:`_clip_and_check`'s).
+        """
+        groups = self._grad_groups()
+        norms = [total_grad_norm(grads) for grads in groups if grads]
+        with th.no_grad():  # the one read
+            read = th.stack([*scalars.values(), *norms]).tolist() if scalars or norms else []
+        values = dict(zip(scalars, read, strict=False))
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise self._diverged(name, value)
+        group_norms = iter(read[len(values) :])
+        norms_read = [next(group_norms) if grads else 0.0 for grads in groups]
+        norm = math.sqrt(sum(n * n for n in norms_read))
+        if not math.isfinite(norm):
+            raise self._diverged("grad_norm", norm)
+        optimizer = self.policy.optimizer
+        if step and len(groups) == 1 and isinstance(optimizer, FlatRMSprop):
+            # one group (joint): the optimizer applies the factor to its flat copy of the
+            # gradient (one op instead of one per parameter; .grad may keep the unclipped one)
+            optimizer.step_unprofiled(grad_scale=self._clip_scales(groups, norms_read)[0])
+        else:
+            self._scale_grads(groups, norms_read)
+            if step:
+                self._step_policy_optimizer()
+        return values, norm
+
+    def _step_policy_optimizer(self) -> None:
+        """``self.policy.optimizer.step()``, by :meth:`FlatRMSprop.step_unprofiled
+        <relax_rl.optim.FlatRMSprop.step_unprofiled>` where the optimizer is one (the same
+        step without torch's per-call wrapper when no hook is registered)."""
+        optimizer = self.policy.optimizer
+        if isinstance(optimizer, FlatRMSprop):
+            optimizer.step_unprofiled()
+        else:
+            optimizer.step()
 
     def _record_grad_clipping(self) -> None:
         """Log, over the optimizer steps since the last call, the share whose gradient was
