@@ -251,34 +251,33 @@ class RELAX(ControlVariateMixin, A2C):
             if critic_and_entropy.requires_grad:  # (not without a baseline and entropy)
                 critic_and_entropy.backward(retain_graph=True)
             cv_loss.backward(inputs=cv_params)
-        self._check_finite(
+        if actor_grads is not None:
+            for p, g in zip(self.policy.actor_parameters(), actor_grads, strict=True):
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+        cv = self.control_variate
+        kappa = cv.kappa if self._kappa_terms is None else self._kappa_terms[2].mean()
+        # one read: every check before anything moves, then the policy's step
+        values, grad_norm = self._clip_check_step(
             pg_loss=losses.pg_loss,
             value_loss=losses.value_loss,
             entropy=losses.entropy,
             cv_loss=cv_loss,
             cv_grad_norm=total_grad_norm([p.grad for p in cv_params if p.grad is not None]),
+            kappa=kappa,  # (logged: the kappa, tau and scale this update used)
+            tau=cv.log_tau.exp(),
+            cv_scale=cv.scale,
         )
-        if actor_grads is not None:
-            for p, g in zip(self.policy.actor_parameters(), actor_grads, strict=True):
-                p.grad = g.detach() if p.grad is None else p.grad + g.detach()
-        grad_norm = self._clip_and_check()
-        self.policy.optimizer.step()
         self.cv_optimizer.step()
         self._update_statistics(data)
         self.n_updates += 1
         if self.cv_config.replay > 0:
             self._replay.append(data)
             self._replay_phi()
-        cv = self.control_variate
-        self._record_update(
-            losses,
-            grad_norm,
-            cv_loss=cv_loss,
-            kappa=cv.kappa,
-            tau=cv.log_tau.exp(),
-            cv_scale=cv.scale,
-            **({"cv_linear_residual": self._linear_residual} if cv.linear_regression else {}),
-        )
+        values["policy_loss"] = values.pop("pg_loss")
+        del values["cv_grad_norm"]
+        if cv.linear_regression:
+            values["cv_linear_residual"] = float(self._linear_residual)
+        self._log_update(grad_norm, **values)
 
     def _update_statistics(self, data: GumbelRolloutSamples) -> None:
         """After a successful update, statistics for LATER batches only (the current batch's

@@ -76,9 +76,10 @@ class GumbelPolicy(ActorCriticPolicy):
         action_head, value_head = _plain(self.action_net), _plain(self.value_net)
 
         log_std = self.log_std if self.action_spec.continuous else None
+        features = self._features if not self._plain_flatten() else _flat_features
 
         def forward(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-            pi_features, vf_features = self._features(obs)
+            pi_features, vf_features = features(obs)
             logits = action_head(pi_net(pi_features))
             if log_std is not None:  # a Gaussian's "logits": [mean, log_std]
                 logits = th.cat([logits, log_std.expand_as(logits)], dim=-1)
@@ -86,18 +87,22 @@ class GumbelPolicy(ActorCriticPolicy):
 
         return forward
 
-    def _features(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """The actor's and the critic's features (SB3's ``extract_features``; for a non-image
-        Box under the default flatten extractor, its arithmetic without the module calls)."""
+    def _plain_flatten(self) -> bool:
+        """Whether the features are the observation flattened (a non-image Box under the
+        default, shared flatten extractor): then no module needs calling."""
         space = self.observation_space
-        if (
+        return (
             self.share_features_extractor
             and type(self.features_extractor) is FlattenExtractor
             and isinstance(space, spaces.Box)
             and not (self.normalize_images and is_image_space(space, check_channels=False))
-        ):
-            flat = obs.float().flatten(1)
-            return flat, flat
+        )
+
+    def _features(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's and the critic's features (SB3's ``extract_features``; for a non-image
+        Box under the default flatten extractor, its arithmetic without the module calls)."""
+        if self._plain_flatten():
+            return _flat_features(obs)
         features = self.extract_features(obs)
         return (features, features) if self.share_features_extractor else features
 
@@ -136,6 +141,11 @@ class GumbelPolicy(ActorCriticPolicy):
             return spec.mode(logits)
         noise = spec.perturb(uniform_noise((len(logits), spec.n_noise), device=logits.device))
         return spec.sample(logits, noise)[0]
+
+
+def _flat_features(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    flat = obs.float().flatten(1)
+    return flat, flat
 
 
 #: Stateless activations as the tensor functions they call.
