@@ -17,9 +17,8 @@ What lives here:
 - :class:`ControlVariateConfig`: the control variate's form and how phi learns, with named
   presets (``paper``, ``default``, ``factorised``), validated in one place.
 - :class:`ControlVariate`: ``c_hat = kappa * scale * (MLP term + linear term + preference
-  term)``, each term a small module that gives its value and its gradient in the relaxed
-  action (so the logit gradient needs no double backward through the MLP), evaluated jointly
-  or per action dimension in one batched pass.
+  term)``, each term a small module, evaluated at ``z`` and ``z~`` jointly or per action
+  dimension in one batched pass (what depends on the state only, once).
 - :class:`LearnedKappa` and :class:`OptimalKappa`: how ``kappa`` is set, each with its update.
 - :class:`ControlVariateMixin`: what RELAX and RELAX-PPO share (construction, save/load,
   replay of kept batches).
@@ -214,25 +213,13 @@ class ControlVariateConfig:
 
 
 # ---------------------------------------------------------------------------- the terms
-def _activation(name: str) -> Callable[[th.Tensor], tuple[th.Tensor, th.Tensor]]:
-    """The hidden activation and its slope at the same point, ``(a(x), a'(x))``."""
-    if name == "relu":
-        return lambda x: (th.relu(x), (x > 0).to(x.dtype))
-    if name == "leaky_relu":
-        return lambda x: (F.leaky_relu(x), th.where(x > 0, 1.0, 0.01).to(x.dtype))
-    if name == "tanh":
-
-        def tanh(x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-            a = th.tanh(x)
-            return a, 1 - a * a
-
-        return tanh
-
-    def elu(x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        a = F.elu(x)
-        return a, th.where(x > 0, th.ones_like(x), a + 1)
-
-    return elu
+#: the hidden activations as functions (no module call per layer)
+_FUNCTIONS: dict[str, Callable[[th.Tensor], th.Tensor]] = {
+    "relu": th.relu,
+    "tanh": th.tanh,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
+}
 
 
 class Points(NamedTuple):
@@ -250,9 +237,8 @@ class Points(NamedTuple):
 
 
 class MLPTerm(nn.Module):
-    """``MLP([s, r])`` (the paper's ``c``), and its gradient in ``r`` by an explicit backward
-    pass through the layers: the logit gradient then needs no double backward through the
-    network, only one backward for phi."""
+    """``MLP([s, r])`` (the paper's ``c``), its first layer split so that the state's part is
+    computed once for every sample and variant."""
 
     def __init__(
         self, obs_dim: int, width: int, net_arch: tuple[int, ...], activation: str, zero: bool
@@ -264,36 +250,26 @@ class MLPTerm(nn.Module):
             nn.init.zeros_(self.layers[-1].weight)
             nn.init.zeros_(self.layers[-1].bias)
         self.obs_dim = obs_dim
-        self.activation = activation
+        self.activation = _FUNCTIONS[activation]
 
-    def forward(self, points: Points, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Values ``(S, N, V)`` and gradients in the relaxed columns ``(S, N, K)`` (each
-        column's in its own variant)."""
-        first = self.layers[0]
-        w_obs, w_act = first.weight[:, : self.obs_dim], first.weight[:, self.obs_dim :]
-        base = F.linear(obs, w_obs, first.bias)  # (N, H): once for every sample
-        if points.columns is None:  # joint: one variant, every column relaxed
-            x = (base + points.relaxed @ w_act.T).unsqueeze(-2)  # (S, N, 1, H)
-        else:  # the sampled action's product once, each variant adds its columns' part
+    def forward(self, points: Points, obs: th.Tensor) -> th.Tensor:
+        """Values ``(S, N, V)``."""
+        first, relaxed = self.layers[0], points.relaxed
+        if points.columns is None:  # joint: one variant, every column relaxed, (S, N, H)
+            x = F.linear(
+                th.cat([obs.expand(len(relaxed), -1, -1), relaxed], -1), first.weight, first.bias
+            )
+        else:  # the state's and sampled action's product once, each variant adds its part
             assert points.anchor is not None
+            w_obs, w_act = first.weight[:, : self.obs_dim], first.weight[:, self.obs_dim :]
+            base = F.linear(obs, w_obs, first.bias)  # (N, H)
             at_sample = (base + points.anchor @ w_act.T).unsqueeze(-2)  # (N, 1, H)
             delta = (points.relaxed - points.anchor).unsqueeze(-1) * w_act.T  # (S, N, K, H)
             shape = (*delta.shape[:2], points.n_variants, base.shape[-1])
             x = at_sample.expand(shape).index_add(2, points.columns, delta)  # (S, N, V, H)
-        act, slopes = _activation(self.activation), []
         for layer in self.layers[1:]:
-            a, slope = act(x)
-            slopes.append(slope)
-            x = F.linear(a, layer.weight, layer.bias)
-        value = x.squeeze(-1)  # (S, N, V)
-        # d value / d x_first, layer by layer from the output (rows are independent)
-        grad = th.ones_like(x)
-        for layer, slope in zip(reversed(self.layers[1:]), reversed(slopes), strict=True):
-            grad = (grad @ layer.weight if grad.shape[-1] > 1 else grad * layer.weight) * slope
-        if points.columns is None:
-            return value, grad.squeeze(-2) @ w_act  # (S, N, K)
-        own = grad.index_select(2, points.columns)  # (S, N, K, H): each column's variant
-        return value, (own * w_act.T).sum(-1)
+            x = F.linear(self.activation(x), layer.weight, layer.bias)
+        return x if points.columns is None else x.squeeze(-1)  # (S, N, 1) or (S, N, V)
 
 
 class LinearTerm(nn.Module):
@@ -588,10 +564,9 @@ class ControlVariate(nn.Module):
 
     def evaluate(
         self, points: Points, obs: th.Tensor, preferences: th.Tensor | None = None
-    ) -> tuple[th.Tensor, th.Tensor]:
-        """``c`` at ``points`` ``(S, N, V)`` and its gradient in the relaxed columns
-        ``(S, N, K)`` (each column's in its own variant), with their graphs to phi."""
-        value, grad = self.mlp(points, obs)
+    ) -> th.Tensor:
+        """``c`` at ``points``, ``(S, N, V)``, with its graph to phi and the points."""
+        value = self.mlp(points, obs)
         linear = self._linear_coefficients(obs, preferences)  # (per state: once)
         if linear is not None:
             coef, offset = linear
@@ -602,10 +577,7 @@ class ControlVariate(nn.Module):
                 at_sample = ((coef * points.anchor).sum(-1) - offset).unsqueeze(-1)  # (N, 1)
                 delta = coef * (points.relaxed - points.anchor)  # (S, N, K)
                 value = (value + at_sample).index_add(2, points.columns, delta)
-            grad = grad + coef
-        if self.config.scale_decay is not None:
-            value, grad = self.scale * value, self.scale * grad
-        return value, grad
+        return self.scale * value if self.config.scale_decay is not None else value
 
     def points(self, relaxed: th.Tensor, actions: th.Tensor | None = None) -> Points:
         """``relaxed`` ``(S, N, K)`` jointly, or per dimension around the taken ``actions``."""
@@ -619,14 +591,14 @@ class ControlVariate(nn.Module):
     ) -> th.Tensor:
         """``c`` (``c_hat / kappa``) at the whole relaxed action, per sample ``(N,)``."""
         relaxed = self.spec.relax(z, self.log_tau.exp()).unsqueeze(0)
-        return self.evaluate(Points(relaxed, None, None, 1), obs, preferences)[0].reshape(-1)
+        return self.evaluate(Points(relaxed, None, None, 1), obs, preferences).reshape(-1)
 
     def at_actions(
         self, actions: th.Tensor, obs: th.Tensor, preferences: th.Tensor | None
     ) -> th.Tensor:
         """``c`` at the hard taken actions ``(N,)`` (discrete)."""
         hard = self.spec.hard(actions).unsqueeze(0)
-        return self.evaluate(Points(hard, None, None, 1), obs, preferences)[0].reshape(-1)
+        return self.evaluate(Points(hard, None, None, 1), obs, preferences).reshape(-1)
 
     forward = shape
 
@@ -704,9 +676,8 @@ def relax_logit_gradient(
     so that ``-A_i dlog pi/dl_i + kappa h_i`` is the logit gradient of RELAX's surrogate to
     minimise. ``z = log pi + G(u)`` is rebuilt from the stored noise at the current logits,
     ``z~ ~ p(z | a)`` from the stored ``v`` (both exact at any logits, so the estimate is
-    unbiased at any parameters); the score term is in closed form; ``dc/dl`` is ``c``'s
-    gradient in the relaxed action (:meth:`ControlVariate.evaluate`, no double backward
-    through the MLP) sent back through the relaxation. ``w`` weighs the terms that depend on
+    unbiased at any parameters); the score term is in closed form; ``dc/dl`` by one autograd
+    pass (its graph to phi kept for the variance objective). ``w`` weighs the terms that depend on
     the taken action (PPO's ratio), ``w'`` the ``c(z)`` term where it depends on the taken
     action through the other dimensions (per dimension under a joint ratio: ``r / r_d``).
     Per dimension, ``c`` is each logit's own dimension's ``c_d``, ``w`` may be ``(N, D)``.
@@ -728,18 +699,17 @@ def relax_logit_gradient(
         prefs = None
         if cv.needs_preferences:  # a function of the state (detached from theta)
             prefs = spec.preferences(logits.detach())
-        values, grads = cv.evaluate(cv.points(relaxed, actions), obs, prefs)
+        values = cv.evaluate(cv.points(relaxed, actions), obs, prefs)
         if not cv.per_dimension:
             values = values.squeeze(-1)
         if value is not None:  # constant in the logits: it moves the score term only
             state = value.detach()
             values = values - (state.unsqueeze(-1) if values.dim() == 3 else state)
         c_z, c_tilde = values.unbind(0)
-        # weigh each column's gradient by its variant's weight, then through the relaxation
-        upstream = th.stack(
-            [-_by_column(cv, z_weight, grads[0]), _by_column(cv, tilde_weight, grads[1])]
-        )
-        (dc,) = th.autograd.grad(flat, logits, upstream.flatten(0, 1), create_graph=create_graph)
+        # per dimension, c_d depends on its own dimension's logits only: one gradient of the
+        # sum gives each dimension its own reparameterised terms
+        difference = (_weigh(c_tilde, tilde_weight) - _weigh(c_z, z_weight)).sum()
+        (dc,) = th.autograd.grad(difference, logits, create_graph=create_graph)
     weighted = _weigh(c_tilde, tilde_weight)
     score = spec.score(logits.detach(), actions)
     # each logit's score term is scaled by its own dimension's c(z~)
@@ -748,16 +718,6 @@ def relax_logit_gradient(
     if not create_graph:
         h, c_z, c_tilde = h.detach(), c_z.detach(), c_tilde.detach()
     return RelaxGradient(h, score, c_z, c_tilde)
-
-
-def _by_column(cv: ControlVariate, weight: th.Tensor | None, grad: th.Tensor) -> th.Tensor:
-    """``grad`` ``(N, K)`` times each column's variant's weight (per sample ``(N,)`` or per
-    dimension ``(N, D)``)."""
-    if weight is None:
-        return grad
-    if weight.dim() == 1:
-        return weight.unsqueeze(-1) * grad
-    return (weight[:, cv.columns] if cv.per_dimension else weight[:, :1]) * grad
 
 
 # ---------------------------------------------------------------------------- the agents' part

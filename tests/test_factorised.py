@@ -135,18 +135,14 @@ def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name,
     obs, prefs = th.randn(n, 3, generator=gen), spec.preferences(logits)
     both = th.cat([z, z_tilde])
     # z's and z~'s relaxations, (2, n, K), sharing each row's state
-    relaxed = spec.relax(both, cv.log_tau.exp()).unflatten(0, (2, n)).detach().requires_grad_()
+    relaxed = spec.relax(both, cv.log_tau.exp()).unflatten(0, (2, n))
     hard = spec.hard(actions)
     prefs = prefs if extra else None
-    fast, fast_grad = cv.evaluate(cv.points(relaxed, actions), obs, prefs)
+    fast = cv.evaluate(cv.points(relaxed, actions), obs, prefs)
     for d in range(spec.n_dims):
-        own = spec.column_dims == d
-        point = th.where(own, relaxed, hard)
-        slow = cv.evaluate(Points(point, None, None, 1), obs, prefs)[0].squeeze(-1)
+        point = th.where(spec.column_dims == d, relaxed, hard)
+        slow = cv.evaluate(Points(point, None, None, 1), obs, prefs).squeeze(-1)
         th.testing.assert_close(fast[..., d], slow)
-        # the explicit gradient in dimension d's columns is autograd's of c_d
-        (slow_grad,) = th.autograd.grad(slow.sum(), relaxed)
-        th.testing.assert_close(fast_grad[..., own], slow_grad[..., own])
 
 
 def test_per_dimension_removes_the_other_dimensions_noise():
