@@ -90,9 +90,9 @@ class RELAX(ControlVariateMixin, A2C):
         the policy's (detached) preference for it, shared by every dimension (discrete).
     :param cv_centred: the linear and logit terms act on ``r - E_pi[H]`` and the state minus
         the mean state of earlier batches (mean 0 given the state; discrete).
-    :param cv_replay: after each update, phi also steps on each of the last ``cv_replay``
-        batches (the current one included, once used) at the current policy with their
-        stored advantages: more samples per update, still never fit on the batch it
+    :param cv_replay: after each update, phi also takes one step on the last ``cv_replay``
+        batches together (the current one included, once used) at the current policy with
+        their stored advantages: more samples per update, still never fit on the batch it
         corrects. Saved with the model. 0: phi sees each batch once.
     :param cv_target: ``advantage`` (``c_hat = kappa * c``, tracking ``A = R - V(s)``) or
         ``return`` (``c_hat = kappa (c - V(s))`` with ``V(s)`` the critic's value the
@@ -104,8 +104,8 @@ class RELAX(ControlVariateMixin, A2C):
         :class:`~relax_rl.control_variate.ControlVariateConfig` field name: ``kappa_init``
         (the learned kappa's start, 1), ``linear_fit`` (``regression``: the linear term fit to
         the return at the taken action by an affine-projection step per batch; BENCHMARKS
-        8d), ``linear_step``, ``linear_decay``, ``replay_pass`` (``each`` batch its own phi
-        step, or ``joint``: one step on all kept batches), and any field to set to ``None``
+        8d), ``linear_step``, ``linear_decay``, ``replay_pass`` (``joint``, the default: one phi
+        step on all kept batches at once; ``each``: one step per batch, as before), and any field to set to ``None``
         over a preset (e.g. ``scale_decay``).
     :param kwargs: :class:`~relax_rl.agents.A2C`'s arguments (same defaults).
     """

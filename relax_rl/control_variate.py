@@ -92,8 +92,9 @@ class ControlVariateConfig:
     objective: str = "per_sample"
     #: phi's extra steps on the last ``replay`` batches after each update
     replay: int = 0
-    #: ``each``: one step per kept batch; ``joint``: one step on all of them at once
-    replay_pass: str = "each"
+    #: ``joint``: one step on all kept batches at once (fewer samples to solve and a larger
+    #: reduction than ``each``, one step per batch: BENCHMARKS 13)
+    replay_pass: str = "joint"
     #: what the learned part models: the ``advantage``, or the ``return`` (c_hat - V(s))
     target: str = "advantage"
     #: c_hat times a running RMS of earlier advantages (None: the paper's form)

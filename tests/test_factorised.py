@@ -230,10 +230,12 @@ def test_per_dimension_settings_are_refused_in_one_line(cls, kwargs, needle):
     assert "\n" not in str(err.value)
 
 
-def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
-    """``cv_replay = 3``: phi takes one step per update plus one per kept batch (1, 2, 3, 3,
-    ...), the policy one per update; the kept batches are saved with the model, and a loaded
-    model goes on with them."""
+@pytest.mark.parametrize("replay_pass", ["joint", "each"])
+def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path, replay_pass):
+    """``cv_replay = 3``: phi takes one step per update plus, ``joint``, one on all the kept
+    batches at once, or ``each``, one per kept batch (1, 2, 3, 3, ...); the policy one per
+    update; the kept batches are saved with the model, and a loaded model goes on with them."""
+    each = replay_pass == "each"
     model = RELAX(
         "MlpPolicy",
         make_env(MATCH_ENV_ID, 4, 0, env_kwargs={"d": 4}),
@@ -241,13 +243,14 @@ def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
         cv_replay=3,
         kappa_mode="learned",
         cv_per_dimension=True,
+        cv_options={"replay_pass": replay_pass},
         seed=0,
         policy_kwargs={"net_arch": [8]},
     )
     run_updates(model, 5)
     steps = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
     assert steps(model.policy.optimizer) == 5
-    assert steps(model.cv_optimizer) == 5 + (1 + 2 + 3 + 3 + 3)
+    assert steps(model.cv_optimizer) == 5 + ((1 + 2 + 3 + 3 + 3) if each else 5)
     model.save(tmp_path / "m.zip")
     loaded = RELAX.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
     assert len(loaded._replay) == 3 and loaded.cv_config.replay == 3
@@ -256,7 +259,7 @@ def test_cv_replay_steps_phi_on_recent_batches_and_survives_save_load(tmp_path):
         for a, b in zip(kept, back, strict=True):
             assert a.dtype == b.dtype and th.equal(a, b)
     run_updates(loaded, 2)
-    assert steps(loaded.cv_optimizer) == 17 + 2 + (3 + 3)
+    assert steps(loaded.cv_optimizer) == (17 + 2 + (3 + 3) if each else 10 + 2 + 2)
 
 
 def test_shipped_multibinary_relax_save_load_continue_equals_straight(tmp_path):
