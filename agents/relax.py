@@ -104,9 +104,9 @@ class RELAX(ControlVariateMixin, A2C):
         :class:`~relax_rl.control_variate.ControlVariateConfig` field name: ``kappa_init``
         (the learned kappa's start, 1), ``linear_fit`` (``regression``: the linear term fit to
         the return at the taken action by an affine-projection step per batch; BENCHMARKS
-        8d), ``linear_step``, ``linear_decay``, ``replay_pass`` (``joint``, the default: one phi
-        step on all kept batches at once; ``each``: one step per batch, as before), and any field to set to ``None``
-        over a preset (e.g. ``scale_decay``).
+        8d), ``linear_step``, ``linear_decay``, ``replay_pass`` (``joint``, the default: one
+        phi step on all kept batches at once; ``each``: one step per batch, as before), and
+        any field to set to ``None`` over a preset (e.g. ``scale_decay``).
     :param kwargs: :class:`~relax_rl.agents.A2C`'s arguments (same defaults).
     """
 
