@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import types
+import typing
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +135,11 @@ class ControlVariateConfig:
         """The ``preset``'s config with ``options`` and the non-``None`` ``fields`` over it."""
         if preset not in cls.PRESETS:
             raise ValueError(f"unknown cv_preset {preset!r}; valid: {', '.join(cls.PRESETS)}")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(
+                f"cv_options must map config fields to values, e.g. {{kappa_init: 0.5}}, "
+                f"got {options!r}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         for name in options or {}:
             if name not in known:
@@ -145,6 +152,25 @@ class ControlVariateConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = tuple(typing.get_origin(t) or t for t in typing.get_args(hint) or (hint,))
+            if not union:
+                allowed = (typing.get_origin(hint) or hint,)
+            if float in allowed:
+                allowed = (*allowed, int)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                expected = " or ".join(
+                    t.__name__ for t in allowed if t is not int or float not in allowed
+                )
+                raise ValueError(
+                    f"control variate field {f.name}={value!r} has the wrong type: "
+                    f"expected {expected}"
+                )
+        if not all(isinstance(n, int) and n > 0 for n in self.net_arch):
+            raise ValueError(f"cv_net_arch needs positive layer sizes, got {list(self.net_arch)}")
         for name, value, valid in (
             ("cv_activation", self.activation, tuple(ACTIVATIONS)),
             ("kappa_mode", self.kappa, KAPPA_MODES),

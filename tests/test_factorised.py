@@ -216,6 +216,12 @@ def test_per_dimension_removes_the_other_dimensions_noise():
             r"cv_options.linear_decay must be in \(0, 1\], got 0.0",
         ),
         (RELAX, {"cv_options": {"decay": 1}}, "unknown cv_options key 'decay'"),
+        (RELAX, {"cv_options": 3}, "cv_options must map config fields to values"),
+        (
+            RELAX,
+            {"cv_options": {"linear_step": "a"}},
+            "linear_step='a' has the wrong type: expected float",
+        ),
         (RELAX, {"cv_preset": "fast"}, "unknown cv_preset 'fast'; valid: default, paper, fact"),
         (
             RELAX,
