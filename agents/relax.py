@@ -69,9 +69,10 @@ class RELAX(ControlVariateMixin, A2C):
     :param cv_preset: the control variate's recipe
         (:attr:`~relax_rl.control_variate.ControlVariateConfig.PRESETS`): ``default``,
         ``paper`` (the paper's discrete agent: a [10, 10] MLP, learned kappa, the batch
-        objective) or ``factorised`` (MultiBinaryMatch's: per dimension, linear and logit
-        terms, centred, zero init, learned kappa, phi lr 3e-3, scale decay 0.99, replay 8,
-        the return target). Each ``cv_*`` argument below, where given, overrides it.
+        objective), ``factorised`` (MultiBinaryMatch's: per dimension, a [32, 32] MLP,
+        linear and logit terms, centred, zero init, learned kappa, phi lr 3e-3, scale decay
+        0.99, the return target) or ``factorised-replay`` (the same with ``cv_replay=8``).
+        Each ``cv_*`` argument below, where given, overrides it.
     :param cv_learning_rate: phi's learning rate (default: ``learning_rate``).
     :param cv_net_arch: hidden sizes of the MLP term (default ``[64, 64]``).
     :param cv_activation: ``relu`` (the paper's), ``tanh``, ``elu`` or ``leaky_relu``.
