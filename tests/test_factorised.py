@@ -145,6 +145,38 @@ def test_per_dimension_control_variate_is_c_hat_with_one_dimension_relaxed(name,
         th.testing.assert_close(fast[..., d], slow)
 
 
+@pytest.mark.parametrize("name", ["MultiDiscrete([3,3,5,2])", "MultiBinary(5)"])
+def test_mlp_at_the_whole_action_is_the_joint_correction_plus_the_per_dimension_one(name):
+    """``mlp_per_dimension=False``: the MLP term at the whole relaxed action in every c_d, the
+    linear and logit terms per dimension. Its correction is the joint RELAX correction of the
+    MLP term (its reparameterised terms counted once, not once per dimension) plus the
+    per-dimension correction of the others: RELAX is linear in c, so still unbiased."""
+    spec, gen = ActionSpec(SPACES[name]), th.Generator().manual_seed(4)
+    th.manual_seed(4)
+    form = dict(linear_term=True, logit_term=True, centred=True, per_dimension=True)
+    mixed = _cv(3, spec, [7], **form, mlp_per_dimension=False)
+    with th.no_grad():
+        for p in mixed.parameters():
+            p.add_(0.3 * th.randn(p.shape, generator=gen))
+    mixed.observe(th.randn(8, 3, generator=gen))
+    mlp_only, others = _cv(3, spec, [7]), _cv(3, spec, [7], **form)
+    mlp_only.load_state_dict(mixed.state_dict(), strict=False)
+    others.load_state_dict(mixed.state_dict())
+    with th.no_grad():  # the others without the MLP term
+        others.mlp.layers[-1].weight.zero_()
+        others.mlp.layers[-1].bias.zero_()
+    n = 6
+    logits = th.randn(n, spec.n_logits, generator=gen)
+    g = spec.perturb(uniform_noise((n, spec.n_logits), gen))
+    v = uniform_noise((n, spec.n_logits), gen)
+    actions, _ = spec.sample(logits, g)
+    pieces = (logits, actions, g, v, th.randn(n, 3, generator=gen))
+    h = relax_logit_gradient(mixed, *pieces, create_graph=False).h
+    parts = [relax_logit_gradient(cv, *pieces, create_graph=False).h for cv in (mlp_only, others)]
+    assert h.abs().max() > 0.1
+    th.testing.assert_close(h, parts[0] + parts[1])
+
+
 def test_per_dimension_removes_the_other_dimensions_noise():
     """With ``c_hat`` the reward itself (linear in the bits) and ``f = c_hat(b)``, each bit's
     per-dimension RELAX logit gradient depends on that bit's noise only: redrawing the other
@@ -517,6 +549,12 @@ RETURN_TARGET = {
             RELAX,
             64,
             160,
+            {**RETURN_TARGET, "cv_logit_term": True, "cv_mlp_per_dimension": False},
+        ),
+        (
+            RELAX,
+            64,
+            160,
             {**RETURN_TARGET, "cv_centred": True, "cv_options": {"linear_fit": "regression"}},
         ),
         (RELAXPPO, 64, 160, {"cv_learning_rate": 3e-3, "cv_linear_term": True}),
@@ -542,6 +580,7 @@ RETURN_TARGET = {
         "ppo",
         "relax-per-dimension",
         "relax-return-target",
+        "relax-mlp-at-the-whole-action",
         "relax-linear-regression",
         "relax-ppo",
         "relax-ppo-per-dimension",
