@@ -145,9 +145,16 @@ class ControlVariateConfig:
 
     @classmethod
     def resolve(
-        cls, preset: str, options: dict[str, Any] | None = None, **fields: Any
+        cls,
+        preset: str,
+        options: dict[str, Any] | None = None,
+        base: dict[str, Any] | None = None,
+        only: tuple[str, ...] | None = None,
+        **fields: Any,
     ) -> ControlVariateConfig:
-        """The ``preset``'s config with ``options`` and the non-``None`` ``fields`` over it."""
+        """The config from, lowest first: the class defaults, an agent's own ``base``, the
+        ``preset``, ``options`` and the non-``None`` ``fields``. With ``only`` (the fields an
+        agent uses), a preset's other fields are left out and other options refused."""
         if preset not in cls.PRESETS:
             raise ValueError(f"unknown cv_preset {preset!r}; valid: {', '.join(cls.PRESETS)}")
         if options is not None and not isinstance(options, dict):
@@ -155,12 +162,13 @@ class ControlVariateConfig:
                 f"cv_options must map config fields to values, e.g. {{kappa_init: 0.5}}, "
                 f"got {options!r}"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = only if only is not None else tuple(f.name for f in dataclasses.fields(cls))
         for name in options or {}:
             if name not in known:
                 valid = ", ".join(sorted(known))
                 raise ValueError(f"unknown cv_options key {name!r}; valid: {valid}")
-        values = {**cls.PRESETS[preset], **(options or {})}
+        preset_values = {k: v for k, v in cls.PRESETS[preset].items() if k in known}
+        values = {**(base or {}), **preset_values, **(options or {})}
         values.update({k: v for k, v in fields.items() if v is not None})
         if "net_arch" in values:
             values["net_arch"] = tuple(values["net_arch"])
@@ -792,7 +800,7 @@ class ControlVariateMixin:
     control_variate: ControlVariate
     cv_optimizer: th.optim.Optimizer
     cv_config: ControlVariateConfig
-    #: the agent's own defaults under every preset (RELAX-PPO: phi starts at 0, learned kappa)
+    #: the agent's own defaults, under any preset (RELAX-PPO: phi starts at 0, learned kappa)
     CV_DEFAULTS: ClassVar[dict[str, Any]] = {}
     #: the config fields the agent uses (None: all); the others stay at the class defaults
     CV_FIELDS: ClassVar[tuple[str, ...] | None] = None
@@ -801,14 +809,10 @@ class ControlVariateMixin:
         self, preset: str, options: dict[str, Any] | None, **fields: Any
     ) -> None:
         """Resolve and check the config before any work (bad input: one line)."""
-        values = dataclasses.asdict(ControlVariateConfig.resolve(preset, options, **fields))
-        if self.CV_FIELDS is not None:  # a preset's other fields are another agent's
-            defaults = dataclasses.asdict(ControlVariateConfig())
-            given = {**(options or {}), **{k: v for k, v in fields.items() if v is not None}}
-            values = {k: (v if k in self.CV_FIELDS else defaults[k]) for k, v in values.items()}
-            values.update({k: v for k, v in self.CV_DEFAULTS.items() if k not in given})
         self.cv_preset, self.cv_options = preset, dict(options or {})
-        self.cv_config = ControlVariateConfig(**values)
+        self.cv_config = ControlVariateConfig.resolve(
+            preset, options, base=self.CV_DEFAULTS, only=self.CV_FIELDS, **fields
+        )
 
     def _setup_control_variate(self) -> None:
         # (here, not in __init__: SB3's load sets the attributes after __init__, then calls
