@@ -809,10 +809,10 @@ class ControlVariateMixin:
         self, preset: str, options: dict[str, Any] | None, **fields: Any
     ) -> None:
         """Resolve and check the config before any work (bad input: one line)."""
-        self.cv_preset, self.cv_options = preset, dict(options or {})
         self.cv_config = ControlVariateConfig.resolve(
             preset, options, base=self.CV_DEFAULTS, only=self.CV_FIELDS, **fields
         )
+        self.cv_preset, self.cv_options = preset, dict(options or {})
 
     def _setup_control_variate(self) -> None:
         # (here, not in __init__: SB3's load sets the attributes after __init__, then calls
