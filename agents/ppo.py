@@ -3,7 +3,8 @@ defaults and argument names, with the project's collect loop, buffer, returns an
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -64,7 +65,7 @@ class PPO(GumbelOnPolicyAlgorithm):
     :param env: a gymnasium env, a VecEnv or an env id.
     :param learning_rate: learning rate of the policy (actor and critic), or a schedule.
     :param n_steps: steps per env per rollout.
-    :param batch_size: minibatch size.
+    :param batch_size: minibatch size (``None``: the whole rollout, one step per epoch).
     :param n_epochs: passes over each rollout.
     :param gamma: discount factor.
     :param gae_lambda: GAE(lambda).
@@ -97,13 +98,17 @@ class PPO(GumbelOnPolicyAlgorithm):
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
 
+    #: Whether the agent learns V(s) for its advantages (PPO: GAE over ``n_steps`` windows);
+    #: without one, rollouts are whole episodes (``n_steps=0``; group baselines).
+    uses_critic: ClassVar[bool] = True
+
     def __init__(
         self,
         policy: str | type[GumbelPolicy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 3e-4,
         n_steps: int = 2048,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         n_epochs: int = 10,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
@@ -128,16 +133,18 @@ class PPO(GumbelOnPolicyAlgorithm):
     ) -> None:
         if ratio not in RATIOS:
             raise ValueError(f"unknown ratio {ratio!r}; valid: {', '.join(RATIOS)}")
-        if n_steps < 1:
+        if n_steps < 1 and self.uses_critic:
             raise ValueError(
                 f"n_steps must be >= 1 for PPO (steps per env per rollout), got {n_steps}"
             )
-        if batch_size < 2 and normalize_advantage:
+        if batch_size is not None and batch_size < 2 and normalize_advantage:
             raise ValueError(
                 f"batch_size must be >= 2 to normalise advantages per minibatch, got {batch_size}"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(
+                f"batch_size must be >= 1 or None (the whole rollout), got {batch_size}"
+            )
         if n_epochs < 1:
             raise ValueError(f"n_epochs must be >= 1, got {n_epochs}")
         if isinstance(clip_range, (int, float)) and clip_range <= 0:
@@ -165,7 +172,7 @@ class PPO(GumbelOnPolicyAlgorithm):
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             grad_clip=grad_clip,
-            use_baseline=True,
+            use_baseline=self.uses_critic,
             normalize_advantage=normalize_advantage,
             optimizer=optimizer,
             optimizer_kwargs=optimizer_kwargs,
@@ -242,13 +249,14 @@ class PPO(GumbelOnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         self._clip = float(self.clip_range(self._current_progress_remaining))
         per_dimension = self.ratio == "per_dimension"
+        batch_size = self.batch_size or sys.maxsize  # None: the whole rollout
         sums: dict[str, list[th.Tensor]] = {}
         grad_norms: list[float] = []
         epochs = 0
         stopped = False
         for epoch in range(self.n_epochs):
             self._epoch = epoch
-            for batch in self.rollout_buffer.minibatches(self.batch_size, self.minibatch_rng):
+            for batch in self.rollout_buffer.minibatches(batch_size, self.minibatch_rng):
                 losses = self.losses(batch)
                 with th.no_grad():
                     log_ratio = losses.log_prob - batch.log_probs
@@ -297,10 +305,11 @@ class PPO(GumbelOnPolicyAlgorithm):
             self.logger.record("train/grad_norm", float(np.mean(grad_norms)))
         self._record_grad_clipping()
         n = buffer.pos
-        self.logger.record(
-            "train/explained_variance",
-            float(explained_variance(buffer.values[:n].ravel(), buffer.returns[:n].ravel())),
-        )
+        if self.use_baseline:
+            self.logger.record(
+                "train/explained_variance",
+                float(explained_variance(buffer.values[:n].ravel(), buffer.returns[:n].ravel())),
+            )
 
     def _step(self, loss: th.Tensor) -> float:
         """One optimizer step on ``loss``; returns the gradient norm before clipping."""

@@ -91,6 +91,9 @@ class GumbelRolloutBuffer(RolloutBuffer):
     """Rollout buffer for factorised discrete actions sampled from stored noise.
 
     :param buffer_size: capacity in steps per env (``n_steps``, or the longest episode).
+    :param grow: allocate rows as steps come (whole-episode rollouts, whose length is not known
+        in advance): the longest rollout so far, doubled on demand up to ``buffer_size``,
+        instead of ``buffer_size`` rows (10,000 for an env without a time limit) every rollout.
     """
 
     def __init__(
@@ -102,8 +105,11 @@ class GumbelRolloutBuffer(RolloutBuffer):
         gae_lambda: float = 1.0,
         gamma: float = 0.99,
         n_envs: int = 1,
+        grow: bool = False,
     ) -> None:
         self.action_spec = ActionSpec(action_space)
+        self.grow = grow
+        self._rows = 1 if grow else buffer_size  # rows allocated by reset()
         self.n_noise = self.action_spec.n_noise
         self._multi_dim = self.action_spec.n_dims != 1
         super().__init__(
@@ -112,7 +118,17 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self._obs_row = (self.n_envs, *self.obs_shape)
 
     def reset(self) -> None:
-        shape = (self.buffer_size, self.n_envs)
+        self._allocate(self._rows)
+        self.pos, self.full, self.generator_ready = 0, False, False
+        self._samples: GumbelRolloutSamples | None = None
+        # the tensors of the steps added since the last flush: (value, log_prob, log_prob_dims)
+        self._pending: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]] = []
+        # whether every row is a step of a running env (see ``add``'s ``running``)
+        self._all_running = True
+
+    def _allocate(self, rows: int) -> None:
+        """Fresh fields of ``rows`` steps (zeros; the step's noise comes from ``draw_noise``)."""
+        shape = (rows, self.n_envs)
         self.observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
         self.actions = np.zeros(
             (*shape, *self.action_spec.action_shape), dtype=self.action_spec.action_dtype
@@ -124,28 +140,58 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.log_probs = np.zeros(shape, dtype=np.float32)
         self.log_prob_dims = np.zeros((*shape, self.action_spec.n_dims), dtype=np.float32)
         self.advantages = np.zeros(shape, dtype=np.float32)
+        self.running = np.ones(shape, dtype=bool)
         self.noise_u = th.zeros((*shape, self.n_noise), device=self.device)
         self.noise_v = th.zeros((*shape, self.n_noise), device=self.device)
         self.noise_g = th.zeros((*shape, self.n_noise), device=self.device)
-        self.pos, self.full, self.generator_ready = 0, False, False
-        self._samples: GumbelRolloutSamples | None = None
-        # the tensors of the steps added since the last flush: (value, log_prob, log_prob_dims)
-        self._pending: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]] = []
 
-    def draw_noise(self, generator: th.Generator, step: int | None = None) -> None:
+    #: the fields :meth:`_allocate` makes, each ``(rows, n_envs, ...)``
+    _FIELDS = (
+        "observations",
+        "actions",
+        "rewards",
+        "returns",
+        "episode_starts",
+        "values",
+        "log_probs",
+        "log_prob_dims",
+        "advantages",
+        "running",
+        "noise_u",
+        "noise_v",
+        "noise_g",
+    )
+
+    def _ensure_rows(self, rows: int) -> None:
+        """Make room for ``rows`` steps (a growing buffer doubles, keeping what it holds)."""
+        have = self.rewards.shape[0]
+        if rows <= have:
+            return
+        if not self.grow or rows > self.buffer_size:
+            raise ValueError(f"the buffer holds {self.buffer_size} steps per env, not {rows}")
+        old = {name: getattr(self, name) for name in self._FIELDS}
+        self._rows = min(self.buffer_size, max(rows, 2 * have))
+        self._allocate(self._rows)
+        for name, field in old.items():
+            getattr(self, name)[:have] = field
+
+    def draw_noise(self, generator: th.Generator, step: int | None = None) -> th.Tensor:
         """Draw and store the noise (``u`` and ``v``) of ``step``, or of every step, from the
         CPU ``generator`` (so that runs repeat on any device), in one stream order either way:
-        step by step, ``u`` then ``v``, envs, logits."""
+        step by step, ``u`` then ``v``, envs, logits. Returns the perturbation ``G(u)`` drawn
+        (``(n_envs, n_noise)`` for a step, the whole field otherwise)."""
         steps = self.buffer_size if step is None else 1
         noise = uniform_noise((steps, 2, self.n_envs, self.n_noise), generator).to(self.device)
         u, v = noise.unbind(1)
         if step is None:  # the whole rollout's: the drawn tensor holds the fields (no copies)
             self.noise_u, self.noise_v = u, v
             self.noise_g = self.action_spec.perturb(u)  # acting needs it; RELAX's z too
-            return
+            return self.noise_g
+        self._ensure_rows(step + 1)
         at = slice(step, step + 1)
         self.noise_u[at], self.noise_v[at] = u, v
-        self.noise_g[at] = self.action_spec.perturb(u)
+        self.noise_g[at] = g = self.action_spec.perturb(u)
+        return g[0]
 
     def add(  # type: ignore[override]
         self,
@@ -156,10 +202,14 @@ class GumbelRolloutBuffer(RolloutBuffer):
         value: th.Tensor,
         log_prob: th.Tensor,
         log_prob_dims: th.Tensor | None = None,
+        running: np.ndarray | None = None,
     ) -> None:
         """Write one vectorised step (all arguments have a leading ``n_envs`` dimension); the
         step's noise is drawn by :meth:`draw_noise`. ``log_prob_dims``: the log-prob of each
         action dimension ``(n_envs, D)`` (with one dimension, ``log_prob`` is enough).
+        ``running``: which envs were in an episode at this step (default all); the others'
+        rows (an env of a group waiting for the rest of its group:
+        :class:`~relax_rl.groups.GroupVecEnv`) are left out of the batches.
 
         The step's tensors (``value``, ``log_prob``, ``log_prob_dims``) are kept as they are
         and written to the numpy fields once per rollout (:meth:`_flush`: one stack and one
@@ -171,6 +221,10 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 "log_prob_dims, the log-prob of each dimension"
             )
         p = self.pos
+        self._ensure_rows(p + 1)
+        if running is not None and not running.all():
+            self.running[p] = running
+            self._all_running = False
         self.observations[p] = obs.reshape(self._obs_row)
         self.actions[p] = action
         self.rewards[p] = reward
@@ -219,6 +273,12 @@ class GumbelRolloutBuffer(RolloutBuffer):
         self.advantages[:n], self.returns[:n] = adv, ret
         self._samples = None
 
+    def set_advantages(self, advantages: np.ndarray) -> None:
+        """Replace the filled part's advantages (``(pos, n_envs)``; an algorithm whose baseline
+        needs the whole rollout, such as a group's) before the rollout is handed out."""
+        self.advantages[: self.pos] = advantages
+        self._samples = None
+
     def get_all(self) -> GumbelRolloutSamples:
         """The filled part as one batch of tensors on the device (A2C-style algorithms train
         on all of it at once); built once per rollout."""
@@ -232,7 +292,7 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 tensor = th.from_numpy(x[:n].reshape(rows, *x.shape[2:]))
                 return tensor if on_cpu else tensor.to(dev)
 
-            self._samples = GumbelRolloutSamples(
+            samples = GumbelRolloutSamples(
                 flat(self.observations),
                 flat(self.actions),
                 flat(self.values),
@@ -245,6 +305,10 @@ class GumbelRolloutBuffer(RolloutBuffer):
                 self.noise_g[:n].reshape(rows, -1),
                 flat(self.log_prob_dims),
             )
+            if not self._all_running:  # only the steps of running envs, in the same order
+                keep = th.from_numpy(np.flatnonzero(self.running[:n].reshape(rows))).to(dev)
+                samples = GumbelRolloutSamples(*(field[keep] for field in samples))
+            self._samples = samples
         return self._samples
 
     def _env_index(self, n: int) -> th.Tensor:
@@ -269,10 +333,13 @@ class GumbelRolloutBuffer(RolloutBuffer):
         if batch_size >= rows:  # one minibatch: the whole rollout (its order does not matter)
             yield data
             return
-        # SB3's order: a permutation of the env-major rows (its buffer flattens env by env),
-        # mapped to ours (time-major), so that a seed gives SB3's very minibatches.
-        env, step = np.divmod(rng.permutation(rows), self.pos)
-        order = th.from_numpy(step * self.n_envs + env).to(self.device)
+        if self._all_running:
+            # SB3's order: a permutation of the env-major rows (its buffer flattens env by
+            # env), mapped to ours (time-major), so that a seed gives SB3's very minibatches.
+            env, step = np.divmod(rng.permutation(rows), self.pos)
+            order = th.from_numpy(step * self.n_envs + env).to(self.device)
+        else:  # (rows of waiting envs left out: no layout of SB3's to follow)
+            order = th.from_numpy(rng.permutation(rows)).to(self.device)
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]
             yield GumbelRolloutSamples(*(field[idx] for field in data))

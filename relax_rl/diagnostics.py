@@ -78,7 +78,8 @@ def gradient_variance(
     (the batch estimate's norm) and, for agents with a control variate,
     ``grad/log10_var_baseline`` (the plain advantage estimator on the same batch) and
     ``grad/log10_var_reduction`` (baseline minus agent: > 0 when the control variate helps).
-    Empty with fewer than :data:`MIN_GROUPS` envs.
+    Empty with fewer than :data:`MIN_GROUPS` independent units (envs; groups of envs for a
+    group baseline, whose members share a start state and their baseline).
 
     Call it where the update's estimator is fixed (phi, kappa and scales as the update will use
     them): it evaluates ``model.losses``, the very surrogate of the update.
@@ -87,9 +88,10 @@ def gradient_variance(
     ``torch.func.functional_call``: hooks on the real parameters (e.g. ``wandb.watch`` from
     SB3's ``WandbCallback``) see only the training update's gradients.
     """
-    if model.n_envs < MIN_GROUPS:
+    units, n_units = model.independent_units(data)
+    if n_units < MIN_GROUPS:
         return {}
-    groups = [data.env_index == e for e in range(model.n_envs)]
+    groups = [units == u for u in range(n_units)]
     if any(not bool(g.any()) for g in groups):
         return {}
     policy = model.policy

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -24,11 +24,12 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_wrapper
 
 from relax_rl.actions import ActionSpec
 from relax_rl.buffers import GumbelRolloutBuffer, GumbelRolloutSamples
 from relax_rl.errors import TrainingDivergedError
+from relax_rl.groups import GROUP_WAITING, GroupVecEnv
 from relax_rl.optim import FlatRMSprop
 from relax_rl.policies import GumbelPolicy
 
@@ -261,8 +262,8 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         return int(limit) if limit else self.max_episode_steps
 
     def _setup_model(self) -> None:
-        if self.n_steps == 0 and self.n_envs != 1:
-            raise ValueError(f"n_steps=0 (whole episodes) needs n_envs=1, got n_envs={self.n_envs}")
+        if self.env is not None:
+            self._check_whole_episodes(self.env)
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.rollout_buffer = GumbelRolloutBuffer(
@@ -273,6 +274,7 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+            grow=self.n_steps == 0,
         )
         self.policy = self.policy_class(  # type: ignore[assignment]
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
@@ -285,6 +287,26 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.noise_rng_state = self._noise_gen.get_state()
         # (a loaded model keeps its count: SB3's load sets the attributes, then calls this)
         self.n_updates = getattr(self, "n_updates", 0)
+
+    @classmethod
+    def prepare_env(cls, env: VecEnv, seed: int | None, settings: Mapping[str, Any]) -> VecEnv:
+        """The training env as the algorithm needs it, before any ``VecNormalize`` wraps it
+        (``settings``: the agent's arguments): ``env`` itself here; group baselines put its
+        envs in groups."""
+        return env
+
+    def _check_whole_episodes(self, env: VecEnv) -> None:
+        """Whole-episode rollouts (``n_steps=0``) of several envs need their episodes in step:
+        envs in groups (:class:`~relax_rl.groups.GroupVecEnv`), which wait for each other."""
+        if self.n_steps == 0 and env.num_envs != 1 and unwrap_vec_wrapper(env, GroupVecEnv) is None:
+            raise ValueError(
+                f"n_steps=0 (whole episodes) needs n_envs=1 or envs in groups (GroupVecEnv), got "
+                f"n_envs={env.num_envs}"
+            )
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)
+        self._check_whole_episodes(self.env)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], ["noise_rng_state"]
@@ -324,10 +346,14 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         capacity = rollout_buffer.buffer_size
         whole_episode = self.n_steps == 0
         n_envs, device = env.num_envs, self.device
-        if not whole_episode:
-            rollout_buffer.draw_noise(self._noise_gen)
-        # each step's G(u), as views made once (a whole episode indexes the step it draws)
-        noise_g = rollout_buffer.noise_g if whole_episode else rollout_buffer.noise_g.unbind(0)
+        # each step's G(u): the whole rollout's drawn at once, as views made once (a whole
+        # episode draws step by step: its length is not known)
+        noise_g = () if whole_episode else rollout_buffer.draw_noise(self._noise_gen).unbind(0)
+        # Envs in groups (GroupVecEnv) play one episode each per rollout: an env whose episode
+        # ended waits for its group, and its steps are neither samples nor env steps.
+        grouped = whole_episode and n_envs > 1
+        finished = np.zeros(n_envs, dtype=bool)
+        running = None
         no_values = th.zeros(n_envs, device=device)
         logits_and_values = self._policy_forward()  # parameters are fixed while acting
         as_tensor = _obs_to_tensor(device)
@@ -338,22 +364,27 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         log_prob_dims = None
         for n_steps in range(1, capacity + 1):
             step = n_steps - 1
-            if whole_episode:
-                rollout_buffer.draw_noise(self._noise_gen, step)
+            g_step = (
+                rollout_buffer.draw_noise(self._noise_gen, step) if whole_episode else noise_g[step]
+            )
             with th.no_grad():
                 obs_tensor = as_tensor(self._last_obs)
                 logits, state_values = logits_and_values(obs_tensor)
                 if one_dimension:  # (the buffer takes the log-prob as the dimension's)
-                    actions, log_probs = sample(logits, noise_g[step])
+                    actions, log_probs = sample(logits, g_step)
                 else:
-                    actions, log_prob_dims = sample(logits, noise_g[step], per_dimension=True)
+                    actions, log_prob_dims = sample(logits, g_step, per_dimension=True)
                     log_probs = joint(log_prob_dims)
             # SB3's names, types and shapes, for callbacks that read self.locals.
             values = (state_values if use_baseline else no_values).unsqueeze(-1)
             actions = actions.cpu().numpy()
             clipped_actions = to_env(actions)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
-            self.num_timesteps += n_envs
+            if grouped:
+                running = np.array([not info.get(GROUP_WAITING, False) for info in infos])
+                self.num_timesteps += int(running.sum())
+            else:
+                self.num_timesteps += n_envs
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -370,13 +401,19 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
                 state_values if use_baseline else no_values,
                 log_probs,
                 log_prob_dims,
+                running,
             )
             self._last_obs, self._last_episode_starts = new_obs, dones
-            if (whole_episode and dones[0]) or (not whole_episode and n_steps >= n_rollout_steps):
+            if whole_episode:
+                finished |= dones
+                if finished.all():
+                    break
+            elif n_steps >= n_rollout_steps:
                 break
         with th.no_grad():
             last_values = logits_and_values(as_tensor(new_obs))[1] if use_baseline else no_values
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+        self.finish_rollout(rollout_buffer)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
@@ -415,6 +452,17 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
         rewards = rewards.astype(np.float32)  # a copy: what the callbacks saw stays as it was
         rewards[idx] += self.gamma * values.cpu().numpy()
         return rewards
+
+    def finish_rollout(self, buffer: GumbelRolloutBuffer) -> None:
+        """Called once the rollout's returns are in ``buffer``, before the callbacks'
+        ``on_rollout_end`` and ``train()``: where an algorithm whose advantages need the whole
+        rollout (a group baseline) sets them. Nothing by default."""
+
+    def independent_units(self, data: GumbelRolloutSamples) -> tuple[th.Tensor, int]:
+        """Each row's independent unit and their number: parts of the batch that are
+        independent given the policy (the envs; the gradient-variance diagnostics take one
+        estimate per unit)."""
+        return data.env_index, self.n_envs
 
     # ---------------------------------------------------------------- train
     @abstractmethod

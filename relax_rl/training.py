@@ -361,8 +361,10 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     continues a run (raises on bad settings or spaces)."""
     point = spec.resume_from
     # A continued run's envs start from other episodes than the first session's.
-    env = spec.make_env(spec.settings["n_envs"], spec.seed + (point.env_steps if point else 0))
+    env_seed = spec.seed + (point.env_steps if point else 0)
+    env = spec.make_env(spec.settings["n_envs"], env_seed)
     try:
+        env = spec.algo_cls.prepare_env(env, env_seed, spec.agent_kwargs)
         if spec.settings.get("normalize", False):  # (a spec built by hand may leave it out)
             stats = normalize_stats_path(point.model_path) if point is not None else None
             options = spec.settings.get("normalize_kwargs")

@@ -27,7 +27,10 @@ from relax_rl.estimators.distributions import (
     uniform_noise,
 )
 from relax_rl.estimators.estimators import (
+    GROUP_BASELINES,
+    GROUP_SCALES,
     concrete,
+    group_advantages,
     lax,
     rebar,
     reinforce,
@@ -44,6 +47,8 @@ __all__ = [
     "BERNOULLI",
     "CATEGORICAL",
     "GAUSSIAN",
+    "GROUP_BASELINES",
+    "GROUP_SCALES",
     "BernoulliFamily",
     "CategoricalFamily",
     "DiscreteFamily",
@@ -62,6 +67,7 @@ __all__ = [
     "estimate_with_variance_loss",
     "gaussian_log_prob",
     "gaussian_sample",
+    "group_advantages",
     "gumbel",
     "gumbel_max",
     "lax",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from relax_rl.estimators.distributions import DiscreteFamily
@@ -117,3 +118,54 @@ def rebar(
     """
     temperature = log_temperature.exp()
     return relax(f_b, log_prob, z, z_tilde, lambda x: eta * f(family.relax(x, temperature)))
+
+
+#: :func:`group_advantages`' baselines and scales
+GROUP_BASELINES = ("loo", "mean")
+GROUP_SCALES = ("none", "group", "batch")
+
+
+def group_advantages(
+    returns: Tensor,
+    baseline: str = "loo",
+    scale: str = "none",
+    eps: float = 1e-4,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Advantages from a group baseline: ``returns`` ``(..., k)`` holds the returns of the
+    ``k >= 2`` members of each group (samples from the same state) on its last dimension.
+
+    - ``baseline="loo"``: ``A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j`` (RLOO: Kool et al.
+      2019, Eq. 8; Ahmadian et al. 2024, Eq. 9), independent of sample ``i``: unbiased.
+    - ``baseline="mean"``: ``A_i = R_i - mean_j R_j = ((k - 1) / k) * A_i^loo`` (GRPO: Shao et al.
+      2024, Eq. 3's numerator): the RLOO estimate scaled by ``(k - 1) / k``.
+    - ``scale="none"``: as is (Dr. GRPO: Liu et al. 2025); ``"group"``: divided by the group's
+      standard deviation + ``eps`` (GRPO's; the factor depends on the sample itself and weighs
+      groups by 1/std: biased towards groups with little spread, easy or hard ones);
+      ``"batch"``: by the standard deviation of all the returns (``valid`` ones) + ``eps`` (one
+      factor per batch: the direction of the unscaled estimate).
+
+    Groups whose returns are all equal get advantage exactly 0 (never a NaN, whatever ``eps``).
+
+    :param valid: which entries are real samples (for ``scale="batch"``'s statistics; default
+        all).
+    """
+    if baseline not in GROUP_BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(GROUP_BASELINES)}")
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(GROUP_SCALES)}")
+    k = returns.shape[-1]
+    if k < 2:
+        raise ValueError(f"a group baseline needs groups of >= 2 samples, got {k}")
+    mean = returns.mean(-1, keepdim=True)
+    centred = returns - mean
+    if baseline == "loo":
+        centred = centred * (k / (k - 1))  # R_i - (k mean - R_i) / (k - 1)
+    equal = (returns == returns[..., :1]).all(-1, keepdim=True)
+    if scale == "group":
+        centred = centred / (returns.std(-1, keepdim=True) + eps)
+    elif scale == "batch":
+        pool = returns if valid is None else returns[valid]
+        spread = pool.std() if pool.numel() > 1 else pool.new_zeros(())
+        centred = centred / (spread + eps)
+    return torch.where(equal, torch.zeros_like(centred), centred)
