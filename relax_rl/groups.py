@@ -68,6 +68,11 @@ class GroupVecEnv(VecEnvWrapper):
 
     def __init__(self, venv: VecEnv, group_size: int, seed: int | None = None) -> None:
         group_size = _check_group_size(group_size)
+        if venv.num_envs == 1:
+            raise ValueError(
+                f"a group needs group_size={group_size} copies of the env, got one env: pass "
+                f"its id, or a VecEnv of n_envs a multiple of {group_size}"
+            )
         if venv.num_envs % group_size:
             groups = max(1, venv.num_envs // group_size)
             raise ValueError(
@@ -86,6 +91,7 @@ class GroupVecEnv(VecEnvWrapper):
         self.group_size = group_size
         self.n_groups = venv.num_envs // group_size
         self._rng = np.random.default_rng(seed)
+        self._pending_seed: tuple[int | None] | None = None
         self._waiting = np.zeros(self.num_envs, dtype=bool)
         self._obs: np.ndarray | None = None
         self._stepped = False  # whether the round has stepped since its reset
@@ -98,13 +104,20 @@ class GroupVecEnv(VecEnvWrapper):
         return self._obs is not None and not self._stepped
 
     def seed(self, seed: int | None = None) -> list[int | None]:
-        """Reseed the stream of group seeds (the envs' own generators are reseeded by every
+        """Reseed the stream of group seeds from the next :meth:`reset` on (as SB3's VecEnvs
+        apply a seed at their next reset; the envs' own generators are reseeded by every
         group reset)."""
-        self._rng = np.random.default_rng(seed)
+        self._pending_seed = (seed,)
         return [seed] * self.num_envs
 
     def reset(self) -> VecEnvObs:
         """Start a round: every group from a fresh seed of its own."""
+        if self._pending_seed is not None:
+            self._rng = np.random.default_rng(self._pending_seed[0])
+            self._pending_seed = None
+        return self._new_round()
+
+    def _new_round(self) -> np.ndarray:
         k = self.group_size
         self.group_seeds = self._rng.integers(0, 2**31 - 1, self.n_groups)
         obs, infos = [], []
@@ -153,7 +166,7 @@ class GroupVecEnv(VecEnvWrapper):
                 obs[i] = terminal
         self._waiting[ended] = True
         if self._waiting.all():  # every env has ended its episode: the next round
-            return self.reset(), rewards, dones, infos
+            return self._new_round(), rewards, dones, infos
         self._obs = np.array(obs, copy=True)
         return obs, rewards, dones, infos
 
@@ -176,8 +189,8 @@ def group_env(env: Any, group_size: int, seed: int | None = None) -> VecEnv:
         return GroupVecEnv(make_env(env, group_size, seed), group_size, seed)
     if isinstance(env, gym.Env):
         raise ValueError(
-            f"a group needs group_size={group_size} copies of the env: pass its id or a VecEnv "
-            f"of n_envs a multiple of {group_size}, not one env"
+            f"a group needs group_size={group_size} copies of the env, got one env: pass its id, "
+            f"or a VecEnv of n_envs a multiple of {group_size}"
         )
     if not isinstance(env, VecEnv):
         raise ValueError(f"expected an env id or a VecEnv, got {type(env).__name__}")
@@ -233,7 +246,8 @@ class GroupRolloutMixin:
         super()._setup_model()  # type: ignore[misc]
         grouped = None if self.env is None else unwrap_vec_wrapper(self.env, GroupVecEnv)
         if grouped is not None and self.seed is not None:
-            # (SB3 seeded it with the agent's seed; a continued run draws other groups)
+            # (from the next reset; SB3 set the agent's seed: a continued run draws other
+            # groups than its first session's, as its envs start from other episodes)
             grouped.seed(self.seed + self.num_timesteps)
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:

@@ -30,6 +30,21 @@ def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str) -> 
         time.sleep(0.1)
 
 
+#: agents with a group baseline: one whole episode per env per rollout (no ``n_steps``), no
+#: critic (no ``use_baseline``), envs in groups
+GROUP_AGENTS = ("grpo", "rloo")
+
+
+def agent_kwargs(name: str, group_size: int = 2, **kwargs):
+    """``kwargs`` for ``ALGOS[name]`` as a test parametrised over every agent gives them: a group
+    agent drops ``n_steps`` and ``use_baseline`` and takes groups of ``group_size``."""
+    if name in GROUP_AGENTS:
+        kwargs.pop("n_steps", None)
+        kwargs.pop("use_baseline", None)
+        kwargs.setdefault("group_size", group_size)
+    return kwargs
+
+
 def run_updates(model, n_updates: int, callback=None) -> tuple[torch.Tensor, list[dict]]:
     """Drive the real update path (``learn()``: collect, then ``train()``) for ``n_updates``
     updates, with ``callback`` as ``learn`` takes it. Returns ``(n_updates, P)``: the actor

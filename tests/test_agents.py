@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import GROUP_AGENTS, agent_kwargs
 from stable_baselines3.common.callbacks import (
     BaseCallback,
     CallbackList,
@@ -27,13 +28,19 @@ ALL = sorted(ALGOS)
 
 
 def _model(name, n_envs=None, seed=0, **kwargs):
-    # REINFORCE without a baseline learns from whole episodes of one env; the others from
-    # 8-step rollouts of 4 envs.
+    # REINFORCE without a baseline learns from whole episodes of one env; the group agents
+    # from one episode per env of two groups of two; the others from 8-step rollouts of 4 envs.
     whole = name == "reinforce" and not kwargs.get("use_baseline")
     n_envs = n_envs if n_envs is not None else (1 if whole else 4)
-    kwargs.setdefault("n_steps", 0 if whole else 8)
+    if name not in GROUP_AGENTS:
+        kwargs.setdefault("n_steps", 0 if whole else 8)
     kwargs.setdefault("policy_kwargs", TINY)
-    return ALGOS[name]("MlpPolicy", make_env("CartPole-v1", n_envs, seed), seed=seed, **kwargs)
+    return ALGOS[name](
+        "MlpPolicy",
+        make_env("CartPole-v1", n_envs, seed),
+        seed=seed,
+        **agent_kwargs(name, **kwargs),
+    )
 
 
 def _params(model):
@@ -47,9 +54,12 @@ SMOKE = {
     "relax": dict(learning_rate=3e-3),
     "ppo": dict(learning_rate=1e-3, n_steps=32, batch_size=64, n_epochs=4),
     "relax-ppo": dict(learning_rate=1e-3, n_steps=32, batch_size=64, n_epochs=4),
+    "rloo": dict(learning_rate=3e-3),
+    "grpo": dict(learning_rate=1e-3, batch_size=64, n_epochs=4),
 }
-#: agents that can learn from one whole episode per update (PPO's rollouts are n_steps long)
-WHOLE_EPISODE = [name for name in ALL if "ppo" not in name]
+#: agents that can learn from one whole episode of one env per update (PPO's rollouts are
+#: n_steps long; the group agents' one episode per env of their groups)
+WHOLE_EPISODE = [name for name in ALL if "ppo" not in name and name not in GROUP_AGENTS]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -9,7 +9,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import assert_unbiased, compare_eval_plot, held_bandit_agent, run_updates
+from conftest import (
+    agent_kwargs,
+    assert_unbiased,
+    compare_eval_plot,
+    held_bandit_agent,
+    run_updates,
+)
 from gymnasium import spaces
 
 from relax_rl.actions import ActionSpec
@@ -135,11 +141,12 @@ def test_agents_learn_the_gaussian_bandit(name):
     model = ALGOS[name](
         "MlpPolicy",
         make_env(GAUSSIAN_BANDIT_ENV_ID, 1 if whole else 8, 0, env_kwargs={"d": D}),
-        n_steps=0 if whole else 16,
         learning_rate=1e-2,
         seed=0,
         policy_kwargs={"net_arch": [16]},
-        **({"batch_size": 64} if "ppo" in name else {}),
+        **agent_kwargs(
+            name, n_steps=0 if whole else 16, **({"batch_size": 64} if "ppo" in name else {})
+        ),
     )
     model.learn(6_000)
     mean = model.policy.logits_and_values(th.ones(1, 1))[0][0, :D]
@@ -152,10 +159,11 @@ def test_box_callbacks_and_save_load_continue(name, tmp_path):
         return ALGOS[name](
             "MlpPolicy",
             make_env("Pendulum-v1", 4, seed),
-            n_steps=8,
             seed=seed,
             policy_kwargs={"net_arch": [8]},
-            **({"batch_size": 16} if "ppo" in name else {"use_baseline": True}),
+            **agent_kwargs(
+                name, n_steps=8, **({"batch_size": 16} if "ppo" in name else {"use_baseline": True})
+            ),
         )
 
     straight = model()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch as th
-from conftest import run_updates
+from conftest import GROUP_AGENTS, agent_kwargs, run_updates
 from stable_baselines3.common.logger import configure
 
 from relax_rl.agents import ALGOS
@@ -21,13 +21,13 @@ TINY = {"net_arch": [16], "activation_fn": th.nn.Tanh}
 
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_grad_variance_logged_for_every_agent(name, tmp_path):
+    # (a group agent's independent units are its groups: 4 groups of 2)
     model = ALGOS[name](
         "MlpPolicy",
-        make_env("CartPole-v1", 4, 0),
+        make_env("CartPole-v1", 8 if name in GROUP_AGENTS else 4, 0),
         seed=0,
-        n_steps=8,
         policy_kwargs=TINY,
-        **({} if "ppo" in name else {"use_baseline": True}),
+        **agent_kwargs(name, n_steps=8, **({} if "ppo" in name else {"use_baseline": True})),
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(1_500, callback=GradientVarianceCallback(2), log_interval=5)

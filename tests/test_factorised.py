@@ -10,7 +10,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import assert_unbiased, held_bandit_agent, run_updates, spread_action_bias
+from conftest import (
+    agent_kwargs,
+    assert_unbiased,
+    held_bandit_agent,
+    run_updates,
+    spread_action_bias,
+)
 from gymnasium import spaces
 from gymnasium.envs.classic_control import CartPoleEnv
 from stable_baselines3.common.callbacks import BaseCallback
@@ -715,10 +721,9 @@ def _match_model(name, d=8, seed=0, **kwargs):
     return ALGOS[name](
         "MlpPolicy",
         make_env(MATCH_ENV_ID, 1 if whole else 4, seed, env_kwargs={"d": d}),
-        n_steps=0 if whole else 8,
         seed=seed,
         policy_kwargs={"net_arch": [16]},
-        **kwargs,
+        **agent_kwargs(name, n_steps=0 if whole else 8, **kwargs),
     )
 
 
