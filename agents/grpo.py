@@ -48,7 +48,9 @@ class GRPO(GroupRolloutMixin, PPO):
         (wrapped in :class:`~relax_rl.groups.GroupVecEnv` unless it is in groups already).
     :param learning_rate: learning rate of the policy, or a schedule.
     :param group_size: ``k``, the envs that share a start state (>= 2).
-    :param scale_rewards: ``group`` (GRPO), ``batch`` or ``none`` (Dr. GRPO); see above.
+    :param scale_rewards: ``group`` (GRPO: each group's advantages divided by its std; biased
+        towards groups with little spread), ``batch`` (by the rollout's std) or ``none`` (Dr.
+        GRPO: ``(k - 1) / k`` times RLOO's unbiased estimate).
     :param scale_eps: added to the standard deviation before dividing by it.
     :param returns: ``episode`` (GRPO's outcome reward: every step weighted by its episode's
         normalised discounted return) or ``to_go`` (each step's return-to-go, normalised with the

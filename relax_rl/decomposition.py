@@ -33,7 +33,10 @@ envs. Box2D envs are refused in one line.
 The advantage over a continuation is the agent's: with ``n_steps > 0``, the GAE(lambda) of an
 ``n_steps`` window starting at the state (the first step of a rollout; later steps of a rollout
 bootstrap sooner), bootstrapped with V at the end and at time-limit truncations; with
-``n_steps = 0``, the return to the end of the episode (minus V(s) with a baseline).
+``n_steps = 0``, the return to the end of the episode (minus V(s) with a baseline). A group
+baseline (RLOO, GRPO) compares that return with ``group_size - 1`` partners of the sample's own
+from the same state (fresh actions and continuations: :func:`_group_advantages`), so its
+baseline's noise is part of the trajectory term.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import torch as th
 from relax_rl.buffers import GumbelRolloutSamples, compute_gae
 from relax_rl.envs import check_env_id, make_env, normalize_env
 from relax_rl.estimators import reinforce, uniform_noise
+from relax_rl.groups import GroupRolloutMixin
 
 if TYPE_CHECKING:
     from relax_rl.on_policy import GumbelOnPolicyAlgorithm
@@ -69,6 +73,10 @@ class Decomposition:
     n_states: int
     n_actions: int
     n_continuations: int
+    #: ``||E g||^2``, the squared norm of the estimator's mean (unbiased: the grand mean's
+    #: squared norm minus its variance); ``total / signal`` is the variance in units of the
+    #: squared gradient, comparable between estimators that scale the gradient differently
+    signal: float | None = None
 
     @property
     def total(self) -> float:
@@ -83,6 +91,7 @@ class Decomposition:
             "n_states": self.n_states,
             "n_actions": self.n_actions,
             "n_continuations": self.n_continuations,
+            "signal": self.signal,
         }
         for t in TERMS:  # shares of the total, and log10 of the positive terms
             out[f"share_{t}"] = getattr(self, t) / total if total > 0 else None
@@ -238,6 +247,37 @@ def _advantages(
     return adv[0]
 
 
+def _group_advantages(
+    model: GroupRolloutMixin,
+    pool: list[tuple[gym.Env, np.ndarray]],
+    per_state: int,
+    returns: np.ndarray,
+    rng: np.random.Generator,
+    gen: th.Generator,
+    max_steps: int,
+) -> np.ndarray:
+    """A group baseline's advantage for each sample: its return (``returns``, from its state
+    on) against ``group_size - 1`` partners of its own, each a fresh action at the same state
+    and a fresh continuation (independent of the sample and of other samples' partners), by the
+    agent's ``group_advantage``. The group branches at the sample's state: at an episode's
+    first step (and on one-step envs) exactly the agent's estimator; later in an episode the
+    real members have shared only the start state, which this does not reproduce."""
+    spec, device = model.policy.action_spec, model.device
+    partners = model.group_size - 1
+    rows = len(returns)  # per_state rows per state of the pool, in order
+    states = [i for i in range(len(pool)) for _ in range(per_state * partners)]
+    obs = np.stack([pool[i][1] for i in states])
+    with th.no_grad():
+        logits, _ = model.policy.logits_and_values(_obs_tensor(model, obs))
+        noise = spec.perturb(uniform_noise((len(states), spec.n_noise), gen).to(device))
+        actions = spec.sample(logits, noise)[0].cpu().numpy()
+    partner = _advantages(model, [pool[i][0] for i in states], obs, actions, rng, gen, max_steps)
+    group = np.concatenate([returns[:, None], partner.reshape(rows, partners)], axis=1)
+    group_t = th.as_tensor(group, dtype=th.float32)
+    advantages = model.group_advantage(group_t, th.ones_like(group_t, dtype=th.bool))
+    return advantages[:, 0].numpy()
+
+
 class _Logits(th.nn.Module):
     """The policy's logits as a module whose ``policy`` parameters ``functional_call`` swaps."""
 
@@ -301,6 +341,8 @@ def _per_sample_gradients(
         gen,
         max_steps,
     )
+    if isinstance(model, GroupRolloutMixin):
+        adv = _group_advantages(model, pool, k * m, adv, rng, gen, max_steps)
     expand = lambda x: x.repeat_interleave(m, dim=0)  # noqa: E731  (per action -> per row)
     advantages = th.as_tensor(adv, dtype=th.float32, device=device)
     # V(s) as the advantages were computed with (RELAX's cv_target=return puts it in c_hat)
@@ -386,6 +428,8 @@ def _nested_anova(name: str, grads: th.Tensor) -> Decomposition:
     w_tau = float(((grads - action_means[:, :, None]) ** 2).sum((2, 3)).mean() / (m - 1))
     w_a = float(((action_means - state_means[:, None]) ** 2).sum((1, 2)).mean() / (k - 1))
     w_s = float(((state_means - state_means.mean(0)) ** 2).sum() / (n - 1))
+    # Var(grand mean) = Sigma_s / N + Sigma_a / (N K) + Sigma_tau / (N K M) = W_s / N
+    signal = float(state_means.mean(0).pow(2).sum()) - w_s / n
     return Decomposition(
         estimator=name,
         state=w_s - w_a / k,
@@ -394,6 +438,7 @@ def _nested_anova(name: str, grads: th.Tensor) -> Decomposition:
         n_states=n,
         n_actions=k,
         n_continuations=m,
+        signal=signal,
     )
 
 

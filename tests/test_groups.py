@@ -418,3 +418,25 @@ def test_group_env_keeps_an_env_already_in_groups():
     assert group_env(venv, 2) is venv
     with pytest.raises(ValueError, match="in groups of 2, the agent's group_size is 4"):
         group_env(venv, 4)
+
+
+# ---------------------------------------------------------------- the variance decomposition
+def test_decomposition_of_rloo_adds_up_with_the_baseline_noise_in_the_trajectory_term():
+    """On a one-step bandit without reward noise, RLOO's per-sample gradient still varies for a
+    fixed (state, action): its baseline is made of partners' fresh samples. The nested design
+    puts that in the trajectory term, and its three terms add up to the directly measured
+    variance."""
+    from relax_rl.decomposition import decompose, direct_variance
+
+    model = RLOO(
+        "MlpPolicy", make_env(MATCH_ENV_ID, 4, 0, env_kwargs={"d": 6}), seed=0, policy_kwargs=TINY
+    )
+    spread_action_bias(model)
+    totals = [decompose(model, MATCH_ENV_ID, {"d": 6}, 24, 4, 4, seed=s)[0] for s in range(6)]
+    assert all(t.estimator == "RLOO" and t.trajectory > 0 and t.action > 0 for t in totals)
+    summed = np.array([t.total for t in totals])
+    direct = np.array(
+        [direct_variance(model, MATCH_ENV_ID, 400, {"d": 6}, seed=100 + s) for s in range(3)]
+    )
+    se = math.sqrt(summed.var(ddof=1) / len(summed) + direct.var(ddof=1) / len(direct))
+    assert abs(summed.mean() - direct.mean()) < 4 * se + 0.02 * direct.mean(), (summed, direct)
