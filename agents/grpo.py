@@ -40,8 +40,11 @@ class GRPO(GroupRolloutMixin, PPO):
     short episodes, does not arise).
 
     A rollout is one round: one whole episode per env (``n_envs`` = ``group_size`` x the number
-    of groups); ``num_timesteps`` counts the steps of running envs only. Other defaults: SB3
-    PPO's (Adam 3e-4, 10 epochs, minibatches of 64, clip 0.2).
+    of groups); ``num_timesteps`` counts the steps of running envs only. Defaults: one optimizer
+    step per rollout on all of it (GRPO's ``mu = 1``, as in DeepSeekMath and TRL: the ratio is
+    1 and the clip does nothing; ``n_epochs > 1`` or minibatches reuse a rollout through it),
+    PPO's Adam 3e-4 and clip 0.2. On CartPole-v1, 10, 4 or 20 epochs of the same rollouts
+    learned worse than one step (BENCHMARKS.md section 14).
 
     :param policy: ``"MlpPolicy"`` (a :class:`~relax_rl.policies.GumbelPolicy`) or a subclass.
     :param env: an env id (one group), or a VecEnv of ``n_envs`` a multiple of ``group_size``
@@ -96,8 +99,8 @@ class GRPO(GroupRolloutMixin, PPO):
         returns: str = "episode",
         kl_coef: float = 0.0,
         ref_update_interval: int = 0,
-        n_epochs: int = 10,
-        batch_size: int | None = 64,
+        n_epochs: int = 1,
+        batch_size: int | None = None,
         gamma: float = 0.99,
         clip_range: float | Schedule = 0.2,
         ent_coef: float = 0.0,

@@ -275,7 +275,7 @@ class PPO(GumbelOnPolicyAlgorithm):
                     clipped = ((th.exp(log_ratio) - 1).abs() > self._clip).float().mean()
                 for key, value in (
                     ("policy_gradient_loss", losses.pg_loss),
-                    ("value_loss", losses.value_loss),
+                    *([("value_loss", losses.value_loss)] if self.use_baseline else []),
                     ("entropy_loss", -losses.entropy),
                     ("approx_kl", approx_kl),
                     ("clip_fraction", clipped),

@@ -150,6 +150,7 @@ def run_one(
             settings = cfg.merge(settings, {"env_kwargs": env_kwargs})
         run, kwargs = cfg.validate(settings, algo)
         env = make_env(env_id, run["n_envs"], seed, env_kwargs=run["env_kwargs"])
+        env = algo.prepare_env(env, seed, kwargs)  # (group baselines: envs in groups)
         if run["normalize"]:
             gamma = kwargs.get("gamma", cfg.algo_parameters(algo)["gamma"].default)
             env = normalize_env(env, gamma, run["normalize_kwargs"])
