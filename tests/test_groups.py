@@ -5,9 +5,10 @@ rounds of one episode per env), and the agents' gradients through the real updat
 - RLOO is unbiased: ``E[grad pg_loss] = -grad J`` on bandits of every action space (a
   Box included) and ``-grad J / 3`` on the 3-step chain, for per-step and whole-episode returns;
 - Dr. GRPO (``scale_rewards="none"``) is RLOO scaled by ``(k - 1) / k``;
-- GRPO off-policy (the actor moved between collection and update, the clip holding part of the
-  mass) equals its clipped surrogate's gradient enumerated over every action of every member of
-  a group; its std scaling is not a multiple of the true gradient (its bias, stated in its docs).
+- the clipped update of GRPO, Dr. GRPO and RLOO off-policy (the actor moved between collection
+  and update, the clip holding part of the mass) equals the clipped surrogate's gradient
+  enumerated over every action of every member of a group; GRPO's std scaling is not a multiple
+  of the true gradient (its bias, stated in its docs).
 """
 
 import itertools
@@ -263,7 +264,9 @@ def test_dr_grpo_is_rloo_scaled_by_k_minus_1_over_k(k):
     assert_unbiased(grads, _bandit_gradient(model, "discrete") * (k - 1) / k)
 
 
-def exact_group_clipped_gradient(model, space, delta, k, scale) -> tuple[th.Tensor, float]:
+def exact_group_clipped_gradient(
+    model, space, delta, k, scale, baseline="mean"
+) -> tuple[th.Tensor, float]:
     """GRPO's expected ``grad pg_loss`` at ``theta`` for groups of ``k`` collected at
     ``theta - delta`` (the action head's bias), enumerated over every action of every member:
     ``-grad sum_c p(c) sum_{b_1..b_k} prod_i pi_old(b_i|c) (1/k) sum_i min(r_i A_i,
@@ -281,7 +284,7 @@ def exact_group_clipped_gradient(model, space, delta, k, scale) -> tuple[th.Tens
         p_old = spec.log_prob(old, env.actions).exp().detach()
         r = th.exp(spec.log_prob(logits, env.actions) - spec.log_prob(old, env.actions))
         rewards = th.tensor(env.rewards[c], dtype=th.float32)[tuples]
-        a = group_advantages(rewards, "mean", scale, eps=model.scale_eps)
+        a = group_advantages(rewards, baseline, scale, eps=getattr(model, "scale_eps", 0.0))
         rt = r[tuples]
         clipped = th.min(rt * a, th.clamp(rt, 1 - CLIP, 1 + CLIP) * a).mean(-1)
         weight = p_old[tuples].prod(-1)
@@ -293,19 +296,28 @@ def exact_group_clipped_gradient(model, space, delta, k, scale) -> tuple[th.Tens
     return th.cat([g.reshape(-1) for g in grads]), held
 
 
-@pytest.mark.parametrize("scale", ["group", "none"])
-def test_grpo_off_policy_equals_its_enumerated_clipped_surrogate(scale):
+OFF_POLICY = {
+    "grpo": (GRPO, {"scale_rewards": "group"}, "mean", "group"),
+    "dr-grpo": (GRPO, {"scale_rewards": "none"}, "mean", "none"),
+    "rloo": (RLOO, {}, "loo", "none"),
+}
+
+
+@pytest.mark.parametrize("name", list(OFF_POLICY))
+def test_clipped_group_update_off_policy_equals_its_enumerated_surrogate(name):
+    """The policy moved between collection and update (the clip holding part of the mass):
+    the mean of ``train()``'s gradient is the clipped surrogate's, enumerated over every action
+    of every member of a group of 3."""
+    cls, kwargs, baseline, scale = OFF_POLICY[name]
     k = 3
-    model = _agent(
-        GRPO, BANDIT_ID, k=k, n_groups=22, env_kwargs={"space": "discrete"}, scale_rewards=scale
-    )
+    model = _agent(cls, BANDIT_ID, k=k, n_groups=22, env_kwargs={"space": "discrete"}, **kwargs)
     delta = th.tensor(MOVES["discrete"]["mixed"])
     mover = MoveActor(delta)
     grads, records = run_updates(model, UPDATES, callback=mover)
     assert np.mean([r["train/clip_fraction"] for r in records if "train/clip_fraction" in r]) > 0
     with th.no_grad():
         model.policy.action_net.bias.copy_(mover.old + delta)
-    expected, held = exact_group_clipped_gradient(model, "discrete", delta, k, scale)
+    expected, held = exact_group_clipped_gradient(model, "discrete", delta, k, scale, baseline)
     assert 0.1 < held < 0.9, held
     assert_unbiased(grads, expected)
 
@@ -440,3 +452,33 @@ def test_decomposition_of_rloo_adds_up_with_the_baseline_noise_in_the_trajectory
     )
     se = math.sqrt(summed.var(ddof=1) / len(summed) + direct.var(ddof=1) / len(direct))
     assert abs(summed.mean() - direct.mean()) < 4 * se + 0.02 * direct.mean(), (summed, direct)
+
+
+# ---------------------------------------------------------------- the CLI
+def test_cli_train_resume_compare_eval_plot_params(tmp_path, capsys):
+    """``train`` (the summary's ``solved_at_env_steps`` as for every agent), a continued run,
+    ``compare`` with the variance decomposition, ``eval``, ``plot`` and ``params``."""
+    import json
+
+    from relax_rl.cli import main
+
+    env = ["--env", MATCH_ENV_ID, "--set", "env_kwargs.d=6", "--seed", "0"]
+    run = tmp_path / "run"
+    args = ["train", "--algo", "rloo", *env, "--total-steps", "400", "--n-envs", "8"]
+    assert main([*args, "--checkpoint-freq", "200", "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and "solved_at_env_steps" in summary
+    assert main(["train", "--resume", str(run), "--total-steps", "200"]) == 0
+    assert json.loads((run / "summary.json").read_text())["total_env_steps"] >= 600
+    grid = tmp_path / "grid"
+    args = ["compare", "--algos", "rloo", "grpo", "--env", MATCH_ENV_ID, "--seeds", "0"]
+    args += ["--set", "env_kwargs.d=6", "--n-envs", "8", "--total-steps", "400"]
+    assert main([*args, "--variance", "1", "--out", str(grid)]) == 0
+    report = (grid / "report.md").read_text()
+    assert "| rloo | RLOO | 1 |" in report and "| grpo | GRPO | 1 |" in report, report
+    assert main(["eval", str(grid / "grpo-s0"), "--episodes", "2"]) == 0
+    assert main(["plot", str(grid), "--out", str(tmp_path / "plots")]) == 0
+    capsys.readouterr()
+    assert main(["params", "--algo", "grpo", "--env", MATCH_ENV_ID]) == 0
+    out = capsys.readouterr().out
+    assert "scale_rewards" in out and "Dr. GRPO" in out
