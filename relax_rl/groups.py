@@ -21,7 +21,7 @@ shows it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -62,11 +62,13 @@ class GroupVecEnv(VecEnvWrapper):
 
     :param venv: the envs, ``n_envs`` a multiple of ``group_size``.
     :param group_size: envs per group (>= 2).
-    :param seed: seed of the stream of group seeds (SB3's ``seed()`` sets it too); runs with
-        different seeds draw unrelated group seeds.
+    :param seed: seed of the stream of group seeds (an int or ints, numpy's ``SeedSequence``
+        entropy; SB3's ``seed()`` sets it too); different seeds draw unrelated group seeds.
     """
 
-    def __init__(self, venv: VecEnv, group_size: int, seed: int | None = None) -> None:
+    def __init__(
+        self, venv: VecEnv, group_size: int, seed: int | Sequence[int] | None = None
+    ) -> None:
         group_size = _check_group_size(group_size)
         if venv.num_envs == 1:
             raise ValueError(
@@ -91,7 +93,7 @@ class GroupVecEnv(VecEnvWrapper):
         self.group_size = group_size
         self.n_groups = venv.num_envs // group_size
         self._rng = np.random.default_rng(seed)
-        self._pending_seed: tuple[int | None] | None = None
+        self._pending_seed: tuple[int | Sequence[int] | None] | None = None
         self._waiting = np.zeros(self.num_envs, dtype=bool)
         self._obs: np.ndarray | None = None
         self._stepped = False  # whether the round has stepped since its reset
@@ -103,7 +105,7 @@ class GroupVecEnv(VecEnvWrapper):
         """Whether every env is at the first step of an episode of the current round."""
         return self._obs is not None and not self._stepped
 
-    def seed(self, seed: int | None = None) -> list[int | None]:
+    def seed(self, seed: int | Sequence[int] | None = None) -> list[Any]:
         """Reseed the stream of group seeds from the next :meth:`reset` on (as SB3's VecEnvs
         apply a seed at their next reset; the envs' own generators are reseeded by every
         group reset)."""
@@ -246,9 +248,9 @@ class GroupRolloutMixin:
         super()._setup_model()  # type: ignore[misc]
         grouped = None if self.env is None else unwrap_vec_wrapper(self.env, GroupVecEnv)
         if grouped is not None and self.seed is not None:
-            # (from the next reset; SB3 set the agent's seed: a continued run draws other
-            # groups than its first session's, as its envs start from other episodes)
-            grouped.seed(self.seed + self.num_timesteps)
+            # (from the next reset, over SB3's agent seed: a continued run draws other groups
+            # than its first session's, and than a run of another seed)
+            grouped.seed([self.seed, self.num_timesteps])
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         super().set_env(group_env(env, self.group_size, self.seed), force_reset)  # type: ignore[misc]
