@@ -76,10 +76,11 @@ class GroupVecEnv(VecEnvWrapper):
                 f"its id, or a VecEnv of n_envs a multiple of {group_size}"
             )
         if venv.num_envs % group_size:
-            groups = max(1, venv.num_envs // group_size)
+            below = venv.num_envs // group_size * group_size
+            near = f"{below} or {below + group_size}" if below else f"{group_size}"
             raise ValueError(
                 f"n_envs={venv.num_envs} is not a multiple of group_size={group_size}; use "
-                f"n_envs = group_size x the number of groups (e.g. {groups * group_size})"
+                f"n_envs = group_size x the number of groups (e.g. {near})"
             )
         try:  # can one env be called alone? (envpool's pool cannot)
             venv.env_method("get_wrapper_attr", "spec", indices=[0])

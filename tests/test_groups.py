@@ -482,3 +482,29 @@ def test_cli_train_resume_compare_eval_plot_params(tmp_path, capsys):
     assert main(["params", "--algo", "grpo", "--env", MATCH_ENV_ID]) == 0
     out = capsys.readouterr().out
     assert "scale_rewards" in out and "Dr. GRPO" in out
+
+
+def test_grpo_batch_scale_with_per_step_returns_trains():
+    """``scale_rewards="batch"`` with ``returns="to_go"``: the rollout's std of the valid
+    returns-to-go, one factor per rollout."""
+    model = GRPO(
+        "MlpPolicy",
+        make_env("CartPole-v1", 4, 0),
+        group_size=2,
+        scale_rewards="batch",
+        returns="to_go",
+        learning_rate=1e-2,
+        seed=0,
+        policy_kwargs=TINY,
+    )
+    _, records = run_updates(model, 3)
+    buffer = model.rollout_buffer
+    valid = buffer.running[: buffer.pos]
+    returns = th.from_numpy(buffer.returns[: buffer.pos])
+    centred = returns.reshape(buffer.pos, 2, 2) - returns.reshape(buffer.pos, 2, 2).mean(-1, True)
+    expected = centred.reshape(buffer.pos, 4) / (returns[th.from_numpy(valid)].std() + 1e-4)
+    th.testing.assert_close(
+        th.from_numpy(buffer.advantages[: buffer.pos])[th.from_numpy(valid)],
+        expected[th.from_numpy(valid)],
+    )
+    assert all("train/zero_std_group_fraction" in r for r in records)
