@@ -13,9 +13,11 @@ and the same ``K`` actions per state:
   from its state (fresh actions).
 
 Per estimator: log10 of the per-sample variance (summed over the actor's parameters), its
-difference with A2C's on the same samples (> 0: A2C's is smaller), and log10 of the variance in
-units of the squared mean gradient (``Var / ||E g||^2``: comparable across GRPO's rescaling).
-Medians (min-max) over seeds.
+difference with A2C's on the same samples (> 0: A2C's is smaller) and the shares of the action
+and trajectory terms; medians (min-max) over seeds. GRPO's std scaling changes the gradient's
+units, so its variance is not comparable with the others' (the JSON rows also hold log10 of
+``Var / ||E g||^2``, which is, but the design's estimate of ``||E g||^2`` is often too noisy to
+be positive).
 
     python bench/group_variance.py --d 32 --seeds 0-4 --points 0 20000 50000
 """
@@ -108,8 +110,8 @@ def _summary(values: list[float | None]) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| env steps | estimator | log10 per-sample var | minus A2C's (paired) | "
-        "log10 var / mean^2 | action share | trajectory share |",
-        "|---|---|---|---|---|---|---|",
+        "action share | trajectory share |",
+        "|---|---|---|---|---|---|",
     ]
     for point in sorted({r["env_steps"] for r in rows}):
         at = [r for r in rows if r["env_steps"] == point]
@@ -118,7 +120,6 @@ def table(rows: list[dict]) -> str:
             lines.append(
                 f"| {point:,} | {name} | {_summary([f['log10_var'] for f in figs])} | "
                 f"{_summary([f['vs_a2c'] for f in figs])} | "
-                f"{_summary([f['log10_relative'] for f in figs])} | "
                 f"{_summary([f['share_action'] for f in figs])} | "
                 f"{_summary([f['share_trajectory'] for f in figs])} |"
             )
