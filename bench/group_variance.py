@@ -135,7 +135,13 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=8, help="K actions per state")
     parser.add_argument("--continuations", type=int, default=2, help="M per action")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="print the table of an earlier --out file"
+    )
     args = parser.parse_args()
+    if args.results is not None:
+        print(table(json.loads(args.results.read_text())))
+        return
     th.set_num_threads(1)
     start = time.perf_counter()
     rows = []
