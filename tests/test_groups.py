@@ -101,6 +101,21 @@ def test_groups_share_their_start_and_play_rounds():
     assert np.array_equal(obs[3], obs[4]) and np.array_equal(obs[3], obs[5])
 
 
+def test_groups_over_subprocesses():
+    """The same rounds over SubprocVecEnv (a group reset is one call per group)."""
+    env = GroupVecEnv(make_env("CartPole-v1", 4, 0, vec_env="subproc"), 2, seed=3)
+    try:
+        obs = env.reset()
+        assert np.array_equal(obs[0], obs[1]) and not np.array_equal(obs[0], obs[2])
+        ended = np.zeros(4, bool)
+        while not ended.all():
+            obs, _, dones, _ = env.step(np.zeros(4, dtype=np.int64))
+            ended |= dones
+        assert env.at_round_start and np.array_equal(obs[2], obs[3])
+    finally:
+        env.close()
+
+
 class _IgnoresSeed(gym.Env):
     observation_space = gym.spaces.Box(0.0, 1.0, (2,), np.float32)
     action_space = gym.spaces.Discrete(2)
