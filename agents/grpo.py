@@ -43,8 +43,8 @@ class GRPO(GroupRolloutMixin, PPO):
     of groups); ``num_timesteps`` counts the steps of running envs only. Defaults: one optimizer
     step per rollout on all of it (GRPO's ``mu = 1``, as in DeepSeekMath and TRL: the ratio is
     1 and the clip does nothing; ``n_epochs > 1`` or minibatches reuse a rollout through it),
-    PPO's Adam 3e-4 and clip 0.2. On CartPole-v1, 10, 4 or 20 epochs of the same rollouts
-    learned worse than one step (BENCHMARKS.md section 14).
+    PPO's Adam 3e-4 and clip 0.2. On CartPole-v1, 4 or 20 epochs of the same rollouts
+    (minibatches of 256) learned worse than one step (BENCHMARKS.md section 14).
 
     :param policy: ``"MlpPolicy"`` (a :class:`~relax_rl.policies.GumbelPolicy`) or a subclass.
     :param env: an env id (one group), or a VecEnv of ``n_envs`` a multiple of ``group_size``
