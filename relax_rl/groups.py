@@ -72,8 +72,9 @@ class GroupVecEnv(VecEnvWrapper):
         group_size = _check_group_size(group_size)
         if venv.num_envs == 1:
             raise ValueError(
-                f"a group needs group_size={group_size} copies of the env, got one env: pass "
-                f"its id, or a VecEnv of n_envs a multiple of {group_size}"
+                f"a group needs group_size={group_size} copies of the env, got one env: give "
+                f"n_envs a multiple of {group_size} (--n-envs; in Python a VecEnv of that many "
+                "envs, or the env's id)"
             )
         if venv.num_envs % group_size:
             below = venv.num_envs // group_size * group_size
@@ -155,6 +156,7 @@ class GroupVecEnv(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
+        infos = list(infos)  # (SubprocVecEnv hands a tuple)
         self._stepped = True
         waited = self._waiting.copy()
         for i in np.flatnonzero(waited):

@@ -492,8 +492,9 @@ def write_report(
     if unmeasured:
         lines += [
             "",
-            f"{', '.join(unmeasured)}: fewer than {MIN_GROUPS} envs per update, so the gradient "
-            "variance is not measured (it needs independent envs within one batch).",
+            f"{', '.join(unmeasured)}: fewer than {MIN_GROUPS} envs per update (groups of envs, "
+            "for a group baseline), so the gradient variance is not measured (it needs "
+            "independent envs within one batch).",
         ]
     lines += _rliable_section(aggregates)
     if variance:
@@ -588,11 +589,16 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
     at, red = curves["grad_log10_var_reduction"]
     before = red[at < solved_at] if solved_at is not None else red
     try:
-        n_envs = int(yaml.safe_load((run_dir / "config.yaml").read_text())["n_envs"])
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        n_envs = int(config["n_envs"])
+        group_size = int(config.get("group_size") or 1)  # (a group baseline's units: groups)
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        n_envs = None
+        n_envs, group_size = None, 1
+    unit = "groups" if group_size > 1 else "envs"
     return {
-        "grad_var_groups": None if n_envs is None else ("envs" if n_envs >= MIN_GROUPS else "none"),
+        "grad_var_groups": (
+            None if n_envs is None else (unit if n_envs // group_size >= MIN_GROUPS else "none")
+        ),
         "mean_grad_log10_var": float(gv.mean()) if gv.size else None,
         "mean_grad_log10_var_reduction": float(red.mean()) if red.size else None,
         "mean_grad_log10_var_reduction_before_solved": (

@@ -107,10 +107,13 @@ def test_groups_over_subprocesses():
     try:
         obs = env.reset()
         assert np.array_equal(obs[0], obs[1]) and not np.array_equal(obs[0], obs[2])
-        ended = np.zeros(4, bool)
+        ended, waited = np.zeros(4, bool), False
+        rng = np.random.default_rng(0)
         while not ended.all():
-            obs, _, dones, _ = env.step(np.zeros(4, dtype=np.int64))
+            obs, _, dones, infos = env.step(rng.integers(0, 2, 4))
+            waited |= any(info.get(GROUP_WAITING, False) for info in infos)
             ended |= dones
+        assert waited  # some env waited for its group
         assert env.at_round_start and np.array_equal(obs[2], obs[3])
     finally:
         env.close()
@@ -143,7 +146,7 @@ if IGNORES_SEED_ID not in gym.registry:
             lambda: RLOO("MlpPolicy", VecNormalize(make_env("CartPole-v1", 4, 0))),
             r"VecNormalize\(GroupVecEnv\(venv, 4\)\)",
         ),
-        (lambda: RLOO("MlpPolicy", gym.make("CartPole-v1")), "got one env: pass its id"),
+        (lambda: RLOO("MlpPolicy", gym.make("CartPole-v1")), "got one env: give n_envs"),
         (lambda: GRPO("MlpPolicy", "CartPole-v1", scale_rewards="std"), "unknown scale_rewards"),
         (lambda: RLOO("MlpPolicy", "CartPole-v1", returns="all"), "unknown returns 'all'"),
         (lambda: GRPO("MlpPolicy", "CartPole-v1", kl_coef=-1.0), "kl_coef must be >= 0"),
@@ -497,6 +500,12 @@ def test_cli_train_resume_compare_eval_plot_params(tmp_path, capsys):
     assert main(["params", "--algo", "grpo", "--env", MATCH_ENV_ID]) == 0
     out = capsys.readouterr().out
     assert "scale_rewards" in out and "Dr. GRPO" in out
+    # a setting every run of a grid would fail on is refused before any run starts
+    bad = tmp_path / "bad"
+    args = ["compare", "--algos", "a2c", "rloo", "--env", MATCH_ENV_ID, "--seeds", "0"]
+    assert main([*args, "--n-envs", "6", "--out", str(bad)]) == 2
+    assert "not a multiple of group_size=4" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 def test_grpo_batch_scale_with_per_step_returns_trains():

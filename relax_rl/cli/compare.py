@@ -156,8 +156,22 @@ def _grid_overrides(args: argparse.Namespace) -> dict:
 
     overrides = run_overrides(args)
     for algo in args.algos:
-        _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None)
+        spec = _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None)
+        _check_env_setup(spec)
     return overrides
+
+
+def _check_env_setup(spec) -> None:
+    """The training env as the agent takes it (e.g. envs in groups: n_envs a multiple of
+    group_size, a VecEnv that can reseed one env), built once and closed, so that a setting
+    every run would fail on is refused before any run starts."""
+    env = spec.make_env(spec.settings["n_envs"], 0)
+    try:
+        spec.algo_cls.prepare_env(env, 0, spec.agent_kwargs)
+    except ValueError as exc:
+        raise UsageError(f"{spec.algo} on {spec.env_id}: {exc}") from None
+    finally:
+        env.close()
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:
