@@ -106,6 +106,9 @@ def make_env(
     # SB3's make_vec_env asks every env id for render_mode="rgb_array" (for video recorders);
     # an env that cannot render is built without it (else gymnasium warns on stderr).
     make: Any = env_id
+    if vec_env == "subproc" and env_id.startswith("relax_rl/"):
+        # a worker process has not imported relax_rl.envs: gymnasium's `module:EnvId` does
+        make = env_id = f"relax_rl.envs:{env_id}"
     if not _renders(env_id):
         make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
     try:

@@ -34,3 +34,19 @@ def test_an_env_whose_extra_is_missing_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"pip install 'relax-rl\[box2d\]'") as err:
         make_env(env_id, 1, 0)
     assert "\n" not in str(err.value)
+
+
+def test_the_projects_envs_run_in_subprocesses():
+    """A SubprocVecEnv's workers have not imported relax_rl.envs (whose import registers the
+    project's ids): make_env names the module for them."""
+    import numpy as np
+
+    from relax_rl.envs import MATCH_ENV_ID, make_env
+
+    env = make_env(MATCH_ENV_ID, 2, 0, vec_env="subproc", env_kwargs={"d": 4})
+    try:
+        assert env.reset().shape == (2, 4)
+        _, rewards, dones, _ = env.step(np.zeros((2, 4), dtype=np.int8))
+        assert dones.all() and rewards.shape == (2,)
+    finally:
+        env.close()
