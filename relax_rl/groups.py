@@ -21,6 +21,7 @@ shows it.
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +217,7 @@ def group_env(env: Any, group_size: int, seed: int | None = None) -> VecEnv:
     return GroupVecEnv(env, group_size, seed)
 
 
-class GroupRolloutMixin:
+class GroupRolloutMixin(ABC):
     """What the group-baseline agents (RLOO, GRPO) share over the on-policy base: envs in
     groups (:func:`group_env`), rollouts of one round (one whole episode per env), and the
     group advantages set once per rollout (:meth:`finish_rollout`: the agent's
@@ -238,10 +239,11 @@ class GroupRolloutMixin:
     _last_obs: Any
     _last_episode_starts: Any
 
+    @abstractmethod
     def group_advantage(self, returns: th.Tensor, valid: th.Tensor) -> th.Tensor:
         """The advantages of ``returns`` ``(..., group_size)`` (the members of a group on the
-        last dimension; ``valid``: which entries are steps of running envs)."""
-        raise NotImplementedError
+        last dimension; ``valid``: which entries are steps of running envs): what each agent
+        defines (the agents are ABCs through SB3's base, so one without it cannot be built)."""
 
     def _setup_model(self) -> None:
         # (here rather than in __init__: SB3's load() builds the agent with the default
