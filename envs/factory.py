@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from relax_rl.envs.envpool_vec import EnvpoolVecEnv
+from relax_rl.seeding import IndependentSeeds, env_seeds
 
 VEC_ENVS = ("dummy", "subproc", "envpool")
 #: VecNormalize's options a run's ``normalize_kwargs`` may set (``gamma`` is the agent's).
@@ -83,13 +85,16 @@ def _renders(env_id: str) -> bool:
 def make_env(
     env_id: str,
     n_envs: int = 1,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     vec_env: str = "dummy",
     env_kwargs: dict[str, Any] | None = None,
 ) -> VecEnv:
     """``n_envs`` copies of ``env_id`` in a VecEnv with episode statistics for the logger and
-    callbacks (SB3's ``Monitor``, or ``VecMonitor`` over envpool), seeded ``seed, seed + 1, ...``.
+    callbacks (SB3's ``Monitor``, or ``VecMonitor`` over envpool), each env seeded from ``seed``
+    by :func:`~relax_rl.seeding.env_seeds`: no two seeds share an env's random numbers.
 
+    :param seed: the run's seed, or ``(seed, *stream)`` for other env streams of that seed (a
+        continued run's, an evaluation's): the agent's own ``seed`` call keeps the stream.
     :param vec_env: ``dummy`` (one process), ``subproc`` (a process per env) or ``envpool``
         (envpool's C++ pool; its own env ids only, no ``env_kwargs``).
     """
@@ -99,7 +104,12 @@ def make_env(
     if vec_env == "envpool":
         if env_kwargs:
             raise ValueError("vec_env envpool takes no env_kwargs; use dummy or subproc")
-        return VecMonitor(EnvpoolVecEnv(env_id, n_envs, seed))
+        # envpool seeds its envs base, base + 1, ... once: a 31-bit base drawn from the seed
+        # makes two runs' pools overlap with odds n_envs / 2**31.
+        base = None if seed is None else env_seeds(seed, 1)[0] % 2**31
+        return VecMonitor(EnvpoolVecEnv(env_id, n_envs, base))
+    # (the agent seeds the env again with its seed alone: the wrapper keeps the stream)
+    first, *stream = (seed,) if seed is None or isinstance(seed, int) else tuple(seed)
     vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
     if vec_cls is None:
         raise ValueError(f"unknown vec_env {vec_env!r}; valid: {', '.join(VEC_ENVS)}")
@@ -112,13 +122,16 @@ def make_env(
     if not _renders(env_id):
         make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
     try:
-        return make_vec_env(
-            make, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, env_kwargs=env_kwargs
+        venv = IndependentSeeds(
+            make_vec_env(make, n_envs=n_envs, vec_env_cls=vec_cls, env_kwargs=env_kwargs), stream
         )
     except DependencyNotInstalled as exc:
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)
         how = f"pip install 'relax-rl[{extra}]'" if extra else "install its dependencies"
         raise ValueError(f"{env_id} needs extra packages ({how}): {exc}") from None
+    if first is not None:
+        venv.seed(first)
+    return venv
 
 
 def normalize_env(

@@ -32,6 +32,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor, 
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from relax_rl.estimators import group_advantages
+from relax_rl.seeding import IndependentSeeds
 
 if TYPE_CHECKING:
     from relax_rl.buffers import GumbelRolloutBuffer
@@ -208,7 +209,7 @@ def group_env(env: Any, group_size: int, seed: int | None = None) -> VecEnv:
                 f"{group_size}"
             )
         return env
-    if isinstance(env, VecEnvWrapper) and not isinstance(env, VecMonitor):
+    if isinstance(env, VecEnvWrapper) and not isinstance(env, (VecMonitor, IndependentSeeds)):
         raise ValueError(
             f"{type(env).__name__} wraps the envs before they are in groups; build "
             f"GroupVecEnv(venv, {group_size}) first and wrap that (e.g. "

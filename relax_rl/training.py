@@ -32,6 +32,7 @@ from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.envs.factory import normalize_env
 from relax_rl.errors import TrainingDivergedError, interrupts_deferred, sigterm_as_interrupt
 from relax_rl.evaluation import evaluate
+from relax_rl.seeding import EVAL_STREAM, resume_stream
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
 
@@ -83,7 +84,8 @@ class ResumePoint:
 
 @dataclass
 class RunSpec:
-    """Everything one run needs; ``make_env(n_envs, seed)`` builds its training env."""
+    """Everything one run needs; ``make_env(n_envs, seed)`` builds its training env (``seed``:
+    an int or ``(seed, *stream)``, :func:`relax_rl.seeding.env_seeds`)."""
 
     algo: str
     algo_cls: type
@@ -302,8 +304,9 @@ def save_normalize_stats(model: Any, model_path: Path) -> None:
 
 
 def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
-    """The final policy's greedy return on a fresh env (seed + 10000), by the one eval loop."""
-    env = spec.make_env(1, spec.seed + 10_000)
+    """The final policy's greedy return on a fresh env (stream ``(1,)`` of the run's seed: none
+    of its training envs'), by the one eval loop."""
+    env = spec.make_env(1, (spec.seed, *EVAL_STREAM))
     trained = model.get_vec_normalize_env()
     if trained is not None:  # the training statistics, frozen; returns in the env's units
         options = {"norm_obs": trained.norm_obs, "norm_reward": False}
@@ -360,11 +363,12 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     """The training env and a new agent for ``spec``, or the checkpoint's agent when it
     continues a run (raises on bad settings or spaces)."""
     point = spec.resume_from
-    # A continued run's envs start from other episodes than the first session's.
-    env_seed = spec.seed + (point.env_steps if point else 0)
-    env = spec.make_env(spec.settings["n_envs"], env_seed)
+    # A continued run's envs start from other env streams than the first session's (the
+    # agent's own seeding, SB3's set_random_seed on load, goes through the same stream).
+    seed = (spec.seed, *resume_stream(point.env_steps)) if point else spec.seed
+    env = spec.make_env(spec.settings["n_envs"], seed)
     try:
-        env = spec.algo_cls.prepare_env(env, env_seed, spec.agent_kwargs)
+        env = spec.algo_cls.prepare_env(env, spec.seed, spec.agent_kwargs)
         if spec.settings.get("normalize", False):  # (a spec built by hand may leave it out)
             stats = normalize_stats_path(point.model_path) if point is not None else None
             options = spec.settings.get("normalize_kwargs")

@@ -554,15 +554,19 @@ def test_a_users_env_without_render_modes_gets_one_line_and_no_warning(tmp_path)
 
 
 def test_eval_seed_reproduces_trains_own_evaluation(tmp_path, capsys):
-    """`eval --seed S` runs the episodes of env seed S: with the run's seed + 10000 it prints
-    the evaluation train wrote into summary.json."""
+    """`eval` runs the evaluation episodes of the run's seed (`--seed S`: of seed S): it prints
+    the evaluation train wrote into summary.json; another seed runs other episodes."""
     code, out = _train(tmp_path)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     capsys.readouterr()
-    assert main(["eval", str(out), "--seed", str(summary["seed"] + 10_000)]) == 0
+    assert main(["eval", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"mean return {summary['eval_mean_return']:.2f}" in printed, (printed, summary)
+    assert main(["eval", str(out), "--seed", str(summary["seed"])]) == 0
+    assert capsys.readouterr().out == printed
+    assert main(["eval", str(out), "--seed", str(summary["seed"] + 1), "--stochastic"]) == 0
+    assert capsys.readouterr().out != printed
 
 
 def test_resume_keeps_the_update_count(tmp_path, capsys):

@@ -410,6 +410,7 @@ def test_centred_terms_have_mean_zero_and_centre_by_earlier_batches_only(tmp_pat
         model.train = recording_train
         run_updates(model, 1)
         th.testing.assert_close(mean, batches[0])
+        del model.train  # (the recording closure holds the env, which SB3 does not save)
         model.save(tmp_path / "m.zip")
         loaded = cls.load(tmp_path / "m.zip", env=make_env(MATCH_ENV_ID, 4, 1, env_kwargs={"d": 4}))
         th.testing.assert_close(loaded.control_variate.obs_mean, batches[0])
@@ -729,7 +730,10 @@ def _match_model(name, d=8, seed=0, **kwargs):
 
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_agents_learn_multibinary_match(name):
-    model = _match_model(name, learning_rate=1e-2)
+    # REINFORCE learns from one episode an update: without its baseline (rewards in [0, 1])
+    # it ends at 0.56-0.76 after these 6,000 (seeds 0-7), with it at 0.99+.
+    extra = {"use_baseline": True} if name == "reinforce" else {}
+    model = _match_model(name, learning_rate=1e-2, **extra)
     model.learn(6_000)
     rewards = [e["r"] for e in model.ep_info_buffer]
     assert np.mean(rewards[-50:]) > 0.7, np.mean(rewards[-50:])  # random: 0.5

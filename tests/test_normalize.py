@@ -89,7 +89,7 @@ def test_eval_runs_with_the_frozen_statistics(tmp_path, capsys):
     summary = train(spec)
     trained = VecNormalize.load(str(spec.out / "vecnormalize.pkl"), build(spec)[1].venv)
     assert trained.obs_rms.count > 700
-    assert main(["eval", str(spec.out), "--seed", str(spec.seed + 10_000), "--episodes", "2"]) == 0
+    assert main(["eval", str(spec.out), "--seed", str(spec.seed), "--episodes", "2"]) == 0
     printed = capsys.readouterr().out
     assert f"mean return {summary['eval_mean_return']:.2f}" in printed, (printed, summary)
     # Pendulum's returns are around -1000 in its own units, far from a normalised reward's

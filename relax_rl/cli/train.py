@@ -86,8 +86,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--seed",
         type=seed_arg,
-        default=12345,
-        help="seed of the evaluation episodes (default 12345)",
+        default=None,
+        help="seed of the evaluation episodes (default: the run's, which replays train's own "
+        "final evaluation)",
     )
     e.add_argument("--stochastic", action="store_true", help="sample actions (default: argmax)")
     e.set_defaults(func=_run_eval)
@@ -210,6 +211,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from relax_rl.envs import make_env, normalize_env
     from relax_rl.evaluation import evaluate
+    from relax_rl.seeding import EVAL_STREAM
     from relax_rl.training import normalize_stats_path
 
     run_dir: Path = args.run_dir
@@ -232,7 +234,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         config = {}
-    env = make_env(env_id, 1, args.seed, env_kwargs=config.get("env_kwargs"))
+    seed = summary.get("seed", 0) if args.seed is None else args.seed
+    env = make_env(env_id, 1, (seed, *EVAL_STREAM), env_kwargs=config.get("env_kwargs"))
     if config.get("normalize"):  # the run's statistics, frozen; returns in the env's units
         try:
             env = normalize_env(env, stats=normalize_stats_path(model_path), training=False)
