@@ -8,7 +8,10 @@ rewards: the ladder on which an action-dependent control variate is measured), a
 factorised tasks ``relax_rl/MultiBinaryMatch-v0`` (match ``d`` random bits in one step; options
 ``d``, default 32, and ``sigma``) and ``relax_rl/ParallelCartPole-v0`` (``d`` CartPoles, one
 bit each; option ``d``, default 4), and ``relax_rl/GaussianBandit-v0`` (a one-step ``Box``
-bandit with reward ``-|a - target|^2``: an exact policy gradient for Gaussian policies).
+bandit with reward ``-|a - target|^2``: an exact policy gradient for Gaussian policies), and
+``relax_rl/SimpleSpread-v0`` (PettingZoo MPE's cooperative ``simple_spread`` as one env with a
+joint ``MultiDiscrete([5] * n_agents)`` action and a shared reward; options ``n_agents``,
+``max_cycles``, ``local_ratio``, ``reward``; the ``mpe`` extra).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -25,6 +28,7 @@ BANDIT_ENV_IDS = {n: f"relax_rl/ContextualBandit{n}-v0" for n in BANDIT_ARMS}
 MATCH_ENV_ID = "relax_rl/MultiBinaryMatch-v0"
 PARALLEL_CARTPOLE_ENV_ID = "relax_rl/ParallelCartPole-v0"
 GAUSSIAN_BANDIT_ENV_ID = "relax_rl/GaussianBandit-v0"
+SIMPLE_SPREAD_ENV_ID = "relax_rl/SimpleSpread-v0"
 
 if TOY_ENV_ID not in registry:
     register(id=TOY_ENV_ID, entry_point="relax_rl.envs.toy:BernoulliToyEnv")
@@ -53,6 +57,8 @@ if PARALLEL_CARTPOLE_ENV_ID not in registry:
         max_episode_steps=500,
         reward_threshold=475.0,
     )
+if SIMPLE_SPREAD_ENV_ID not in registry:  # (mpe2 is imported when the env is made)
+    register(id=SIMPLE_SPREAD_ENV_ID, entry_point="relax_rl.envs.mpe:SimpleSpreadEnv")
 
 from relax_rl.envs.factory import (  # noqa: E402
     NORMALIZE_OPTIONS,
@@ -69,6 +75,7 @@ __all__ = [
     "MATCH_ENV_ID",
     "NORMALIZE_OPTIONS",
     "PARALLEL_CARTPOLE_ENV_ID",
+    "SIMPLE_SPREAD_ENV_ID",
     "TOY_ENV_ID",
     "BernoulliToyEnv",
     "ChainEnv",

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from relax_rl.envs.envpool_vec import EnvpoolVecEnv
+from relax_rl.envs.wrappers import DiscretizeAction, check_bins, check_discretizable
 from relax_rl.seeding import IndependentSeeds, env_seeds
 
 VEC_ENVS = ("dummy", "subproc", "envpool")
@@ -33,7 +34,13 @@ NORMALIZE_OPTIONS: dict[str, type] = {
     "clip_reward": float,
     "epsilon": float,
 }
-EXTRAS = {"Box2D": "box2d", "box2d": "box2d", "mujoco": "mujoco", "MuJoCo": "mujoco"}
+EXTRAS = {
+    "Box2D": "box2d",
+    "box2d": "box2d",
+    "mujoco": "mujoco",
+    "MuJoCo": "mujoco",
+    "mpe2": "mpe",
+}
 
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -82,12 +89,47 @@ def _renders(env_id: str) -> bool:
     return "rgb_array" in ((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
 
 
+def build_env(
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    discretize: int | None = None,
+    **make_kwargs: Any,
+) -> gym.Env:
+    """One env as a run has it: ``gym.make(env_id, **env_kwargs)``, with its Box actions in
+    ``discretize`` bins a dimension (:class:`~relax_rl.envs.wrappers.DiscretizeAction`)."""
+    check_env_id(env_id)
+    env = gym.make(env_id, **make_kwargs, **(env_kwargs or {}))
+    if discretize is not None:
+        try:
+            env = DiscretizeAction(env, discretize)
+        except ValueError:
+            env.close()
+            raise
+    return env
+
+
+def check_discretize(
+    env_id: str, discretize: int | None, env_kwargs: dict[str, Any] | None = None
+) -> None:
+    """Refuse, in one line and before any work, a ``discretize`` the env cannot take (not an
+    integer >= 2; an env whose actions are not a bounded Box)."""
+    if discretize is None:
+        return
+    bins = check_bins(discretize)
+    env = build_env(env_id, env_kwargs)
+    try:
+        check_discretizable(env.action_space, bins, env_id)
+    finally:
+        env.close()
+
+
 def make_env(
     env_id: str,
     n_envs: int = 1,
     seed: int | Sequence[int] | None = None,
     vec_env: str = "dummy",
     env_kwargs: dict[str, Any] | None = None,
+    discretize: int | None = None,
 ) -> VecEnv:
     """``n_envs`` copies of ``env_id`` in a VecEnv with episode statistics for the logger and
     callbacks (SB3's ``Monitor``, or ``VecMonitor`` over envpool), each env seeded from ``seed``
@@ -97,19 +139,25 @@ def make_env(
         continued run's, an evaluation's): the agent's own ``seed`` call keeps the stream.
     :param vec_env: ``dummy`` (one process), ``subproc`` (a process per env) or ``envpool``
         (envpool's C++ pool; its own env ids only, no ``env_kwargs``).
+    :param discretize: bins per dimension of the env's Box actions (``MultiDiscrete`` actions:
+        :class:`~relax_rl.envs.wrappers.DiscretizeAction`, outside the Monitor, whose returns
+        stay the env's own).
     """
     check_env_id(env_id)
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if vec_env == "envpool":
-        if env_kwargs:
-            raise ValueError("vec_env envpool takes no env_kwargs; use dummy or subproc")
+        if env_kwargs or discretize is not None:
+            which = "env_kwargs" if env_kwargs else "discretize"
+            raise ValueError(f"vec_env envpool takes no {which}; use dummy or subproc")
         # envpool seeds its envs base, base + 1, ... once: a 31-bit base drawn from the seed
         # makes two runs' pools overlap with odds n_envs / 2**31.
         base = None if seed is None else env_seeds(seed, 1)[0] % 2**31
         return VecMonitor(EnvpoolVecEnv(env_id, n_envs, base))
     # (the agent seeds the env again with its seed alone: the wrapper keeps the stream)
     first, *stream = (seed,) if seed is None or isinstance(seed, int) else tuple(seed)
+    if discretize is not None:  # (here: a worker's error would not come back as one line)
+        check_discretize(env_id, discretize, env_kwargs)
     vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
     if vec_cls is None:
         raise ValueError(f"unknown vec_env {vec_env!r}; valid: {', '.join(VEC_ENVS)}")
@@ -121,9 +169,18 @@ def make_env(
         make = env_id = f"relax_rl.envs:{env_id}"
     if not _renders(env_id):
         make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
+    wrap = None if discretize is None else {"wrapper_class": DiscretizeAction}
     try:
         venv = IndependentSeeds(
-            make_vec_env(make, n_envs=n_envs, vec_env_cls=vec_cls, env_kwargs=env_kwargs), stream
+            make_vec_env(
+                make,
+                n_envs=n_envs,
+                vec_env_cls=vec_cls,
+                env_kwargs=env_kwargs,
+                **(wrap or {}),
+                wrapper_kwargs=None if wrap is None else {"bins": int(discretize)},
+            ),
+            stream,
         )
     except DependencyNotInstalled as exc:
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)

@@ -84,6 +84,14 @@ class RunSettings:
             "cli": False,
         },
     )
+    discretize: int | None = field(
+        default=None,
+        metadata={
+            "help": "bins per dimension of a Box action space: the env's actions as "
+            "MultiDiscrete([K] * d), bins evenly over the bounds (Tang & Agrawal 2020: K = 11)",
+            "min": 2,
+        },
+    )
     normalize: bool = field(
         default=False,
         metadata={
@@ -410,7 +418,7 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
     run["normalize_kwargs"] = _normalize_kwargs(run["normalize_kwargs"])
     for f in fields(RunSettings):
         value, low, choices = run[f.name], f.metadata.get("min"), f.metadata.get("choices")
-        if low is not None and value < low:
+        if low is not None and value is not None and value < low:
             raise UsageError(f"{f.name} must be >= {low}, got {value}")
         if choices is not None and value not in choices:
             raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")

@@ -52,7 +52,8 @@ import numpy as np
 import torch as th
 
 from relax_rl.buffers import GumbelRolloutSamples, compute_gae
-from relax_rl.envs import check_env_id, make_env, normalize_env
+from relax_rl.envs import make_env, normalize_env
+from relax_rl.envs.factory import build_env
 from relax_rl.estimators import reinforce, uniform_noise
 from relax_rl.groups import GroupRolloutMixin
 
@@ -111,11 +112,12 @@ def copy_env(env: gym.Env) -> gym.Env:
     return clone
 
 
-def check_copyable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+def check_copyable(
+    env_id: str, env_kwargs: dict[str, Any] | None = None, discretize: int | None = None
+) -> None:
     """Refuse, in one line, an env whose state cannot be copied, or whose copy does not step
     as the original does (checked on a few steps)."""
-    check_env_id(env_id)  # registers the project's envs, imports a module:EnvId's module
-    env = gym.make(env_id, **(env_kwargs or {}))
+    env = build_env(env_id, env_kwargs, discretize)
     try:
         env.reset(seed=0)
         env.action_space.seed(0)
@@ -383,9 +385,9 @@ def _pool(
     n: int,
     rng: np.random.Generator,
     gen: th.Generator,
+    discretize: int | None = None,
 ) -> list[tuple[gym.Env, np.ndarray]]:
-    check_env_id(env_id)
-    env = gym.make(env_id, **(env_kwargs or {}))
+    env = build_env(env_id, env_kwargs, discretize)
     try:
         return _state_pool(model, env, n, rng, gen)
     finally:
@@ -401,6 +403,7 @@ def decompose(
     n_continuations: int = 8,
     seed: int = 0,
     max_steps: int = 1000,
+    discretize: int | None = None,
 ) -> list[Decomposition]:
     """The decomposition of the update's estimator at ``model``'s current policy (and, for an
     agent with a control variate, of the plain advantage estimator on the very same samples).
@@ -410,11 +413,12 @@ def decompose(
     :param n_continuations: ``M``, continuations per action (>= 2).
     :param seed: seed of the states, the noise and the continuations.
     :param max_steps: longest continuation of a whole-episode agent (``n_steps=0``).
+    :param discretize: the run's ``discretize`` (its Box actions in bins).
     """
     if min(n_states, n_actions, n_continuations) < 2:
         raise ValueError("the nested design needs at least 2 states, actions and continuations")
     rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
-    pool = _pool(model, env_id, env_kwargs, n_states, rng, gen)
+    pool = _pool(model, env_id, env_kwargs, n_states, rng, gen, discretize)
     grads = _per_sample_gradients(model, pool, n_actions, n_continuations, rng, gen, max_steps)
     return [_nested_anova(name, g) for name, g in grads.items()]
 
@@ -449,12 +453,13 @@ def direct_variance(
     env_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     max_steps: int = 1000,
+    discretize: int | None = None,
 ) -> float:
     """``Var(g)`` of the update's estimator measured directly, from ``n_samples`` independent
     (state, action, continuation) samples, each from its own state: what the three terms of
     :func:`decompose` add up to."""
     rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
-    pool = _pool(model, env_id, env_kwargs, n_samples, rng, gen)
+    pool = _pool(model, env_id, env_kwargs, n_samples, rng, gen, discretize)
     grads = _per_sample_gradients(model, pool, 1, 1, rng, gen, max_steps)
     g = grads[type(model).__name__][:, 0, 0].double()
     return float(((g - g.mean(0)) ** 2).sum() / (n_samples - 1))
@@ -503,7 +508,12 @@ def _load(algo_cls: type, path: Path, config: dict[str, Any]) -> GumbelOnPolicyA
         return algo_cls.load(path, device="cpu")
     from relax_rl.training import normalize_stats_path
 
-    env = make_env(config["env_id"], 1, env_kwargs=config.get("env_kwargs"))
+    env = make_env(
+        config["env_id"],
+        1,
+        env_kwargs=config.get("env_kwargs"),
+        discretize=config.get("discretize"),
+    )
     venv = normalize_env(env, stats=normalize_stats_path(path), training=False)
     return algo_cls.load(path, env=venv, device="cpu")
 
@@ -524,12 +534,14 @@ def decompose_run(
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     algo, env_id = config["algo"], config["env_id"]
-    env_kwargs = config.get("env_kwargs")
-    check_copyable(env_id, env_kwargs)
+    env_kwargs, discretize = config.get("env_kwargs"), config.get("discretize")
+    check_copyable(env_id, env_kwargs, discretize)
     points = []
     for fraction, steps, path in pick_checkpoints(run_checkpoints(run_dir), fractions):
         model = _load(ALGOS[algo], path, config)
-        terms = decompose(model, env_id, env_kwargs, n_states, repeats, repeats, seed)
+        terms = decompose(
+            model, env_id, env_kwargs, n_states, repeats, repeats, seed, discretize=discretize
+        )
         points.append(
             {
                 "fraction": fraction,
@@ -538,4 +550,10 @@ def decompose_run(
                 "estimators": [t.as_dict() for t in terms],
             }
         )
-    return {"algo": algo, "env_id": env_id, "env_kwargs": env_kwargs, "points": points}
+    return {
+        "algo": algo,
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "discretize": discretize,
+        "points": points,
+    }

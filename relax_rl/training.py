@@ -30,7 +30,12 @@ from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressB
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.envs.factory import normalize_env
-from relax_rl.errors import TrainingDivergedError, interrupts_deferred, sigterm_as_interrupt
+from relax_rl.errors import (
+    TrainingDivergedError,
+    UsageError,
+    interrupts_deferred,
+    sigterm_as_interrupt,
+)
 from relax_rl.evaluation import evaluate
 from relax_rl.seeding import EVAL_STREAM, resume_stream
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
@@ -213,9 +218,14 @@ class RunSpec:
     ) -> RunSpec:
         from relax_rl.agents import ALGOS
         from relax_rl.envs import make_env, reward_threshold
+        from relax_rl.envs.factory import check_discretize
 
         if run["threshold"] is None:
             run["threshold"] = reward_threshold(env_id)
+        try:
+            check_discretize(env_id, run["discretize"], run["env_kwargs"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         return cls(
             algo,
             ALGOS[algo],
@@ -225,7 +235,11 @@ class RunSpec:
             run,
             agent_kwargs,
             functools.partial(
-                make_env, env_id, vec_env=run["vec_env"], env_kwargs=run["env_kwargs"]
+                make_env,
+                env_id,
+                vec_env=run["vec_env"],
+                env_kwargs=run["env_kwargs"],
+                discretize=run["discretize"],
             ),
             progress=progress,
             extra_callbacks=list(callbacks),
@@ -271,6 +285,7 @@ class RunFolder:
             "episodes": self.tracker.episodes,
             "wall_s": round(wall, 3),  # (of this session, when the run was continued)
             "env_steps_per_s": round((steps - self.start_steps) / wall, 1) if wall > 0 else None,
+            "action_space": str(self.model.action_space) if self.model is not None else None,
             "threshold": self.spec.settings["threshold"],
             "solved_at_env_steps": self.tracker.solved_at_env_steps,
             "solved_at_episodes": self.tracker.solved_at_episodes,
@@ -410,11 +425,14 @@ DERIVED_CONFIG_KEYS = ("policy", "control_variate", "versions")
 
 
 def describe_policy(model: Any) -> dict[str, Any]:
-    """The networks the policy was built with (SB3's defaults resolved)."""
+    """The networks the policy was built with (SB3's defaults resolved), and the spaces it acts
+    in (a discretised run's ``MultiDiscrete`` actions)."""
     policy = model.policy
     return to_yaml_safe(
         {
             "class": type(policy).__name__,
+            "observation_space": str(model.observation_space),
+            "action_space": str(model.action_space),
             "net_arch": policy.net_arch,
             "activation_fn": policy.activation_fn,
             "ortho_init": policy.ortho_init,

@@ -242,7 +242,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         parse_fractions(args.variance, "--variance")
         first = _grid_spec(GridRun(args.algos[0], args.env, 0, args.out), overrides, None)
         try:
-            check_copyable(args.env, first.settings["env_kwargs"])
+            check_copyable(args.env, first.settings["env_kwargs"], first.settings["discretize"])
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     tracking = tracking_config(args)

@@ -235,7 +235,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError):
         config = {}
     seed = summary.get("seed", 0) if args.seed is None else args.seed
-    env = make_env(env_id, 1, (seed, *EVAL_STREAM), env_kwargs=config.get("env_kwargs"))
+    env = make_env(
+        env_id,
+        1,
+        (seed, *EVAL_STREAM),
+        env_kwargs=config.get("env_kwargs"),
+        discretize=config.get("discretize"),
+    )
     if config.get("normalize"):  # the run's statistics, frozen; returns in the env's units
         try:
             env = normalize_env(env, stats=normalize_stats_path(model_path), training=False)

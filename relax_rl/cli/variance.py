@@ -80,7 +80,7 @@ def _run_variance(args: argparse.Namespace) -> int:
     check_writable(out)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     try:
-        check_copyable(config["env_id"], config.get("env_kwargs"))
+        check_copyable(config["env_id"], config.get("env_kwargs"), config.get("discretize"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     result = decompose_run(run_dir, fractions, args.states, args.repeats, args.seed)
