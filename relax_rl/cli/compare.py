@@ -41,6 +41,12 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", required=True, metavar="ID", help="gymnasium env id (or module:EnvId)")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
     p.add_argument(
+        "--preset",
+        default=None,
+        help="entry of each algo's configs/<algo>.yaml to use instead of the env id (e.g. "
+        "mujoco-discrete, simple-spread-10)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -100,16 +106,23 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_run_plot)
 
 
-def _grid_spec(cell, overrides: dict, tracking):
-    """The RunSpec of one cell of a compare grid: settings resolved as ``train`` does."""
+def _grid_spec(cell, overrides: dict, tracking, preset: str | None = None):
+    """The RunSpec of one cell of a compare grid: settings resolved as ``train`` does (the
+    entry of each algo's configs file for the env id, or ``preset``)."""
     from relax_rl.training import RunSpec
 
     return RunSpec.create(
-        cell.algo, cell.env_id, cell.seed, out=cell.out, settings=overrides, tracking=tracking
+        cell.algo,
+        cell.env_id,
+        cell.seed,
+        out=cell.out,
+        preset=preset,
+        settings=overrides,
+        tracking=tracking,
     )
 
 
-def _grid_worker(cell, overrides: dict, tracking) -> dict:
+def _grid_worker(cell, overrides: dict, tracking, preset: str | None = None) -> dict:
     """Train one cell of a compare grid (in a worker process)."""
     import shutil
 
@@ -118,13 +131,13 @@ def _grid_worker(cell, overrides: dict, tracking) -> dict:
     from relax_rl.training import train
 
     torch.set_num_threads(1)
-    spec = _grid_spec(cell, overrides, tracking)
+    spec = _grid_spec(cell, overrides, tracking, preset)
     if cell.out.exists():  # an unfinished earlier attempt: start it again
         shutil.rmtree(cell.out)
     return train(spec)
 
 
-def _check_finished_runs_match(cells, overrides: dict) -> None:
+def _check_finished_runs_match(cells, overrides: dict, preset: str | None) -> None:
     """Refuse to resume into a folder whose finished runs used other settings: the report
     would mix two experiments."""
     import yaml
@@ -139,7 +152,7 @@ def _check_finished_runs_match(cells, overrides: dict) -> None:
             old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             old = {}
-        new = run_config(_grid_spec(cell, overrides, None))
+        new = run_config(_grid_spec(cell, overrides, None, preset))
         # (a key an older config.yaml lacks is not compared)
         for key in sorted(set(old) & set(new) - set(DERIVED_CONFIG_KEYS)):
             if old.get(key) != new.get(key):
@@ -156,7 +169,7 @@ def _grid_overrides(args: argparse.Namespace) -> dict:
 
     overrides = run_overrides(args)
     for algo in args.algos:
-        spec = _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None)
+        spec = _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None, args.preset)
         _check_env_setup(spec)
     return overrides
 
@@ -240,7 +253,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         from relax_rl.decomposition import check_copyable
 
         parse_fractions(args.variance, "--variance")
-        first = _grid_spec(GridRun(args.algos[0], args.env, 0, args.out), overrides, None)
+        first = _grid_spec(
+            GridRun(args.algos[0], args.env, 0, args.out), overrides, None, args.preset
+        )
         try:
             check_copyable(args.env, first.settings["env_kwargs"], first.settings["discretize"])
         except ValueError as exc:
@@ -250,8 +265,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         # Named after the output folder, so that a resumed comparison stays in one group.
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
-    _check_finished_runs_match(cells, overrides)
-    worker = functools.partial(_grid_worker, overrides=overrides, tracking=tracking)
+    _check_finished_runs_match(cells, overrides, args.preset)
+    worker = functools.partial(
+        _grid_worker, overrides=overrides, tracking=tracking, preset=args.preset
+    )
 
     def done(cell, summary) -> None:
         solved = summary.get("solved_at_env_steps")
