@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from relax_rl.runner import GridRun, run_grid
@@ -117,8 +118,10 @@ def run_one(
     preset: str | None,
     overrides: list[str],
     env_kwargs: dict | None = None,
+    budgets: tuple[int, ...] = (),
 ) -> dict:
-    """Train one agent on one seed until solved; return its numbers (a grid worker)."""
+    """Train one agent on one seed until solved; return its numbers (a grid worker), with the
+    mean return of the last 100 episodes at each of ``budgets`` env steps."""
     agent, env_id, seed = cell.algo, cell.env_id, cell.seed
     import torch
 
@@ -133,7 +136,9 @@ def run_one(
 
     if agent.startswith("sb3-"):
         zoo = SB3_ZOO[(agent, env_id)]
-        env = make_env(env_id, zoo["n_envs"], seed, env_kwargs=env_kwargs)
+        env = make_env(
+            env_id, zoo["n_envs"], seed, env_kwargs=env_kwargs, discretize=zoo.get("discretize")
+        )
         if zoo.get("normalize"):
             env = normalize_env(env, zoo["kwargs"].get("gamma", 0.99))
         algo = {"sb3-a2c": SB3A2C, "sb3-ppo": SB3PPO}[agent]
@@ -149,16 +154,23 @@ def run_one(
         if env_kwargs:
             settings = cfg.merge(settings, {"env_kwargs": env_kwargs})
         run, kwargs = cfg.validate(settings, algo)
-        env = make_env(env_id, run["n_envs"], seed, env_kwargs=run["env_kwargs"])
+        env = make_env(
+            env_id,
+            run["n_envs"],
+            seed,
+            env_kwargs=run["env_kwargs"],
+            discretize=run["discretize"],
+        )
         env = algo.prepare_env(env, seed, kwargs)  # (group baselines: envs in groups)
         if run["normalize"]:
             gamma = kwargs.get("gamma", cfg.algo_parameters(algo)["gamma"].default)
             env = normalize_env(env, gamma, run["normalize_kwargs"])
         model = algo("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
     tracker = EpisodeTracker(threshold, stop_when_solved=True)
+    at_budget = BudgetReturns(tracker, budgets)
     _reset_peak_rss()  # (a pool worker runs many cells: this run's peak only)
     start = time.perf_counter()
-    model.learn(max_steps, callback=tracker)
+    model.learn(max_steps, callback=[tracker, at_budget])
     wall = time.perf_counter() - start
     env.close()
     return {
@@ -173,7 +185,23 @@ def run_one(
         "env_steps_per_s": model.num_timesteps / wall,
         "peak_rss_mb": _peak_rss_mb(),
         "final_mean_return_100": tracker.mean_return,
+        "returns_at": at_budget.returns,
     }
+
+
+class BudgetReturns(BaseCallback):
+    """The tracker's mean return of the last 100 episodes when the run passes each budget
+    (env steps): ``returns[str(budget)]``."""
+
+    def __init__(self, tracker, budgets: tuple[int, ...]) -> None:
+        super().__init__()
+        self.tracker, self.pending = tracker, sorted(budgets)
+        self.returns: dict[str, float | None] = {}
+
+    def _on_step(self) -> bool:
+        while self.pending and self.num_timesteps >= self.pending[0]:
+            self.returns[str(self.pending.pop(0))] = self.tracker.mean_return
+        return True
 
 
 def _reset_peak_rss() -> None:
@@ -303,6 +331,14 @@ def main() -> None:
         metavar="JSON",
         help="the env's options for every agent, e.g. '{\"d\": 128}'",
     )
+    parser.add_argument(
+        "--budgets",
+        type=lambda v: tuple(int(float(x)) for x in v.split(",")),
+        default=(),
+        metavar="N,N,...",
+        help="also record each run's last-100 mean return at these env steps, e.g. "
+        "250000,500000,1000000",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all runs here")
     args = parser.parse_args()
 
@@ -342,6 +378,14 @@ def main() -> None:
         f"steps; the episodes it ran), a value marked >= rests on censored runs (a lower bound); "
         f"censored: {', '.join(censored)}"
     )
+    budgets = sorted({int(b) for r in results for b in r.get("returns_at") or {}})
+    if budgets:
+        print("\nlast-100 mean return at env-step budgets: median (min to max) over seeds")
+        print(f"{'agent':<11}" + "".join(f"{b:>30,}" for b in budgets))
+        for agent in args.agents:
+            rs = [r for r in results if r["agent"] == agent]
+            at = [[(r.get("returns_at") or {}).get(str(b)) for r in rs] for b in budgets]
+            print(f"{agent:<11}" + "".join(f"{_fmt(xs, 1):>30}" for xs in at))
     for a, b in args.paired:
         print(
             f"\nper-seed episodes to solve ({a} vs {b}; an unsolved run, censored at the "
@@ -398,6 +442,7 @@ def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, in
             preset=args.preset,
             overrides=args.set,
             env_kwargs=args.env_kwargs,
+            budgets=args.budgets,
         )
         run_grid(cells, worker, jobs=args.jobs, on_done=report)
     if args.json:
