@@ -7,9 +7,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from conftest import GROUP_AGENTS, agent_kwargs
 from gymnasium import spaces
 
-from conftest import GROUP_AGENTS, agent_kwargs
 from relax_rl.agents import ALGOS
 from relax_rl.cli import main
 from relax_rl.envs import make_env
@@ -85,7 +85,7 @@ def test_make_env_discretises_outside_the_monitor(vec_env):
     obs = [env.reset()]
     total = np.zeros(2)
     for _ in range(200):  # Pendulum's episodes: 200 steps
-        o, r, done, infos = env.step(np.array([[2], [0]]))
+        o, r, _, infos = env.step(np.array([[2], [0]]))
         obs.append(o)
         total += r
     np.testing.assert_allclose([i["episode"]["r"] for i in infos], total, rtol=1e-5)
@@ -122,8 +122,9 @@ def test_every_agent_trains_on_discretised_actions(name):
 
 def _train_args(out, *extra):
     return ["train", "--algo", "ppo", "--env", "Pendulum-v1", "--total-steps", "256",
-            "--set", "n_steps=64", "--set", "batch_size=32", "--set", "policy_kwargs.net_arch=[8]",
-            "--checkpoint-freq", "128", "--eval-episodes", "2", "--out", str(out), *extra]  # fmt: skip
+            "--set", "n_steps=64", "--set", "batch_size=32", "--set",
+            "policy_kwargs.net_arch=[8]", "--checkpoint-freq", "128", "--eval-episodes", "2",
+            "--out", str(out), *extra]  # fmt: skip
 
 
 def test_the_run_folder_records_it_and_eval_variance_resume_rebuild_it(tmp_path, capsys):

@@ -41,7 +41,8 @@ def test_steps_as_mpe_with_the_agents_rewards_shared(reward):
     moves = np.random.default_rng(0).integers(0, 5, (6, 3))
     for t, move in enumerate(moves):
         obs, r, terminated, truncated, _ = ours.step(move)
-        their_obs, their_r, _, their_trunc, _ = theirs.step(dict(zip(agents, move.tolist())))
+        joint = dict(zip(agents, move.tolist(), strict=True))
+        their_obs, their_r, _, their_trunc, _ = theirs.step(joint)
         np.testing.assert_allclose(obs, np.concatenate([their_obs[a] for a in agents]))
         rewards = [their_r[a] for a in agents]
         assert r == pytest.approx(np.sum(rewards) if reward == "sum" else np.mean(rewards))
