@@ -134,7 +134,7 @@ def check_copyable(
         raise ValueError(
             f"{env_id}: its state cannot be copied ({type(exc).__name__}: {exc}), so the "
             "variance decomposition cannot restart it; supported: pure-Python envs (the "
-            "project's own, gymnasium's classic control) and MuJoCo envs"
+            "project's own, gymnasium's classic control, SimpleSpread) and MuJoCo envs"
         ) from None
     finally:
         env.close()

@@ -23,7 +23,8 @@ def add_variance(sub: argparse._SubParsersAction) -> None:
         "one an action-dependent control variate can reduce) and from the rest of the "
         "trajectory, by restarting copies of the env at N stored states with K actions each "
         "and K continuations per action. Writes variance.json and variance.png. Needs an env "
-        "whose state can be copied (pure-Python envs: the project's own, classic control).",
+        "whose state can be copied (pure-Python envs: the project's own, classic control, "
+        "SimpleSpread; MuJoCo envs).",
     )
     p.add_argument("run_dir", type=Path, help="the run folder train wrote (its checkpoints)")
     p.add_argument(
