@@ -104,6 +104,22 @@ SB3_ZOO = {  # rl-zoo3 hyperparameters (a2c.yml / ppo.yml)
             ),
         ),
     ),
+    ("sb3-ppo", "Walker2d-v5"): dict(  # (the zoo's Walker2d-v4 entry)
+        n_envs=1,
+        normalize=True,
+        kwargs=dict(
+            batch_size=32,
+            n_steps=512,
+            gamma=0.99,
+            learning_rate=5.05041e-05,
+            ent_coef=0.000585045,
+            clip_range=0.1,
+            n_epochs=20,
+            gae_lambda=0.95,
+            max_grad_norm=1.0,
+            vf_coef=0.871923,
+        ),
+    ),
     # The factorised bandit: SB3's defaults over the same 16 envs our agents use, A2C with our
     # one-step rollouts, PPO with n_steps 128 (16 x 128 = SB3's default 2,048 samples per update).
     ("sb3-a2c", "relax_rl/MultiBinaryMatch-v0"): dict(n_envs=16, kwargs=dict(n_steps=1)),
