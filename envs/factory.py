@@ -156,29 +156,26 @@ def make_env(
         return VecMonitor(EnvpoolVecEnv(env_id, n_envs, base))
     # (the agent seeds the env again with its seed alone: the wrapper keeps the stream)
     first, *stream = (seed,) if seed is None or isinstance(seed, int) else tuple(seed)
-    if discretize is not None:  # (here: a worker's error would not come back as one line)
-        check_discretize(env_id, discretize, env_kwargs)
     vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(vec_env)
     if vec_cls is None:
         raise ValueError(f"unknown vec_env {vec_env!r}; valid: {', '.join(VEC_ENVS)}")
+    wrapper: dict[str, Any] = {}
+    if discretize is not None:
+        wrapper = {"wrapper_class": DiscretizeAction, "wrapper_kwargs": {"bins": discretize}}
     # SB3's make_vec_env asks every env id for render_mode="rgb_array" (for video recorders);
     # an env that cannot render is built without it (else gymnasium warns on stderr).
     make: Any = env_id
     if vec_env == "subproc" and env_id.startswith("relax_rl/"):
         # a worker process has not imported relax_rl.envs: gymnasium's `module:EnvId` does
         make = env_id = f"relax_rl.envs:{env_id}"
-    if not _renders(env_id):
-        make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
-    wrap = None if discretize is None else {"wrapper_class": DiscretizeAction}
     try:
+        # (checked here: a subprocess worker's error would not come back as one line)
+        check_discretize(env_id, discretize, env_kwargs)
+        if not _renders(env_id):
+            make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
         venv = IndependentSeeds(
             make_vec_env(
-                make,
-                n_envs=n_envs,
-                vec_env_cls=vec_cls,
-                env_kwargs=env_kwargs,
-                **(wrap or {}),
-                wrapper_kwargs=None if wrap is None else {"bins": int(discretize)},
+                make, n_envs=n_envs, vec_env_cls=vec_cls, env_kwargs=env_kwargs, **wrapper
             ),
             stream,
         )
