@@ -21,8 +21,11 @@ its advantage estimator over the continuation, its control variate). The three t
 the nested (random-effects) ANOVA estimators, unbiased for each term:
 ``Sigma_tau = W_tau``, ``Sigma_a = W_a - W_tau / M``, ``Sigma_s = W_s - W_a / K``, with
 ``W_tau`` the mean within-action variance, ``W_a`` the mean variance of the action means within
-a state and ``W_s`` the variance of the state means. A term can come out slightly negative when
-it is near 0 (estimation noise).
+a state and ``W_s`` the variance of the state means. Each term, the total and (for an agent with
+a control variate) the log10 ratio of its total to the plain estimator's on the same samples
+come with a 95% percentile-bootstrap interval over the states (resampled together for every
+estimator: the ratio's interval is paired). A term near 0 can come out negative (estimation
+noise): its interval then reaches 0, the design has not resolved it, and its share is 0.
 
 Which envs: those whose state can be copied (:func:`copy_env`: ``copy.deepcopy`` of the env
 object, plus MuJoCo's ``set_state``), checked by stepping a copy beside the original: pure
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +66,20 @@ if TYPE_CHECKING:
 TERMS = ("state", "action", "trajectory")
 
 
+#: bootstrap resamples of the states behind every interval, and the intervals' level
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+#: fewest states whose percentile intervals hold near their level: measured on synthetic
+#: gradients with known terms (200 designs each, K = M = 4), the state term's 95% interval
+#: covered 77% of the time at 8 states, 85% at 16, 90% at 32 and 92% at 64 (the action and
+#: trajectory terms' 86-96% throughout); below it the variance command warns
+MIN_STATES_FOR_INTERVALS = 32
+
+
 @dataclass
 class Decomposition:
-    """The three terms (and their sum) of one estimator's variance, with the design's sizes."""
+    """The three terms (and their sum) of one estimator's variance, with the design's sizes
+    and, for each, a percentile-bootstrap interval over the states (:func:`_nested_anova`)."""
 
     estimator: str
     state: float
@@ -78,13 +92,29 @@ class Decomposition:
     #: squared norm minus its variance); ``total / signal`` is the variance in units of the
     #: squared gradient, comparable between estimators that scale the gradient differently
     signal: float | None = None
+    #: ``{"total" | term: (low, high)}`` at :data:`CONFIDENCE`
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: against the plain estimator on the same samples (an agent with a control variate):
+    #: ``log10(total / plain total)`` and its interval over the same resamples (paired)
+    log10_vs_paired: float | None = None
+    log10_vs_paired_interval: tuple[float, float] | None = None
 
     @property
     def total(self) -> float:
         return self.state + self.action + self.trajectory
 
+    def resolved(self, term: str) -> bool:
+        """Whether the term's interval excludes 0 (a term whose interval reaches 0 is not
+        resolved by the design: more states, or actions and continuations, would be)."""
+        interval = self.intervals.get(term)
+        return interval is None or interval[0] > 0
+
     def as_dict(self) -> dict[str, Any]:
         total = self.total
+        # Shares of the terms clipped at 0: an estimate below 0 is a term the design did not
+        # resolve (its interval says so), never a negative share.
+        clipped = {t: max(getattr(self, t), 0.0) for t in TERMS}
+        whole = sum(clipped.values())
         out: dict[str, Any] = {
             "estimator": self.estimator,
             "total": total,
@@ -93,12 +123,23 @@ class Decomposition:
             "n_actions": self.n_actions,
             "n_continuations": self.n_continuations,
             "signal": self.signal,
+            "confidence": CONFIDENCE,
+            "log10_vs_paired": self.log10_vs_paired,
+            "ci_log10_vs_paired": _listed(self.log10_vs_paired_interval),
         }
-        for t in TERMS:  # shares of the total, and log10 of the positive terms
-            out[f"share_{t}"] = getattr(self, t) / total if total > 0 else None
+        out["log10_total"] = math.log10(total) if total > 0 else None
+        out["ci_total"] = _listed(self.intervals.get("total"))
+        for t in TERMS:  # shares of the total, log10 of the positive terms, intervals
+            out[f"share_{t}"] = clipped[t] / whole if whole > 0 else None
             value = getattr(self, t)
             out[f"log10_{t}"] = math.log10(value) if value > 0 else None
+            out[f"ci_{t}"] = _listed(self.intervals.get(t))
+            out[f"resolved_{t}"] = self.resolved(t)
         return out
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [float(interval[0]), float(interval[1])]
 
 
 def copy_env(env: gym.Env) -> gym.Env:
@@ -420,29 +461,98 @@ def decompose(
     rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
     pool = _pool(model, env_id, env_kwargs, n_states, rng, gen, discretize)
     grads = _per_sample_gradients(model, pool, n_actions, n_continuations, rng, gen, max_steps)
-    return [_nested_anova(name, g) for name, g in grads.items()]
+    # one set of state resamples for every estimator: their intervals and ratio are paired
+    counts = np.random.default_rng([seed, 1]).multinomial(
+        n_states, np.full(n_states, 1.0 / n_states), size=BOOTSTRAP_RESAMPLES
+    )
+    stats = {name: _StateStats.of(g) for name, g in grads.items()}
+    terms = [_nested_anova(name, st, counts) for name, st in stats.items()]
+    if len(terms) == 2:  # the update's estimator and the plain one on the same samples
+        ours, plain = terms
+        if ours.total > 0 and plain.total > 0:
+            ours.log10_vs_paired = math.log10(ours.total / plain.total)
+            ours.log10_vs_paired_interval = paired_log10_ratio(
+                stats[ours.estimator], stats[plain.estimator], counts
+            )
+    return terms
 
 
-def _nested_anova(name: str, grads: th.Tensor) -> Decomposition:
-    """The three terms from per-sample gradients ``(N, K, M, P)`` (in float64)."""
-    grads = grads.double()
-    n, k, m, _ = grads.shape
-    action_means = grads.mean(2)  # (N, K, P)
-    state_means = action_means.mean(1)  # (N, P)
-    w_tau = float(((grads - action_means[:, :, None]) ** 2).sum((2, 3)).mean() / (m - 1))
-    w_a = float(((action_means - state_means[:, None]) ** 2).sum((1, 2)).mean() / (k - 1))
-    w_s = float(((state_means - state_means.mean(0)) ** 2).sum() / (n - 1))
+def paired_log10_ratio(
+    ours: _StateStats, plain: _StateStats, counts: np.ndarray
+) -> tuple[float, float] | None:
+    """The interval of ``log10(total / plain total)`` for two estimators measured on the same
+    samples, over the same resamples of the states (paired: the states' shared variation
+    cancels, so a reduction can be resolved where the two totals' own intervals overlap)."""
+    ratio = _resampled(ours, counts)[:, :3].sum(1) / _resampled(plain, counts)[:, :3].sum(1)
+    return _percentiles(np.log10(ratio[ratio > 0]))
+
+
+@dataclass
+class _StateStats:
+    """What the nested ANOVA needs of per-sample gradients ``(N, K, M, P)``, per state: the
+    mean within-action variance and the variance of the action means (summed over the
+    parameters), and the inner products of the state means. Any multiset of the states (a
+    bootstrap resample) has its terms from these alone."""
+
+    within: np.ndarray  # (N,)
+    between: np.ndarray  # (N,)
+    gram: np.ndarray  # (N, N)
+    k: int
+    m: int
+
+    @classmethod
+    def of(cls, grads: th.Tensor) -> _StateStats:
+        grads = grads.double()
+        _, k, m, _ = grads.shape
+        action_means = grads.mean(2)  # (N, K, P)
+        state_means = action_means.mean(1)  # (N, P)
+        within = ((grads - action_means[:, :, None]) ** 2).sum((1, 2, 3)) / (k * (m - 1))
+        between = ((action_means - state_means[:, None]) ** 2).sum((1, 2)) / (k - 1)
+        gram = state_means @ state_means.T
+        return cls(within.numpy(), between.numpy(), gram.numpy(), k, m)
+
+
+def _resampled(stats: _StateStats, counts: np.ndarray) -> np.ndarray:
+    """The terms ``(state, action, trajectory, signal)`` for each row of ``counts`` (how many
+    times each state is drawn; all ones: the design as measured), ``(B, 4)``."""
+    n = counts.shape[1]
+    w_tau = counts @ stats.within / n
+    w_a = counts @ stats.between / n
+    # sum_i c_i ||m_i - mean||^2 / (n - 1), the mean being the resample's
+    quad = np.einsum("bi,ij,bj->b", counts, stats.gram, counts)
+    w_s = (counts @ np.diag(stats.gram) - quad / n) / (n - 1)
     # Var(grand mean) = Sigma_s / N + Sigma_a / (N K) + Sigma_tau / (N K M) = W_s / N
-    signal = float(state_means.mean(0).pow(2).sum()) - w_s / n
+    signal = quad / n**2 - w_s / n
+    return np.stack([w_s - w_a / stats.k, w_a - w_tau / stats.m, w_tau, signal], axis=1)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float] | None:
+    if values.size == 0:
+        return None
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _nested_anova(name: str, stats: _StateStats, counts: np.ndarray) -> Decomposition:
+    """The three terms by the nested (random-effects) ANOVA estimators, each with a
+    percentile-bootstrap interval over resamples of the states (``counts``: how many times
+    each state is drawn in each resample)."""
+    n = counts.shape[1]
+    state, action, trajectory, signal = _resampled(stats, np.ones((1, n)))[0]
+    boot = _resampled(stats, counts)
+    intervals = {t: _percentiles(boot[:, i]) for i, t in enumerate(TERMS)}
+    intervals["total"] = _percentiles(boot[:, :3].sum(1))
     return Decomposition(
         estimator=name,
-        state=w_s - w_a / k,
-        action=w_a - w_tau / m,
-        trajectory=w_tau,
+        state=float(state),
+        action=float(action),
+        trajectory=float(trajectory),
         n_states=n,
-        n_actions=k,
-        n_continuations=m,
-        signal=signal,
+        n_actions=stats.k,
+        n_continuations=stats.m,
+        signal=float(signal),
+        intervals={t: v for t, v in intervals.items() if v is not None},
     )
 
 

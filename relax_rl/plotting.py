@@ -3,6 +3,7 @@ figures with rliable's plotting helpers."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -332,27 +333,43 @@ def plot_aggregates(aggregates: dict[str, dict[str, Any]], path: Path) -> None:
 def plot_variance_decomposition(results: list[dict[str, Any]], path: Path) -> None:
     """``variance.png``: the three terms of the policy-gradient variance (log10) against the
     checkpoint's env steps, one panel per term, a line per run and estimator (dashed: the
-    plain advantage estimator on the same samples)."""
+    plain advantage estimator on the same samples), with 95% bootstrap intervals; a hollow
+    marker is a term whose interval reaches 0 (not resolved by the design)."""
     terms = ("state", "action", "trajectory")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for run in results:
         for name in dict.fromkeys(e["estimator"] for p in run["points"] for e in p["estimators"]):
             paired = "same samples" in name
             label = f"{run.get('label', run['algo'])}: {name}" if len(results) > 1 else name
+            color = COLORS.get("a2c" if paired else run["algo"])
             for ax, term in zip(axes, terms, strict=True):
-                xs, ys = [], []
+                xs, ys, low, high, unresolved = [], [], [], [], []
                 for point in run["points"]:
                     row = next(e for e in point["estimators"] if e["estimator"] == name)
+                    y = row[f"log10_{term}"] if row[f"log10_{term}"] is not None else np.nan
+                    ci = row.get(f"ci_{term}")
                     xs.append(point["env_steps"])
-                    ys.append(row[f"log10_{term}"] if row[f"log10_{term}"] is not None else np.nan)
-                ax.plot(
+                    ys.append(y)
+                    # the 95% interval where it stays above 0 (a log axis has no room below)
+                    resolved = ci is not None and ci[0] > 0 and np.isfinite(y)
+                    low.append(y - math.log10(ci[0]) if resolved else np.nan)
+                    high.append(math.log10(ci[1]) - y if resolved else np.nan)
+                    unresolved.append(not row.get(f"resolved_{term}", True))
+                drawn = ax.errorbar(
                     xs,
                     ys,
+                    yerr=[low, high],
                     marker="o",
                     ls="--" if paired else "-",
-                    color=COLORS.get("a2c" if paired else run["algo"]),
+                    color=color,
+                    capsize=3,
                     label=label,
                 )
+                # a term whose interval reaches 0: hollow (not resolved by the design)
+                hollow = [(x, y) for x, y, u in zip(xs, ys, unresolved, strict=True) if u]
+                if hollow:
+                    hx, hy = zip(*hollow, strict=True)
+                    ax.plot(hx, hy, "o", mfc="white", color=drawn.lines[0].get_color(), zorder=3)
     for ax, term in zip(axes, terms, strict=True):
         symbol = {"state": "s", "action": "a", "trajectory": "tau"}[term]
         ax.set_title(f"Sigma_{symbol}: the {term} term")

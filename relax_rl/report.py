@@ -610,17 +610,23 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
 def variance_section(variance: dict[str, list[dict]]) -> list[str]:
     """The report's variance decomposition: per algo, estimator and point of the runs (a
     fraction of their length), the medians over seeds of log10 of the total variance and of the
-    shares of its state, action and trajectory terms."""
+    shares of its state, action and trajectory terms, with the runs' 95% bootstrap intervals
+    and, for an agent with a control variate, its paired log10 ratio to the plain estimator."""
     lines = [
         "",
         "## Where the gradient's variance comes from",
         "",
         "Variance of one sample of the update's gradient estimator, split into the state, action "
-        "and trajectory terms (Tucker et al. 2018; `relax-rl variance`); medians over seeds. "
-        "Only the action term can be reduced by an action-dependent control variate.",
+        "and trajectory terms (Tucker et al. 2018; `relax-rl variance`); medians over seeds, and "
+        "the span of the runs' 95% bootstrap intervals over states. Only the action term can be "
+        "reduced by an action-dependent control variate. `?`: a term whose interval reaches 0 in "
+        "some run (not resolved by the design). *vs same samples*: log10 of the total over the "
+        "plain advantage estimator's on the same samples (median; runs whose interval is below "
+        "0, i.e. a resolved reduction).",
         "",
-        "| algo | estimator | at | env steps | log10 total | state | action | trajectory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algo | estimator | at | env steps | log10 total [runs' CIs] | state | action "
+        "| trajectory | vs same samples |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for algo, runs in variance.items():
         rows: dict[tuple[str, float], list[tuple[int, dict]]] = {}
@@ -631,15 +637,38 @@ def variance_section(variance: dict[str, list[dict]]) -> list[str]:
                     rows.setdefault(key, []).append((point["env_steps"], e))
         for (name, fraction), items in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             steps = statistics.median(st for st, _ in items)
-            totals = [math.log10(e["total"]) for _, e in items if e["total"] > 0]
-            cells = []
+            ests = [e for _, e in items]
+            cells = [_log10_span(ests)]
             for term in ("state", "action", "trajectory"):
-                shares = [e[f"share_{term}"] for _, e in items if e[f"share_{term}"] is not None]
-                cells.append(f"{statistics.median(shares):.0%}" if shares else "-")
-            total = f"{statistics.median(totals):.2f}" if totals else "-"
+                shares = [e[f"share_{term}"] for e in ests if e[f"share_{term}"] is not None]
+                mark = (
+                    ""
+                    if all(e.get(f"resolved_{term}", True) or e[term] == 0 for e in ests)
+                    else "?"
+                )
+                cells.append(f"{statistics.median(shares):.0%}{mark}" if shares else "-")
+            cells.append(_paired_cell(ests))
             lines.append(
-                f"| {algo} | {name} | {fraction:g} | {steps:,.0f} | {total} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {algo} | {name} | {fraction:g} | {steps:,.0f} | " + " | ".join(cells) + " |"
             )
     return lines
+
+
+def _log10_span(ests: list[dict]) -> str:
+    totals = [math.log10(e["total"]) for e in ests if e["total"] > 0]
+    if not totals:
+        return "-"
+    lows = [e["ci_total"][0] for e in ests if e.get("ci_total")]
+    highs = [e["ci_total"][1] for e in ests if e.get("ci_total")]
+    if not lows:
+        return f"{statistics.median(totals):.2f}"
+    low = f"{math.log10(min(lows)):.2f}" if min(lows) > 0 else "<0"
+    return f"{statistics.median(totals):.2f} [{low}, {math.log10(max(highs)):.2f}]"
+
+
+def _paired_cell(ests: list[dict]) -> str:
+    ratios = [e["log10_vs_paired"] for e in ests if e.get("log10_vs_paired") is not None]
+    if not ratios:
+        return ""
+    below = sum(1 for e in ests if e.get("ci_log10_vs_paired") and e["ci_log10_vs_paired"][1] < 0)
+    return f"{statistics.median(ratios):+.2f} ({below}/{len(ratios)} below 0)"

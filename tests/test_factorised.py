@@ -924,6 +924,7 @@ def test_decomposition_sees_what_relax_removes_and_where(kwargs):
     assert ours.estimator == "RELAX" and plain.estimator == "A2C (same samples)"
     assert abs(ours.trajectory) < 1e-9 and abs(plain.trajectory) < 1e-9
     assert ours.action < 0.5 * plain.action
+    assert ours.log10_vs_paired_interval[1] < 0 and plain.log10_vs_paired is None
     noisy = decompose(relax, MATCH_ENV_ID, {"d": 12, "sigma": 0.5}, 12, 4, 4, seed=1)[1]
     assert noisy.trajectory > 0
 

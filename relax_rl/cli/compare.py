@@ -76,7 +76,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         metavar="FRACTIONS",
         help="after the runs, split each run's gradient variance into its state, action and "
         "trajectory terms at these fractions of its length (default 0.25,0.5,0.75; as "
-        "`relax-rl variance` with 16 states and 4 repeats) and report them",
+        "`relax-rl variance` with 32 states and 4 repeats) and report them",
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="(default runs/compare)")
     add_tracking_args(p)
@@ -302,7 +302,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _decompose_runs(cells, summaries: list[dict], fractions: list[float]) -> None:
     """``relax-rl variance`` on every finished run of the grid (16 states, 4 actions and
     continuations each), unless it has its ``variance.json`` at those points already."""
-    from relax_rl.decomposition import decompose_run
+    from relax_rl.decomposition import MIN_STATES_FOR_INTERVALS, decompose_run
     from relax_rl.runner import FINISHED
 
     for cell, summary in zip(cells, summaries, strict=True):
@@ -313,7 +313,9 @@ def _decompose_runs(cells, summaries: list[dict], fractions: list[float]) -> Non
             if [p["fraction"] for p in json.loads(path.read_text())["points"]] == fractions:
                 continue
         print(f"{cell.algo} seed {cell.seed}: variance decomposition", file=sys.stderr)
-        result = decompose_run(cell.out, fractions, n_states=16, repeats=4, seed=cell.seed)
+        result = decompose_run(
+            cell.out, fractions, n_states=MIN_STATES_FOR_INTERVALS, repeats=4, seed=cell.seed
+        )
         path.write_text(json.dumps(result, indent=2))
 
 
