@@ -235,7 +235,7 @@ def _advantages(
     first_actions: np.ndarray,
     rng: np.random.Generator,
     gen: th.Generator,
-    max_steps: int,
+    window: int,
 ) -> np.ndarray:
     """The agent's advantage estimate for each (state copy, first action), over one fresh
     continuation each, all stepped in lockstep."""
@@ -244,7 +244,6 @@ def _advantages(
     for e in envs:  # independent randomness per continuation
         e.unwrapped.np_random = np.random.default_rng(int(rng.integers(2**63)))
     spec, gamma = model.policy.action_spec, model.gamma
-    window = model.n_steps if model.n_steps > 0 else max_steps
     rewards = np.zeros((window, n))
     values = np.zeros((window + 1, n))  # V(s_t), and the bootstrap at the end
     alive = np.ones((window + 1, n), dtype=bool)  # step t taken (episode not over before it)
@@ -297,7 +296,7 @@ def _group_advantages(
     returns: np.ndarray,
     rng: np.random.Generator,
     gen: th.Generator,
-    max_steps: int,
+    length: int,
 ) -> np.ndarray:
     """A group baseline's advantage for each sample: its return (``returns``, from its state
     on) against ``group_size - 1`` partners of its own, each a fresh action at the same state
@@ -314,7 +313,7 @@ def _group_advantages(
         logits, _ = model.policy.logits_and_values(_obs_tensor(model, obs))
         noise = spec.perturb(uniform_noise((len(states), spec.n_noise), gen).to(device))
         actions = spec.sample(logits, noise)[0].cpu().numpy()
-    partner = _advantages(model, [pool[i][0] for i in states], obs, actions, rng, gen, max_steps)
+    partner = _advantages(model, [pool[i][0] for i in states], obs, actions, rng, gen, length)
     group = np.concatenate([returns[:, None], partner.reshape(rows, partners)], axis=1)
     group_t = th.as_tensor(group, dtype=th.float32)
     advantages = model.group_advantage(group_t, th.ones_like(group_t, dtype=th.bool))
@@ -357,7 +356,7 @@ def _per_sample_gradients(
     m: int,
     rng: np.random.Generator,
     gen: th.Generator,
-    max_steps: int,
+    length: int,
 ) -> dict[str, th.Tensor]:
     """Per estimator, the actor gradients ``(N, K, M, P)`` of the update's per-sample
     surrogate: ``K`` actions per state of ``pool``, ``M`` continuations per action."""
@@ -382,10 +381,10 @@ def _per_sample_gradients(
         np.repeat(actions.cpu().numpy(), m, axis=0),
         rng,
         gen,
-        max_steps,
+        length,
     )
     if isinstance(model, GroupRolloutMixin):
-        adv = _group_advantages(model, pool, k * m, adv, rng, gen, max_steps)
+        adv = _group_advantages(model, pool, k * m, adv, rng, gen, length)
     expand = lambda x: x.repeat_interleave(m, dim=0)  # noqa: E731  (per action -> per row)
     advantages = th.as_tensor(adv, dtype=th.float32, device=device)
     # V(s) as the advantages were computed with (RELAX's cv_target=return puts it in c_hat)
@@ -445,6 +444,7 @@ def decompose(
     seed: int = 0,
     max_steps: int = 1000,
     discretize: int | None = None,
+    window: int | None = None,
 ) -> list[Decomposition]:
     """The decomposition of the update's estimator at ``model``'s current policy (and, for an
     agent with a control variate, of the plain advantage estimator on the very same samples).
@@ -455,12 +455,17 @@ def decompose(
     :param seed: seed of the states, the noise and the continuations.
     :param max_steps: longest continuation of a whole-episode agent (``n_steps=0``).
     :param discretize: the run's ``discretize`` (its Box actions in bins).
+    :param window: the continuation's length (default: an ``n_steps`` agent's ``n_steps``, a
+        whole-episode agent's ``max_steps``): GAE over ``window`` steps is the estimator of a
+        sample ``window`` steps before its rollout's end (a long rollout's later samples
+        bootstrap sooner), so a short window measures those, at a fraction of the env steps.
     """
     if min(n_states, n_actions, n_continuations) < 2:
         raise ValueError("the nested design needs at least 2 states, actions and continuations")
     rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
     pool = _pool(model, env_id, env_kwargs, n_states, rng, gen, discretize)
-    grads = _per_sample_gradients(model, pool, n_actions, n_continuations, rng, gen, max_steps)
+    length = _continuation_length(model, max_steps, window)
+    grads = _per_sample_gradients(model, pool, n_actions, n_continuations, rng, gen, length)
     # one set of state resamples for every estimator: their intervals and ratio are paired
     counts = np.random.default_rng([seed, 1]).multinomial(
         n_states, np.full(n_states, 1.0 / n_states), size=BOOTSTRAP_RESAMPLES
@@ -534,6 +539,16 @@ def _percentiles(values: np.ndarray) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def _continuation_length(model: GumbelOnPolicyAlgorithm, max_steps: int, window: int | None) -> int:
+    """Steps of each continuation: ``window``, else the agent's ``n_steps`` window, else (a
+    whole-episode agent) ``max_steps``."""
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        return window
+    return model.n_steps if model.n_steps > 0 else max_steps
+
+
 def _nested_anova(name: str, stats: _StateStats, counts: np.ndarray) -> Decomposition:
     """The three terms by the nested (random-effects) ANOVA estimators, each with a
     percentile-bootstrap interval over resamples of the states (``counts``: how many times
@@ -570,7 +585,8 @@ def direct_variance(
     :func:`decompose` add up to."""
     rng, gen = np.random.default_rng(seed), th.Generator().manual_seed(seed)
     pool = _pool(model, env_id, env_kwargs, n_samples, rng, gen, discretize)
-    grads = _per_sample_gradients(model, pool, 1, 1, rng, gen, max_steps)
+    length = _continuation_length(model, max_steps, None)
+    grads = _per_sample_gradients(model, pool, 1, 1, rng, gen, length)
     g = grads[type(model).__name__][:, 0, 0].double()
     return float(((g - g.mean(0)) ** 2).sum() / (n_samples - 1))
 
@@ -634,6 +650,7 @@ def decompose_run(
     n_states: int = 32,
     repeats: int = 8,
     seed: int = 0,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """The decomposition at the checkpoints of a run folder nearest to ``fractions`` of its
     length (``repeats`` actions per state and continuations per action), as written to
@@ -650,7 +667,15 @@ def decompose_run(
     for fraction, steps, path in pick_checkpoints(run_checkpoints(run_dir), fractions):
         model = _load(ALGOS[algo], path, config)
         terms = decompose(
-            model, env_id, env_kwargs, n_states, repeats, repeats, seed, discretize=discretize
+            model,
+            env_id,
+            env_kwargs,
+            n_states,
+            repeats,
+            repeats,
+            seed,
+            discretize=discretize,
+            window=window,
         )
         points.append(
             {
@@ -665,5 +690,6 @@ def decompose_run(
         "env_id": env_id,
         "env_kwargs": env_kwargs,
         "discretize": discretize,
+        "window": window,
         "points": points,
     }

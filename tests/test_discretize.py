@@ -141,9 +141,11 @@ def test_the_run_folder_records_it_and_eval_variance_resume_rebuild_it(tmp_path,
     capsys.readouterr()
     assert main(["eval", str(out), "--episodes", "2"]) == 0
     assert f"mean return {summary['eval_mean_return']:.2f}" in capsys.readouterr().out
-    assert main(["variance", str(out), "--at", "1", "--states", "2", "--repeats", "2"]) == 0
+    assert main(["variance", str(out), "--at", "1", "--states", "2", "--repeats", "2",
+                 "--window", "16"]) == 0  # fmt: skip
     result = json.loads((out / "variance.json").read_text())
-    assert result["discretize"] == 7 and result["points"][0]["estimators"]
+    assert result["discretize"] == 7 and result["window"] == 16
+    assert result["points"][0]["estimators"]
     assert main(["train", "--resume", str(out), "--total-steps", "64", "--no-progress"]) == 0
     assert json.loads((out / "summary.json").read_text())["total_env_steps"] >= 320
 

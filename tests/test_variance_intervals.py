@@ -107,3 +107,21 @@ def test_the_printed_table_marks_unresolved_terms_and_shows_intervals():
     assert "0%?" in text and "-0.40 [-0.60, -0.20]" in text
     assert "not resolved at this design" in text
     assert "33%" in text and "67%" in text  # shares of the terms clipped at 0, never "-1%"
+
+
+def test_the_window_is_the_continuation_length():
+    """``window`` = the agent's n_steps is the default design; a shorter one measures the
+    estimator of samples nearer their rollout's end (other numbers, the same states)."""
+    from relax_rl.agents import ALGOS
+    from relax_rl.decomposition import decompose
+    from relax_rl.envs import CHAIN_ENV_ID, make_env
+
+    model = ALGOS["a2c"]("MlpPolicy", make_env(CHAIN_ENV_ID, 4, 0), n_steps=3, seed=0,
+                         policy_kwargs={"net_arch": [8]})  # fmt: skip
+    default = decompose(model, CHAIN_ENV_ID, n_states=6, n_actions=2, n_continuations=2)[0]
+    same = decompose(model, CHAIN_ENV_ID, n_states=6, n_actions=2, n_continuations=2, window=3)
+    short = decompose(model, CHAIN_ENV_ID, n_states=6, n_actions=2, n_continuations=2, window=1)
+    assert same[0].as_dict() == default.as_dict()
+    assert short[0].total != default.total
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+        decompose(model, CHAIN_ENV_ID, n_states=6, n_actions=2, n_continuations=2, window=0)

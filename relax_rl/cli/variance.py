@@ -46,6 +46,16 @@ def add_variance(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the design (default 0)")
     p.add_argument(
+        "--window",
+        type=bounded(int, 1),
+        default=None,
+        metavar="T",
+        help="steps of each continuation (default: the agent's n_steps, or up to 1000 for a "
+        "whole-episode agent): an n_steps agent's GAE over T steps is its estimator for a "
+        "sample T steps before its rollout's end; a short window measures those at a fraction "
+        "of the env steps (PPO's 2,048-step MuJoCo rollouts: --window 256)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -97,7 +107,9 @@ def _run_variance(args: argparse.Namespace) -> int:
             "or more for intervals to trust",
             file=sys.stderr,
         )
-    result = decompose_run(run_dir, fractions, args.states, args.repeats, args.seed)
+    result = decompose_run(
+        run_dir, fractions, args.states, args.repeats, args.seed, window=args.window
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "variance.json").write_text(json.dumps(result, indent=2))
     plot_variance_decomposition([result], out / "variance.png")
