@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,24 @@ def _renders(env_id: str) -> bool:
     except (ImportError, AttributeError, ValueError, DependencyNotInstalled):
         return True  # (as SB3 would: let gym.make decide, and make_env name a missing extra)
     return "rgb_array" in ((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
+
+
+def env_options(env_id: str) -> list[str] | None:
+    """The keyword options of the env's constructor (``env_kwargs``), from its signature;
+    None where it cannot be read."""
+    spec = check_env_id(env_id)
+    try:
+        creator = (
+            spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+        )
+        params = inspect.signature(creator).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError, DependencyNotInstalled):
+        return None
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "render_mode"
+    ]
 
 
 def build_env(
@@ -179,6 +199,13 @@ def make_env(
             ),
             stream,
         )
+    except TypeError as exc:  # an option the env's constructor does not take
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown is None:
+            raise
+        options = env_options(env_id)
+        valid = f"; its options: {', '.join(options)}" if options else ""
+        raise ValueError(f"{env_id} takes no option {unknown[1]!r} (env_kwargs){valid}") from None
     except DependencyNotInstalled as exc:
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)
         how = f"pip install 'relax-rl[{extra}]'" if extra else "install its dependencies"

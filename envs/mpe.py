@@ -25,6 +25,16 @@ N_MOVES = 5
 _RENDERER = frozenset({"screen", "game_font", "viewer", "clock"})
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not (_is_number(value) and math.isfinite(value) and value == int(value) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class SimpleSpreadEnv(gym.Env):
     """MPE's ``simple_spread`` (Lowe et al. 2017): ``n_agents`` agents must cover as many
     landmarks, each agent choosing one of 5 moves a step. One joint action
@@ -51,11 +61,11 @@ class SimpleSpreadEnv(gym.Env):
         reward: str = "sum",
         render_mode: str | None = None,
     ) -> None:
-        if isinstance(n_agents, bool) or int(n_agents) != n_agents or n_agents < 1:
-            raise ValueError(f"n_agents must be a positive integer, got {n_agents!r}")
-        if isinstance(max_cycles, bool) or int(max_cycles) != max_cycles or max_cycles < 1:
-            raise ValueError(f"max_cycles must be a positive integer, got {max_cycles!r}")
-        if not (math.isfinite(local_ratio) and 0.0 <= local_ratio <= 1.0):
+        n_agents, max_cycles = (
+            _positive_int("n_agents", n_agents),
+            _positive_int("max_cycles", max_cycles),
+        )
+        if not (_is_number(local_ratio) and 0.0 <= local_ratio <= 1.0):
             raise ValueError(f"local_ratio must be in [0, 1], got {local_ratio!r}")
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; valid: {', '.join(REWARDS)}")

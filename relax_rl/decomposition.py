@@ -634,12 +634,15 @@ def _load(algo_cls: type, path: Path, config: dict[str, Any]) -> GumbelOnPolicyA
         return algo_cls.load(path, device="cpu")
     from relax_rl.training import normalize_stats_path
 
+    # the run's env as its agent takes it (group baselines: its envs in groups), then the
+    # frozen statistics over it
     env = make_env(
         config["env_id"],
-        1,
+        config.get("n_envs", 1),
         env_kwargs=config.get("env_kwargs"),
         discretize=config.get("discretize"),
     )
+    env = algo_cls.prepare_env(env, config.get("seed"), config)
     venv = normalize_env(env, stats=normalize_stats_path(path), training=False)
     return algo_cls.load(path, env=venv, device="cpu")
 

@@ -450,7 +450,7 @@ def write_report(
     :param aggregates: :func:`aggregate`'s output for them.
     :param variance: per algo, its runs' ``variance.json`` contents (``relax-rl variance``).
     """
-    env_ids = sorted({s.get("env_id", "?") for s in summaries})
+    env_ids = sorted({_env_setup(s) for s in summaries})
     lines = [
         f"# Comparison on {', '.join(env_ids)}",
         "",
@@ -492,9 +492,9 @@ def write_report(
     if unmeasured:
         lines += [
             "",
-            f"{', '.join(unmeasured)}: fewer than {MIN_GROUPS} envs per update (groups of envs, "
-            "for a group baseline), so the gradient variance is not measured (it needs "
-            "independent envs within one batch).",
+            f"{', '.join(unmeasured)}: fewer than {MIN_GROUPS} independent units per update "
+            "(envs; groups of envs for a group baseline), so the gradient variance is not "
+            "measured (it needs independent estimates within one batch).",
         ]
     lines += _rliable_section(aggregates)
     if variance:
@@ -672,3 +672,13 @@ def _paired_cell(ests: list[dict]) -> str:
         return ""
     below = sum(1 for e in ests if e.get("ci_log10_vs_paired") and e["ci_log10_vs_paired"][1] < 0)
     return f"{statistics.median(ratios):+.2f} ({below}/{len(ratios)} below 0)"
+
+
+def _env_setup(summary: Mapping[str, Any]) -> str:
+    """The env a run trained on, with what changes it: ``env_kwargs`` and ``discretize``."""
+    parts = [str(summary.get("env_id", "?"))]
+    if summary.get("env_kwargs"):
+        parts.append(", ".join(f"{k}={v}" for k, v in sorted(summary["env_kwargs"].items())))
+    if summary.get("discretize"):
+        parts.append(f"discretize={summary['discretize']}")
+    return parts[0] + (f" ({'; '.join(parts[1:])})" if len(parts) > 1 else "")

@@ -285,6 +285,8 @@ class RunFolder:
             "episodes": self.tracker.episodes,
             "wall_s": round(wall, 3),  # (of this session, when the run was continued)
             "env_steps_per_s": round((steps - self.start_steps) / wall, 1) if wall > 0 else None,
+            "env_kwargs": self.spec.settings.get("env_kwargs"),
+            "discretize": self.spec.settings.get("discretize"),
             "action_space": str(self.model.action_space) if self.model is not None else None,
             "threshold": self.spec.settings["threshold"],
             "solved_at_env_steps": self.tracker.solved_at_env_steps,

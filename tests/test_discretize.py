@@ -178,6 +178,7 @@ def test_compare_takes_a_preset(tmp_path):
     assert main(args) == 0
     stored = yaml.safe_load((out / "ppo-s0" / "config.yaml").read_text())
     assert stored["discretize"] == 11 and stored["normalize"] is True
+    assert (out / "report.md").read_text().startswith("# Comparison on Pendulum-v1 (discretize=11)")
     assert stored["policy"]["action_space"] == "MultiDiscrete([11])"
     assert main([*args[:7], "nope", *args[8:]]) == 2
 

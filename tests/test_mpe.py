@@ -83,6 +83,9 @@ def test_a_deep_copy_steps_as_the_original():
         ({"max_cycles": 0}, "max_cycles must be a positive integer, got 0"),
         ({"local_ratio": 1.5}, r"local_ratio must be in \[0, 1\], got 1.5"),
         ({"reward": "max"}, "unknown reward 'max'; valid: sum, mean"),
+        ({"n_agents": "abc"}, "n_agents must be a positive integer, got 'abc'"),
+        ({"n_agents": None}, "n_agents must be a positive integer, got None"),
+        ({"local_ratio": "abc"}, r"local_ratio must be in \[0, 1\], got 'abc'"),
     ],
 )
 def test_bad_options_are_one_line(kwargs, message):
@@ -148,3 +151,31 @@ def test_cli_trains_evaluates_and_records_the_joint_action(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out), "--episodes", "2"]) == 0
     assert f"mean return {summary['eval_mean_return']:.2f}" in capsys.readouterr().out
+
+
+def test_an_unknown_option_names_the_valid_ones(tmp_path, capsys):
+    """From train and compare alike: one line, exit 2, no folder."""
+    for command in (["train", "--algo", "ppo"], ["compare", "--algos", "ppo", "--seeds", "0"]):
+        args = [*command, "--env", SIMPLE_SPREAD_ENV_ID, "--set", "env_kwargs.foo=1"]
+        assert main([*args, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = "takes no option 'foo' (env_kwargs); its options: n_agents, max_cycles, "
+        assert len(err) == 1 and expected + "local_ratio, reward" in err[0], err
+        assert not (tmp_path / "run").exists()
+
+
+def test_variance_of_a_normalised_group_run(tmp_path, capsys):
+    """The shipped configs normalise SimpleSpread; a group agent's checkpoint loads over its
+    envs in groups, under the saved statistics."""
+    out = tmp_path / "run"
+    args = ["train", "--algo", "rloo", "--env", SIMPLE_SPREAD_ENV_ID, "--total-steps", "400",
+            "--set", "policy_kwargs.net_arch=[8]", "--set", "env_kwargs.max_cycles=5",
+            "--eval-episodes", "3", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["normalize"] is True
+    assert main(["variance", str(out), "--at", "1", "--states", "3", "--repeats", "2"]) == 0
+    assert json.loads((out / "variance.json").read_text())["points"][0]["estimators"]
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0  # (train's own 3 episodes, replayed)
+    assert f"{summary['eval_mean_return']:.2f} +- " in capsys.readouterr().out

@@ -178,13 +178,15 @@ def _check_env_setup(spec) -> None:
     """The training env as the agent takes it (e.g. envs in groups: n_envs a multiple of
     group_size, a VecEnv that can reseed one env), built once and closed, so that a setting
     every run would fail on is refused before any run starts."""
-    env = spec.make_env(spec.settings["n_envs"], 0)
+    env = None
     try:
+        env = spec.make_env(spec.settings["n_envs"], 0)
         spec.algo_cls.prepare_env(env, 0, spec.agent_kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # (a bad env option: the env's constructor's error)
         raise UsageError(f"{spec.algo} on {spec.env_id}: {exc}") from None
     finally:
-        env.close()
+        if env is not None:
+            env.close()
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:

@@ -82,7 +82,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         description="Load RUN_DIR/model.zip and print the mean and std return.",
     )
     e.add_argument("run_dir", type=Path, help="the run folder train wrote (its model.zip)")
-    e.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    e.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes to run (default: as many as train's own evaluation ran, else 10)",
+    )
     e.add_argument(
         "--seed",
         type=seed_arg,
@@ -215,7 +220,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from relax_rl.training import normalize_stats_path
 
     run_dir: Path = args.run_dir
-    if args.episodes <= 0:
+    if args.episodes is not None and args.episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {args.episodes}")
     summary_path, model_path = run_dir / "summary.json", run_dir / "model.zip"
     if run_dir.exists() and not run_dir.is_dir():
@@ -255,10 +260,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = algo_cls.load(model_path, device="cpu")
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as exc:
         raise UsageError(f"{model_path} is corrupt or not a {algo} model ({exc})") from None
-    result = evaluate(model, env, args.episodes, deterministic=not args.stochastic)
+    episodes = args.episodes or summary.get("eval_episodes") or 10
+    result = evaluate(model, env, episodes, deterministic=not args.stochastic)
     env.close()
     print(
         f"{algo} on {env_id}: mean return {result.mean:.2f} +- {result.std:.2f} "
-        f"over {args.episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})"
+        f"over {episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})"
     )
     return 0
