@@ -23,10 +23,11 @@ WANDB_MODES = ("offline", "online", "disabled")
 class TrackingConfig:
     """``relax-rl ... --track`` settings (the ``--wandb-*`` flags are generated from them)."""
 
-    mode: str = field(
-        default="offline",
+    mode: str | None = field(
+        default=None,
         metadata={
-            "help": "offline: no network at all, `wandb sync` later; online needs a login",
+            "help": "offline (the default, unless WANDB_MODE says otherwise): no network at "
+            "all, `wandb sync` later; online needs a login. Given here, it wins over WANDB_MODE",
             "choices": WANDB_MODES,
         },
     )
@@ -36,10 +37,16 @@ class TrackingConfig:
     )
     tags: list[str] = field(default_factory=list, metadata={"help": "wandb tags of the run(s)"})
 
+    def resolved_mode(self) -> str:
+        """The mode a run gets: ``mode`` when given, else ``WANDB_MODE``, else offline."""
+        return self.mode or os.environ.get("WANDB_MODE") or "offline"
+
     def validate(self) -> None:
-        if self.mode not in WANDB_MODES:
-            raise ValueError(f"unknown wandb mode {self.mode!r}; valid: {', '.join(WANDB_MODES)}")
-        if os.environ.get("WANDB_MODE", self.mode) == "online" and not _wandb_login_known():
+        mode = self.resolved_mode()
+        if mode not in WANDB_MODES:
+            where = "WANDB_MODE" if self.mode is None else "wandb mode"
+            raise ValueError(f"unknown {where} {mode!r}; valid: {', '.join(WANDB_MODES)}")
+        if mode == "online" and not _wandb_login_known():
             raise ValueError(
                 "wandb mode online needs a login: run `wandb login` or set WANDB_API_KEY "
                 "(or track with --wandb-mode offline and `wandb sync` later)"
@@ -83,7 +90,9 @@ _ADOPTED: set[str] = set()
 
 
 def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: Path) -> Any:
-    """A wandb run in ``out/wandb`` (``WANDB_MODE`` in the environment wins over ``mode``).
+    """A wandb run in ``out/wandb``, in ``tracking``'s mode (:meth:`TrackingConfig.resolved_mode`:
+    a mode given wins over ``WANDB_MODE``, so that offline means no network whatever the
+    environment says).
 
     If the caller already started a run (``wandb.init``, e.g. to build SB3's
     ``WandbCallback``, which needs one), log into that run and leave it open.
@@ -99,22 +108,32 @@ def start_run(tracking: TrackingConfig, name: str, config: dict[str, Any], out: 
         run.define_metric("global_step")
         run.define_metric("*", step_metric="global_step")
         return run
-    mode = os.environ.get("WANDB_MODE", tracking.mode)
-    if mode != "online":
-        # wandb's process-wide settings, read before init's own: its telemetry exporter takes
-        # its mode from them and would otherwise probe wandb's server (a DNS query) offline.
-        wandb.setup(settings=wandb.Settings(mode=mode))
-    run = wandb.init(
-        project=tracking.project,
-        group=tracking.group,
-        tags=tracking.tags or None,
-        name=name,
-        config=config,
-        dir=str(out),
-        mode=mode,
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    mode = tracking.resolved_mode()
+    # wandb reads WANDB_MODE over its own arguments in places: it is set to the run's mode
+    # for wandb's set-up and init (and put back after)
+    before = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = mode
+    try:
+        if mode != "online":
+            # wandb's process-wide settings, read before init's own: its telemetry exporter
+            # takes its mode from them and would otherwise probe wandb's server (a DNS query).
+            wandb.setup(settings=wandb.Settings(mode=mode))
+        run = wandb.init(
+            project=tracking.project,
+            group=tracking.group,
+            tags=tracking.tags or None,
+            name=name,
+            config=config,
+            dir=str(out),
+            mode=mode,
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = before
     run.define_metric("global_step")
     run.define_metric("*", step_metric="global_step")
     return run

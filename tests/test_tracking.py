@@ -1,6 +1,7 @@
 """wandb tracking: offline run files hold the logged keys; no network is used."""
 
 import json
+import os
 import socket
 
 import pytest
@@ -91,6 +92,24 @@ def test_track_offline_writes_run_files_with_keys(tmp_path, monkeypatch, no_netw
     ):
         assert key in data, key
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("environment", ["online", "disabled"])
+def test_an_explicit_offline_mode_wins_over_wandb_mode(tmp_path, monkeypatch, no_network,
+                                                      environment):  # fmt: skip
+    """``--wandb-mode offline`` is offline (run files, no connection) whatever WANDB_MODE says;
+    without the flag, WANDB_MODE decides (here: disabled, no files)."""
+    monkeypatch.setenv("WANDB_MODE", environment)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    args = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "200",
+            "--eval-episodes", "1", "--no-progress", "--track"]  # fmt: skip
+    out = tmp_path / "explicit"
+    assert main([*args, "--out", str(out), "--wandb-mode", "offline"]) == 0
+    assert len(list((out / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert os.environ["WANDB_MODE"] == environment  # (put back)
+    if environment == "disabled":
+        assert main([*args, "--out", str(tmp_path / "implicit")]) == 0
+        assert not list((tmp_path / "implicit").glob("wandb/offline-run-*"))
 
 
 def test_bad_wandb_mode(tmp_path, capsys):
