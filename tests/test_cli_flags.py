@@ -70,3 +70,18 @@ def test_changing_a_default_changes_the_flag(monkeypatch):
     monkeypatch.setattr(fields["steps"], "default", 123)
     args = build_parser().parse_args(["toy"])
     assert args.steps == 123
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`relax-rl params | head`: the pipe closes before the output is written; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relax_rl", "params", "--algo", "relax"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # (before the interpreter has started: its first write finds no reader)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err

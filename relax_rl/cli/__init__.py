@@ -19,6 +19,7 @@ root parser and the error handling.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -82,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"relax-rl {args.command}: {stopped(exc)}{hint}", file=sys.stderr)
         return interrupt_code(exc)
+    except BrokenPipeError:  # the reader went away (`relax-rl params | head`): not an error
+        # (stdout to devnull: the interpreter's own flush at exit would fail on the pipe again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 __all__ = ["build_parser", "main"]
