@@ -6,7 +6,9 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,26 @@ EXTRAS = {
 }
 
 
+def _import_user_module(module: str) -> None:
+    """Import ``module``, from the current folder too (as ``python -m relax_rl`` finds it; the
+    console script's path does not hold the current folder)."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, here)
+        importlib.import_module(module)
+
+
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     """The spec of ``env_id``, or ``ValueError`` naming close matches. ``module:EnvId``
     (gymnasium's form for a user's own env) imports ``module`` first, which registers it."""
     module, sep, name = env_id.rpartition(":")
     if sep:
         try:
-            importlib.import_module(module)
+            _import_user_module(module)
         except ImportError as exc:
             raise ValueError(
                 f"env id {env_id!r}: cannot import module {module!r} ({exc})"

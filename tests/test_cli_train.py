@@ -585,3 +585,47 @@ def test_integer_flags_take_scientific_notation(capsys):
     assert args.total_steps == 10_000
     assert main(["train", "--algo", "a2c", "--env", "CartPole-v1", "--total-steps", "1.5"]) == 2
     assert "invalid value '1.5'" in capsys.readouterr().err
+
+
+_USER_BANDIT = """
+import gymnasium as gym
+import numpy as np
+
+
+class Bandit(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), float(action), True, False, {}
+
+
+gym.register("UserBandit-v0", entry_point=Bandit)
+"""
+
+
+def test_a_module_env_id_from_the_current_folder_works_from_the_console_script(tmp_path):
+    """`relax-rl train --env user_envs:UserBandit-v0` in the folder holding user_envs.py, no
+    PYTHONPATH (as `python -m relax_rl` finds it), and `eval` of that run likewise."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "user_envs.py").write_text(_USER_BANDIT)
+    script = Path(sys.executable).parent / "relax-rl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["WANDB_MODE"] = "disabled"
+    for argv in (
+        ["train", "--algo", "a2c", "--env", "user_envs:UserBandit-v0", "--total-steps", "200",
+         "--eval-episodes", "2", "--no-progress", "--out", "run"],
+        ["eval", "run", "--episodes", "2"],
+    ):  # fmt: skip
+        done = subprocess.run([str(script), *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert "mean return" in done.stdout
