@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import inspect
+import math
 import os
 import types
 import typing
@@ -422,6 +423,8 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(f"{f.name} must be >= {low}, got {value}")
         if choices is not None and value not in choices:
             raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
+    if run["threshold"] is not None and not math.isfinite(run["threshold"]):
+        raise UsageError(f"threshold must be a finite number, got {run['threshold']}")
     return run, agent
 
 

@@ -209,6 +209,9 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             _check_observation_space(type(self).__name__, observation_space)
         if n_steps < 0:
             raise ValueError(f"n_steps must be >= 0 (0: whole episodes), got {n_steps}")
+        for name, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
+            if not 0.0 <= value <= 1.0:  # (NaN fails it too)
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not use_baseline and n_steps > 0:
             # Without V(s) a cut rollout would bootstrap with 0: silently truncated returns.
             raise ValueError(

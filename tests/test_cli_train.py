@@ -629,3 +629,36 @@ def test_a_module_env_id_from_the_current_folder_works_from_the_console_script(t
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr
     assert "mean return" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "gamma=1.5"], "gamma must be in [0, 1], got 1.5"),
+        (["--set", "gamma=-0.1"], "gamma must be in [0, 1], got -0.1"),
+        (["--set", "gamma=.nan"], "gamma must be in [0, 1], got nan"),
+        (["--set", "gae_lambda=2"], "gae_lambda must be in [0, 1], got 2.0"),
+        (["--threshold", "nan"], "threshold must be a finite number, got nan"),
+        (["--threshold", "inf"], "threshold must be a finite number, got inf"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_values_out_of_range_are_refused_before_a_run_folder(tmp_path, capsys, args, needle,
+                                                             command):  # fmt: skip
+    algo = ["--algo", "a2c"] if command == "train" else ["--algos", "a2c", "--seeds", "0"]
+    out = tmp_path / "run"
+    code = main([command, *algo, "--env", "CartPole-v1", *args, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_compare_until_solved_without_a_threshold_and_params_of_an_unknown_env(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algos", "a2c", "--env", "Pendulum-v1", "--until-solved", "--seeds", "0"]
+    assert main([*args, "--out", str(out)]) == 2
+    assert "needs a reward threshold and Pendulum-v1 has none" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["params", "--algo", "a2c", "--env", "NoSuchEnv-v0"]) == 2
+    err = capsys.readouterr()
+    assert "unknown env id 'NoSuchEnv-v0'" in err.err and err.out == ""

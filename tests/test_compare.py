@@ -88,29 +88,51 @@ def test_tiny_compare_report_figures_and_resume(tmp_path, capsys, monkeypatch):
     assert len(again["runs"]) == 4
 
 
-def test_a_crashing_run_is_reported_and_others_go_on(tmp_path):
+_CRASHING_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class Crashes(gym.Env):  # builds and resets (compare's checks pass), fails at its 50th step
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        Crashes.steps += 1
+        if Crashes.steps >= 50:
+            raise RuntimeError("the simulator fell over")
+        return np.zeros(1, np.float32), 1.0, False, False, {}
+
+
+gym.register("Crashes-v0", entry_point=Crashes, max_episode_steps=20)
+"""
+
+
+def test_a_crashing_run_is_reported_and_others_go_on(tmp_path, monkeypatch):
+    (tmp_path / "crashing_envs.py").write_text(_CRASHING_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "--algos",
-        "a2c",
-        "--env",
-        "CartPole-v1",
-        "--seeds",
-        "0",
-        "--total-steps",
-        "300",
-        "--set",
-        "n_envs=2",
-        "--set",
-        "n_steps=0",
-        "--out",
-        str(out),
-    ]
+    args = ["compare", "--algos", "a2c", "--env", "crashing_envs:Crashes-v0", "--seeds", "0",
+            "--total-steps", "300", "--set", "n_envs=2", "--out", str(out)]  # fmt: skip
     assert main(args) == 1  # every run failed: the report is written, the exit code says so
     report = (out / "report.md").read_text()
-    assert "1 failed" in report and "needs n_envs=1" in report
+    assert "1 failed" in report and "the simulator fell over" in report
     assert (out / "aggregates.png").exists() and (out / "performance_profile.png").exists()
+
+
+def test_a_setting_every_run_would_fail_on_is_refused_before_any_run(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0", "--set",
+            "n_envs=2", "--set", "n_steps=0", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs n_envs=1" in err[0], err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -170,23 +170,26 @@ def _grid_overrides(args: argparse.Namespace) -> dict:
     overrides = run_overrides(args)
     for algo in args.algos:
         spec = _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None, args.preset)
+        if spec.settings["stop_when_solved"] and spec.settings["threshold"] is None:
+            raise UsageError(
+                f"--until-solved needs a reward threshold and {args.env} has none; "
+                "add --threshold VALUE"
+            )
         _check_env_setup(spec)
     return overrides
 
 
 def _check_env_setup(spec) -> None:
-    """The training env as the agent takes it (e.g. envs in groups: n_envs a multiple of
-    group_size, a VecEnv that can reseed one env), built once and closed, so that a setting
-    every run would fail on is refused before any run starts."""
-    env = None
+    """The run as every cell of the grid builds it (the env as the agent takes it, e.g. envs
+    in groups; then the agent over it: its arguments checked), built once and closed, so that
+    a setting every run would fail on is refused before any run starts."""
+    from relax_rl.training import build
+
     try:
-        env = spec.make_env(spec.settings["n_envs"], 0)
-        spec.algo_cls.prepare_env(env, 0, spec.agent_kwargs)
+        _, env = build(spec)
     except (ValueError, TypeError) as exc:  # (a bad env option: the env's constructor's error)
         raise UsageError(f"{spec.algo} on {spec.env_id}: {exc}") from None
-    finally:
-        if env is not None:
-            env.close()
+    env.close()
 
 
 def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) -> None:

@@ -7,6 +7,7 @@ import argparse
 from relax_rl.cli.common import (
     algo_class,
 )
+from relax_rl.errors import UsageError
 
 
 def add_params(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,13 @@ def _run_params(args: argparse.Namespace) -> int:
     from relax_rl import config as cfg
 
     algo_cls = algo_class(args.algo)
+    if args.env is not None:
+        from relax_rl.envs import check_env_id
+
+        try:
+            check_env_id(args.env)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     entry = args.preset or args.env
     configured = cfg.zoo_settings(args.algo, entry, required=args.preset is not None)
     path = cfg.CONFIG_DIR / f"{args.algo}.yaml"
