@@ -450,7 +450,7 @@ def write_report(
     :param aggregates: :func:`aggregate`'s output for them.
     :param variance: per algo, its runs' ``variance.json`` contents (``relax-rl variance``).
     """
-    env_ids = sorted({_env_setup(s) for s in summaries})
+    env_ids = sorted({env_setup(s) for s in summaries})
     lines = [
         f"# Comparison on {', '.join(env_ids)}",
         "",
@@ -674,7 +674,7 @@ def _paired_cell(ests: list[dict]) -> str:
     return f"{statistics.median(ratios):+.2f} ({below}/{len(ratios)} below 0)"
 
 
-def _env_setup(summary: Mapping[str, Any]) -> str:
+def env_setup(summary: Mapping[str, Any]) -> str:
     """The env a run trained on, with what changes it: ``env_kwargs`` and ``discretize``."""
     parts = [str(summary.get("env_id", "?"))]
     if summary.get("env_kwargs"):

@@ -394,3 +394,38 @@ def test_ray_address_auto_with_no_live_cluster_fails_in_seconds(tmp_path, monkey
     with pytest.raises(UsageError, match="cannot reach" if recorded else "no running Ray"):
         check_ray_address("auto")
     assert time.monotonic() - start < 10
+
+
+def _fake_run(folder, algo, seed, env_id="CartPole-v1", steps=1000, env_kwargs=None):
+    """A finished run's summary.json and progress.csv, as train writes them."""
+    folder.mkdir(parents=True)
+    summary = {"algo": algo, "env_id": env_id, "seed": seed, "status": "completed",
+               "error": None, "total_env_steps": steps, "episodes": 50, "wall_s": 1.0,
+               "env_steps_per_s": 1000.0, "threshold": 475.0, "solved_at_env_steps": None,
+               "solved_at_episodes": None, "final_mean_return_100": 20.0 + seed,
+               "env_kwargs": env_kwargs, "discretize": None}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    rows = "time/total_timesteps,rollout/ep_rew_mean\n" + "".join(
+        f"{t},{10 + t / 100}\n" for t in range(100, steps + 1, 100)
+    )
+    (folder / "progress.csv").write_text(rows)
+    return folder
+
+
+def test_plot_refuses_mixed_envs_and_a_run_given_twice_notes_unequal_lengths(tmp_path, capsys):
+    a = _fake_run(tmp_path / "a2c-s0", "a2c", 0)
+    b = _fake_run(tmp_path / "a2c-s1", "a2c", 1, steps=2000)
+    other = _fake_run(tmp_path / "other" / "a2c-s0", "a2c", 0, env_id="Acrobot-v1")
+    options = _fake_run(tmp_path / "d16" / "a2c-s0", "a2c", 0, env_kwargs={"d": 16})
+    out = ["--out", str(tmp_path / "plots")]
+    for runs, needle in (
+        ([a, other], "different envs: CartPole-v1 (1 runs), Acrobot-v1 (1 runs)"),
+        ([a, options], "different envs: CartPole-v1 (1 runs), CartPole-v1 (d=16) (1 runs)"),
+        ([a, tmp_path / "a2c-s0" / ".." / "a2c-s0"], "is given twice"),
+    ):
+        assert main(["plot", *map(str, runs), *out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert not (tmp_path / "plots").exists()
+    assert main(["plot", str(a), str(b), *out]) == 0
+    assert "lengths differ (1,000 to 2,000 env steps)" in capsys.readouterr().err

@@ -334,6 +334,48 @@ def _read_summary(d: Path) -> dict:
     return summary
 
 
+def _run_env(run_dir: Path, summary: dict) -> str:
+    """The env a run trained on, with its options (from its config.yaml where an older
+    summary.json lacks them)."""
+    import yaml
+
+    from relax_rl.report import env_setup
+
+    if "env_kwargs" not in summary:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            summary = {**summary, **{k: config.get(k) for k in ("env_kwargs", "discretize")}}
+    return env_setup(summary)
+
+
+def _check_plottable(run_dirs: list[Path], summaries: list[dict]) -> None:
+    """Refuse what one report cannot pool: a run given twice, runs of different envs (or env
+    options); say when the runs' lengths differ."""
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        key = d.resolve()
+        if key in seen:
+            raise UsageError(
+                f"the run {key} is given twice (as {seen[key]} and {d}); plot each once"
+            )
+        seen[key] = d
+    envs: dict[str, int] = {}
+    for d, s in zip(run_dirs, summaries, strict=True):
+        env = _run_env(d, s)
+        envs[env] = envs.get(env, 0) + 1
+    if len(envs) > 1:
+        listed = ", ".join(f"{env} ({n} runs)" for env, n in envs.items())
+        raise UsageError(f"the runs are of different envs: {listed}; plot one env at a time")
+    lengths = {s.get("total_env_steps") for s in summaries if s.get("status") == "completed"}
+    lengths.discard(None)
+    if len(lengths) > 1:
+        print(
+            f"note: the completed runs' lengths differ ({min(lengths):,} to {max(lengths):,} env "
+            "steps): final returns are compared at different budgets",
+            file=sys.stderr,
+        )
+
+
 def _run_plot(args: argparse.Namespace) -> int:
     run_dirs, summaries = [], []
     for d in args.run_dirs:
@@ -349,6 +391,7 @@ def _run_plot(args: argparse.Namespace) -> int:
             raise UsageError(f"{d} is a comparison folder without any run folder in it")
         run_dirs += [c for c, _ in found]
         summaries += [s for _, s in found]
+    _check_plottable(run_dirs, summaries)
     out = args.out
     check_writable(out)
     into_a_run = any(out.resolve() == d.resolve() for d in run_dirs) or (
