@@ -9,11 +9,13 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.error import DependencyNotInstalled, Error
 from stable_baselines3.common.env_util import make_vec_env
@@ -67,7 +69,7 @@ def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     if sep:
         try:
             _import_user_module(module)
-        except ImportError as exc:
+        except Exception as exc:  # (a user's module can fail any way: SyntaxError, ...)
             raise ValueError(
                 f"env id {env_id!r}: cannot import module {module!r} ({exc})"
             ) from None
@@ -156,6 +158,61 @@ def check_discretize(
         check_discretizable(env.action_space, bins, env_id)
     finally:
         env.close()
+
+
+def check_env_api(
+    env_id: str, env_kwargs: dict[str, Any] | None = None, discretize: int | None = None
+) -> None:
+    """Build one env as a run has it, reset it and step it once as the collect loop does, and
+    refuse in one line (before any run folder) what every run would fail on: an env that
+    raises there, the old gym API, observations of another shape than its space's."""
+    env = build_env(env_id, env_kwargs, discretize)
+    space = env.observation_space
+    # (gymnasium's passive checker warns on what is refused below: the one line says it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _reset_and_step(env_id, env, space)
+
+
+def _reset_and_step(env_id: str, env: gym.Env, space: gym.Space) -> None:
+    try:
+        try:
+            out = env.reset(seed=0)
+        except Exception as exc:
+            raise ValueError(f"{env_id}: reset() failed: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(
+                f"{env_id}: reset() returned a {type(out).__name__}, not (observation, info) "
+                "(gymnasium's API; the old gym API's reset returns the observation alone)"
+            )
+        _check_shape(env_id, "reset", out[0], space)
+
+        def wrong_api(count: object) -> ValueError:
+            return ValueError(
+                f"{env_id}: step() returned {count} values, not (observation, reward, "
+                "terminated, truncated, info) (gymnasium's API; the old gym API returns 4)"
+            )
+
+        try:
+            result = env.step(env.action_space.sample())
+        except Exception as exc:
+            unpacked = re.search(r"expected 5, got (\d+)", str(exc))  # (gymnasium's wrappers)
+            if unpacked:
+                raise wrong_api(unpacked[1]) from None
+            raise ValueError(f"{env_id}: step() failed: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(result, tuple) and len(result) == 5):
+            raise wrong_api(len(result) if isinstance(result, tuple) else "not a tuple of")
+        _check_shape(env_id, "step", result[0], space)
+    finally:
+        env.close()
+
+
+def _check_shape(env_id: str, where: str, obs: Any, space: gym.Space) -> None:
+    if isinstance(space, gym.spaces.Box) and np.shape(obs) != space.shape:
+        raise ValueError(
+            f"{env_id}: {where}() returned an observation of shape {np.shape(obs)}; its "
+            f"observation_space is {space}"
+        )
 
 
 def make_env(

@@ -218,12 +218,13 @@ class RunSpec:
     ) -> RunSpec:
         from relax_rl.agents import ALGOS
         from relax_rl.envs import make_env, reward_threshold
-        from relax_rl.envs.factory import check_discretize
+        from relax_rl.envs.factory import check_discretize, check_env_api
 
         if run["threshold"] is None:
             run["threshold"] = reward_threshold(env_id)
         try:
             check_discretize(env_id, run["discretize"], run["env_kwargs"])
+            check_env_api(env_id, run["env_kwargs"], run["discretize"])
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return cls(

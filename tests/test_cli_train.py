@@ -662,3 +662,78 @@ def test_compare_until_solved_without_a_threshold_and_params_of_an_unknown_env(t
     assert main(["params", "--algo", "a2c", "--env", "NoSuchEnv-v0"]) == 2
     err = capsys.readouterr()
     assert "unknown env id 'NoSuchEnv-v0'" in err.err and err.out == ""
+
+
+_BROKEN_ENVS = {
+    "broken_import": "import gymnasium\nraise RuntimeError('boom at import')\n",
+    "syntax_error": "import gymnasium\ndef f(:\n    pass\n",
+    "user_bad_envs": """
+import gymnasium as gym
+import numpy as np
+
+
+class Base(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, True, False, {}
+
+
+class WrongReset(Base):
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(5, np.float32), {}
+
+
+class OldApi(Base):
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(3, np.float32)
+
+
+class OldStep(Base):
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, True, {}
+
+
+class RaisesInStep(Base):
+    def step(self, action):
+        raise ValueError("physics exploded")
+
+
+class WrongStep(Base):
+    def step(self, action):
+        return np.zeros(4, np.float32), 0.0, False, False, {}
+
+
+for cls in (WrongReset, OldApi, OldStep, RaisesInStep, WrongStep):
+    gym.register(f"{cls.__name__}-v0", entry_point=cls)
+""",
+}
+
+
+@pytest.mark.parametrize(
+    "env_id,needle",
+    [
+        ("broken_import:X-v0", "cannot import module 'broken_import' (boom at import)"),
+        ("syntax_error:X-v0", "cannot import module 'syntax_error' (invalid syntax"),
+        ("user_bad_envs:WrongReset-v0", "reset() returned an observation of shape (5,)"),
+        ("user_bad_envs:OldApi-v0", "reset() returned a ndarray, not (observation, info)"),
+        ("user_bad_envs:OldStep-v0", "step() returned 4 values, not (observation, reward"),
+        ("user_bad_envs:RaisesInStep-v0", "step() failed: ValueError: physics exploded"),
+        ("user_bad_envs:WrongStep-v0", "step() returned an observation of shape (4,)"),
+    ],
+)
+def test_a_broken_user_env_is_one_line_before_a_run_folder(tmp_path, monkeypatch, capsys,
+                                                           env_id, needle):  # fmt: skip
+    for name, code in _BROKEN_ENVS.items():
+        (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    args = ["train", "--algo", "a2c", "--env", env_id, "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
