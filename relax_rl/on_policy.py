@@ -319,11 +319,15 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.noise_rng_state = self._noise_gen.get_state()
+        self.saved_by = type(self).__name__  # (load refuses another algo's weights)
         super().save(*args, **kwargs)
 
     @classmethod
     def load(cls: type[SelfAlgo], *args: Any, **kwargs: Any) -> SelfAlgo:  # type: ignore[override]
         model = super().load(*args, **kwargs)
+        saved_by = getattr(model, "saved_by", None)  # (None: saved before it was recorded)
+        if saved_by is not None and saved_by != cls.__name__:
+            raise ValueError(f"the model was saved by {saved_by}, not {cls.__name__}")
         # The generator lives on the CPU whatever the device (SB3 loads tensors onto it).
         model._noise_gen.set_state(model.noise_rng_state.to("cpu", th.uint8))
         return model

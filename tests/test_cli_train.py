@@ -737,3 +737,58 @@ def test_a_broken_user_env_is_one_line_before_a_run_folder(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def _finished_ppo_run(tmp_path_factory):
+    """A small finished PPO run with normalised observations (copied by each test)."""
+    out = tmp_path_factory.mktemp("ppo") / "run"
+    args = ["train", "--algo", "ppo", "--env", "CartPole-v1", "--total-steps", "256", "--set",
+            "n_steps=64", "--set", "batch_size=64", "--set", "policy_kwargs.net_arch=[8]",
+            "--normalize", "--eval-episodes", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def _damage(run, how):
+    if how == "truncated model.zip":
+        (run / "model.zip").write_bytes((run / "model.zip").read_bytes()[:1000])
+    elif how == "model.zip a folder":
+        (run / "model.zip").unlink()
+        (run / "model.zip").mkdir()
+    elif how == "summary of another algo":
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "algo": "a2c"}))
+    elif how == "summary of an unknown algo":
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "algo": "nope"}))
+    elif how == "corrupt summary.json":
+        (run / "summary.json").write_text("{bad json")
+    elif how == "corrupt vecnormalize.pkl":
+        (run / "vecnormalize.pkl").write_bytes(b"not a pickle")
+
+
+@pytest.mark.parametrize(
+    "how,needle",
+    [
+        ("truncated model.zip", "model.zip is corrupt or not ppo's model"),
+        ("model.zip a folder", "model.zip is a folder, not a saved model"),
+        ("summary of another algo", "the model was saved by PPO, not A2C"),
+        ("summary of an unknown algo", "names an unknown algo 'nope'; valid: reinforce"),
+        ("corrupt summary.json", "summary.json is not valid JSON"),
+        ("corrupt vecnormalize.pkl", "vecnormalize.pkl is corrupt"),
+    ],
+)
+def test_eval_of_a_damaged_run_folder_names_the_problem(_finished_ppo_run, tmp_path, capsys,
+                                                        how, needle):  # fmt: skip
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(_finished_ppo_run, run)
+    _damage(run, how)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "1"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert "mean return" not in captured.out

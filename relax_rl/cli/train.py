@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import sys
 import zipfile
 from pathlib import Path
@@ -211,6 +212,26 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_run_summary(path: Path) -> dict:
+    """A run's summary.json, or a one-line error naming what is wrong with it."""
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: is {path.parent} a run folder train wrote?")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}): the file is damaged") from None
+    missing = [k for k in ("algo", "env_id") if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise UsageError(f"{path} has no {' or '.join(missing)}: not a run's summary")
+    if summary["algo"] not in ALGOS:
+        raise UsageError(
+            f"{path} names an unknown algo {summary['algo']!r}; valid: {', '.join(ALGOS)}"
+        )
+    return summary
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import yaml
 
@@ -229,11 +250,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"run folder {run_dir} does not exist")
     if not model_path.exists():
         raise UsageError(f"{model_path} is missing: is {run_dir} a finished run folder?")
-    try:
-        summary = json.loads(summary_path.read_text())
-        algo, env_id = summary["algo"], summary["env_id"]
-    except (OSError, ValueError, KeyError):
-        raise UsageError(f"{summary_path} is missing or unreadable") from None
+    if not model_path.is_file():
+        raise UsageError(f"{model_path} is a folder, not a saved model")
+    summary = read_run_summary(summary_path)
+    algo, env_id = summary["algo"], summary["env_id"]
     algo_cls = algo_class(algo)
     try:  # the env's own options, as the run had them
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -253,13 +273,17 @@ def _run_eval(args: argparse.Namespace) -> int:
         except ValueError as exc:
             env.close()
             raise UsageError(str(exc)) from None
+        except (pickle.UnpicklingError, EOFError, OSError, AttributeError, TypeError) as exc:
+            env.close()
+            stats = normalize_stats_path(model_path)
+            raise UsageError(f"{stats} is corrupt ({type(exc).__name__}: {exc})") from None
         env.norm_reward = False
     try:
         # (without env=: SB3's load would take the seeded first reset, and --seed would not
         # give the episodes train's own evaluation ran)
         model = algo_cls.load(model_path, device="cpu")
-    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as exc:
-        raise UsageError(f"{model_path} is corrupt or not a {algo} model ({exc})") from None
+    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError, OSError) as exc:
+        raise UsageError(f"{model_path} is corrupt or not {algo}'s model ({exc})") from None
     episodes = args.episodes or summary.get("eval_episodes") or 10
     result = evaluate(model, env, episodes, deterministic=not args.stochastic)
     env.close()
