@@ -629,7 +629,21 @@ def pick_checkpoints(
 
 def _load(algo_cls: type, path: Path, config: dict[str, Any]) -> GumbelOnPolicyAlgorithm:
     """A checkpoint, with the VecNormalize statistics saved beside it (frozen) if the run
-    normalised its env."""
+    normalised its env; ``ValueError`` naming a damaged one."""
+    import pickle
+    import zipfile
+
+    try:
+        return _load_checkpoint(algo_cls, path, config)
+    except (zipfile.BadZipFile, KeyError, RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is corrupt ({type(exc).__name__}: {exc})") from None
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"the statistics beside {path} are corrupt ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is corrupt or not {algo_cls.__name__}'s model ({exc})") from None
+
+
+def _load_checkpoint(algo_cls: type, path: Path, config: dict[str, Any]) -> GumbelOnPolicyAlgorithm:
     if not config.get("normalize"):
         return algo_cls.load(path, device="cpu")
     from relax_rl.training import normalize_stats_path

@@ -792,3 +792,27 @@ def test_eval_of_a_damaged_run_folder_names_the_problem(_finished_ppo_run, tmp_p
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert "mean return" not in captured.out
+
+
+@pytest.mark.parametrize(
+    "how,needle",
+    [
+        ("corrupt checkpoints", "model_128_steps.zip is corrupt or not PPO's model"),
+        ("corrupt config.yaml", "config.yaml is damaged"),
+    ],
+)
+def test_variance_of_a_damaged_run_folder_names_the_problem(tmp_path, capsys, how, needle):
+    out = tmp_path / "run"
+    args = ["train", "--algo", "ppo", "--env", "CartPole-v1", "--total-steps", "256", "--n-envs",
+            "1", "--set", "n_steps=64", "--set", "batch_size=64", "--checkpoint-freq", "128",
+            "--eval-episodes", "0", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    if how == "corrupt checkpoints":
+        for path in (out / "checkpoints").glob("*.zip"):
+            path.write_text("junk")
+    else:
+        (out / "config.yaml").write_text("{{{")
+    capsys.readouterr()
+    assert main(["variance", str(out), "--at", "0.5", "--states", "2", "--repeats", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[-1], err

@@ -95,11 +95,26 @@ def _run_variance(args: argparse.Namespace) -> int:
         raise UsageError(f"{run_dir} holds no checkpoint and no model.zip")
     out = args.out or run_dir
     check_writable(out)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     try:
-        check_copyable(config["env_id"], config.get("env_kwargs"), config.get("discretize"))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        env_id = config["env_id"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{run_dir}/config.yaml is damaged ({first})") from None
+    try:
+        check_copyable(env_id, config.get("env_kwargs"), config.get("discretize"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        result = decompose_run(
+            run_dir, fractions, args.states, args.repeats, args.seed, window=args.window
+        )
+    except ValueError as exc:  # (a damaged checkpoint, named)
+        raise UsageError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variance.json").write_text(json.dumps(result, indent=2))
+    plot_variance_decomposition([result], out / "variance.png")
+    print(format_decomposition(result))
     if args.states < MIN_STATES_FOR_INTERVALS:
         print(
             f"note: with {args.states} states the 95% intervals cover less than 95% (measured: "
@@ -107,13 +122,6 @@ def _run_variance(args: argparse.Namespace) -> int:
             "or more for intervals to trust",
             file=sys.stderr,
         )
-    result = decompose_run(
-        run_dir, fractions, args.states, args.repeats, args.seed, window=args.window
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "variance.json").write_text(json.dumps(result, indent=2))
-    plot_variance_decomposition([result], out / "variance.png")
-    print(format_decomposition(result))
     print(f"wrote {out}/variance.json, variance.png")
     return 0
 
