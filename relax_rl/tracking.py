@@ -17,6 +17,8 @@ from typing import Any
 from stable_baselines3.common.logger import KVWriter
 
 WANDB_MODES = ("offline", "online", "disabled")
+#: characters wandb refuses in a project name
+PROJECT_FORBIDDEN = "/\\#?%:"
 
 
 @dataclass
@@ -46,6 +48,14 @@ class TrackingConfig:
         if mode not in WANDB_MODES:
             where = "WANDB_MODE" if self.mode is None else "wandb mode"
             raise ValueError(f"unknown {where} {mode!r}; valid: {', '.join(WANDB_MODES)}")
+        # what wandb refuses at init, after the run folder exists: checked before any work
+        bad = sorted(set(self.project) & set(PROJECT_FORBIDDEN))
+        if not self.project or bad or len(self.project) > 128:
+            why = f"contains {' '.join(bad)}" if bad else "must be 1 to 128 characters"
+            raise ValueError(f"wandb project {self.project!r} {why} (wandb refuses it)")
+        for tag in self.tags:
+            if not 1 <= len(tag) <= 64:
+                raise ValueError(f"wandb tag {tag!r} must be 1 to 64 characters (wandb's limit)")
         if mode == "online" and not _wandb_login_known():
             raise ValueError(
                 "wandb mode online needs a login: run `wandb login` or set WANDB_API_KEY "

@@ -250,3 +250,21 @@ def test_offline_by_default_means_no_network_even_without_wandb_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert record.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--wandb-project", "a/b"], "wandb project 'a/b' contains /"),
+        (["--wandb-project", "what?"], "wandb project 'what?' contains ?"),
+        (["--wandb-project", ""], "must be 1 to 128 characters"),
+        (["--wandb-tags", "x" * 65], "must be 1 to 64 characters"),
+    ],
+)
+def test_what_wandb_would_refuse_is_refused_before_any_file(tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    args = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--track", *flags, "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
