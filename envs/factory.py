@@ -126,6 +126,17 @@ def env_options(env_id: str) -> list[str] | None:
     ]
 
 
+def _unknown_option(env_id: str, exc: TypeError) -> Exception:
+    """A constructor's "unexpected keyword argument" as a one-line ``ValueError`` naming the
+    env's options; any other ``TypeError`` as it is."""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if unknown is None:
+        return exc
+    options = env_options(env_id)
+    valid = f"; its options: {', '.join(options)}" if options else ""
+    return ValueError(f"{env_id} takes no option {unknown[1]!r} (env_kwargs){valid}")
+
+
 def build_env(
     env_id: str,
     env_kwargs: dict[str, Any] | None = None,
@@ -135,7 +146,10 @@ def build_env(
     """One env as a run has it: ``gym.make(env_id, **env_kwargs)``, with its Box actions in
     ``discretize`` bins a dimension (:class:`~relax_rl.envs.wrappers.DiscretizeAction`)."""
     check_env_id(env_id)
-    env = gym.make(env_id, **make_kwargs, **(env_kwargs or {}))
+    try:
+        env = gym.make(env_id, **make_kwargs, **(env_kwargs or {}))
+    except TypeError as exc:
+        raise _unknown_option(env_id, exc) from None
     if discretize is not None:
         try:
             env = DiscretizeAction(env, discretize)
@@ -272,12 +286,7 @@ def make_env(
             stream,
         )
     except TypeError as exc:  # an option the env's constructor does not take
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unknown is None:
-            raise
-        options = env_options(env_id)
-        valid = f"; its options: {', '.join(options)}" if options else ""
-        raise ValueError(f"{env_id} takes no option {unknown[1]!r} (env_kwargs){valid}") from None
+        raise _unknown_option(env_id, exc) from None
     except DependencyNotInstalled as exc:
         extra = next((v for k, v in EXTRAS.items() if k in str(exc)), None)
         how = f"pip install 'relax-rl[{extra}]'" if extra else "install its dependencies"

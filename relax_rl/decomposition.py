@@ -514,7 +514,7 @@ class _StateStats:
         within = ((grads - action_means[:, :, None]) ** 2).sum((1, 2, 3)) / (k * (m - 1))
         between = ((action_means - state_means[:, None]) ** 2).sum((1, 2)) / (k - 1)
         gram = state_means @ state_means.T
-        return cls(within.numpy(), between.numpy(), gram.numpy(), k, m)
+        return cls(within.cpu().numpy(), between.cpu().numpy(), gram.cpu().numpy(), k, m)
 
 
 def _resampled(stats: _StateStats, counts: np.ndarray) -> np.ndarray:

@@ -225,7 +225,7 @@ class RunSpec:
         try:
             check_discretize(env_id, run["discretize"], run["env_kwargs"])
             check_env_api(env_id, run["env_kwargs"], run["discretize"])
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # (TypeError: an env constructor's own)
             raise UsageError(str(exc)) from None
         return cls(
             algo,
