@@ -429,3 +429,6 @@ def test_plot_refuses_mixed_envs_and_a_run_given_twice_notes_unequal_lengths(tmp
         assert not (tmp_path / "plots").exists()
     assert main(["plot", str(a), str(b), *out]) == 0
     assert "lengths differ (1,000 to 2,000 env steps)" in capsys.readouterr().err
+    (b / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n")
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "again")]) == 2
+    assert "progress.csv has no rows, though the run finished" in capsys.readouterr().err

@@ -366,6 +366,13 @@ def _check_plottable(run_dirs: list[Path], summaries: list[dict]) -> None:
     if len(envs) > 1:
         listed = ", ".join(f"{env} ({n} runs)" for env, n in envs.items())
         raise UsageError(f"the runs are of different envs: {listed}; plot one env at a time")
+    for d, s in zip(run_dirs, summaries, strict=True):
+        # a finished run writes a row at its end at least: none means a damaged folder
+        if s.get("status") in ("completed", "solved") and not _has_rows(d / "progress.csv"):
+            raise UsageError(
+                f"{d / 'progress.csv'} has no rows, though the run finished: its curves are "
+                "lost (a damaged run folder); leave the run out"
+            )
     lengths = {s.get("total_env_steps") for s in summaries if s.get("status") == "completed"}
     lengths.discard(None)
     if len(lengths) > 1:
@@ -374,6 +381,14 @@ def _check_plottable(run_dirs: list[Path], summaries: list[dict]) -> None:
             "steps): final returns are compared at different budgets",
             file=sys.stderr,
         )
+
+
+def _has_rows(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return sum(1 for line in fh if line.strip()) > 1  # (a header and a row)
+    except OSError:
+        return False
 
 
 def _run_plot(args: argparse.Namespace) -> int:
