@@ -275,8 +275,8 @@ def make_env(
         # a worker process has not imported relax_rl.envs: gymnasium's `module:EnvId` does
         make = env_id = f"relax_rl.envs:{env_id}"
     try:
-        # (checked here: a subprocess worker's error would not come back as one line)
-        check_discretize(env_id, discretize, env_kwargs)
+        if vec_env == "subproc":  # (a worker's error would not come back as one line)
+            check_discretize(env_id, discretize, env_kwargs)
         if not _renders(env_id):
             make, env_kwargs = functools.partial(gym.make, env_id, **(env_kwargs or {})), None
         venv = IndependentSeeds(
