@@ -312,6 +312,232 @@ def iqm_point(values: np.ndarray) -> dict[str, float]:
     return {"iqm": float(_iqm(values.reshape(-1, 1))[0])}
 
 
+# --- Differences between two algos: how much, and how sure -----------------------------------
+
+# A difference whose interval spans "no difference": the seeds per algo for an 80% chance that
+# a new experiment's 95% CI excludes it (the usual power); beyond MAX_SEEDS_NEEDED the report
+# says "more than".
+POWER = 0.8
+MAX_SEEDS_NEEDED = 10_000
+
+
+def _iqm_of(values: np.ndarray) -> float:
+    return float(metrics.aggregate_iqm(np.asarray(values, dtype=float).reshape(-1, 1)))
+
+
+def _two_sample_interval(
+    x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], float]
+) -> dict[str, Any]:
+    """``stat(x, y)`` with rliable's bootstrap CI, the runs of each algo resampled on their
+    own (its independent stratified bootstrap: the two algos' seeds are unrelated).
+
+    :param x: one value per run of X (1-D).
+    :param y: the same for Y.
+    :param stat: a statistic of the two samples.
+    :return: ``{"point", "ci", "runs"}``; ``ci`` None unless both have
+        :data:`MIN_RUNS_FOR_CI` runs.
+    """
+    runs = [int(x.size), int(y.size)]
+    point = float(stat(x, y))
+    if min(runs) < MIN_RUNS_FOR_CI:
+        return {"point": point, "ci": None, "runs": runs}
+    with _seeded_bootstrap():
+        _, interval = rly.get_interval_estimates(
+            {"xy": (x.reshape(-1, 1), y.reshape(-1, 1))},
+            lambda a, b: np.array([stat(a.ravel(), b.ravel())]),
+            reps=BOOTSTRAP_REPS,
+            confidence_interval_size=CONFIDENCE,
+        )
+    low, high = np.ravel(interval["xy"])
+    return {"point": point, "ci": [float(low), float(high)], "runs": runs}
+
+
+def return_difference(x: Sequence[float | None], y: Sequence[float | None]) -> dict | None:
+    """IQM(X) - IQM(Y) of the final mean returns, with its 95% bootstrap CI.
+
+    :param x: one final mean return per run of X; None, NaN and inf are left out.
+    :param y: the same for Y.
+    :return: :func:`_two_sample_interval`'s result, None when either has no run.
+    """
+    xs, ys = _finite(x), _finite(y)
+    if xs.size == 0 or ys.size == 0:
+        return None
+    return _two_sample_interval(xs, ys, lambda a, b: _iqm_of(a) - _iqm_of(b))
+
+
+def _encoded(data: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Steps to solve as one array, a censored value negated: a bootstrap resamples the value
+    and its censoring together (steps to solve are always positive)."""
+    values, censored = data
+    return np.where(censored, -values, values).astype(float)
+
+
+def _decoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.abs(enc), enc < 0
+
+
+def solve_ratio(
+    x: tuple[np.ndarray, np.ndarray] | None, y: tuple[np.ndarray, np.ndarray] | None
+) -> dict | None:
+    """IQM(X) / IQM(Y) of the env steps to solve, unsolved runs censored at their budget
+    (:func:`steps_to_solve`), with its 95% bootstrap CI; below 1: X solves in fewer steps.
+
+    A censored run's true value is above its budget, so an IQM that rests on X's censored runs
+    is a lower bound and the ratio is one too (``bound`` ``">="``); resting on Y's it is an
+    upper bound (``"<="``); on both it could lie either way (``"?"``); else ``bound`` is None.
+
+    :param x: :func:`steps_to_solve`'s ``(values, censored)`` for X.
+    :param y: the same for Y.
+    :return: :func:`_two_sample_interval`'s result with ``bound``; None without data.
+    """
+    if x is None or y is None:
+        return None
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> float:
+        return _iqm_of(np.abs(a)) / _iqm_of(np.abs(b))
+
+    ex, ey = _encoded(x), _encoded(y)
+    est = _two_sample_interval(ex, ey, ratio)
+
+    def raised(enc: np.ndarray) -> np.ndarray:  # the censored runs solving much later
+        values, censored = _decoded(enc)
+        return np.where(censored, 2.0 * values + 1.0, values)
+
+    moves_x = not math.isclose(ratio(raised(ex), ey), est["point"], rel_tol=1e-9)
+    moves_y = not math.isclose(ratio(ex, raised(ey)), est["point"], rel_tol=1e-9)
+    bound = {(True, False): ">=", (False, True): "<=", (True, True): "?"}.get((moves_x, moves_y))
+    return {**est, "bound": bound}
+
+
+def _sooner(a: np.ndarray, b: np.ndarray) -> float:
+    """P(a run of A solves in fewer env steps than a run of B), each pair scored as Gehan's
+    generalised Wilcoxon test scores censored data: a pair decides only where the censoring
+    allows (A solved at s, B unsolved after a budget >= s: A sooner); a pair it cannot order
+    (both unsolved, or one solved after the other's budget ran out) counts half, as a tie.
+
+    :param a: A's steps to solve, encoded by :func:`_encoded`.
+    :param b: the same for B.
+    """
+    va, ca = _decoded(np.ravel(a))
+    vb, cb = _decoded(np.ravel(b))
+    va, ca, vb, cb = va[:, None], ca[:, None], vb[None, :], cb[None, :]
+    win = (~ca & ~cb & (va < vb)) | (~ca & cb & (va <= vb))
+    lose = (~ca & ~cb & (va > vb)) | (ca & ~cb & (vb <= va))
+    return float(np.mean(win + 0.5 * ~(win | lose)))
+
+
+def solve_sooner_probability(
+    x: tuple[np.ndarray, np.ndarray] | None, y: tuple[np.ndarray, np.ndarray] | None
+) -> dict | None:
+    """The probability of improvement on env steps to solve: P(a run of X solves in fewer env
+    steps than a run of Y), unsolved runs censored (:func:`_sooner`), with its 95% bootstrap
+    CI. After ``--until-solved`` this, not the final return, says which solves faster: every
+    solved run stops at the threshold, so final returns only tell solved from unsolved.
+
+    :param x: :func:`steps_to_solve`'s ``(values, censored)`` for X.
+    :param y: the same for Y.
+    """
+    if x is None or y is None:
+        return None
+    return _two_sample_interval(_encoded(x), _encoded(y), _sooner)
+
+
+def seeds_needed(est: dict[str, Any] | None, null: float, log: bool = False) -> int | None:
+    """Seeds per algo for a :data:`POWER` chance that the 95% CI excludes ``null``, if the
+    difference and the spread of the runs are as measured: the interval's half-width gives the
+    standard error, which narrows as sqrt(1/n_x + 1/n_y), and the usual normal power formula
+    n = 2 sigma^2 (z_{alpha/2} + z_power)^2 / effect^2 does the rest. None when the CI excludes
+    ``null`` already or there is no CI.
+
+    :param est: a :func:`_two_sample_interval` result.
+    :param null: the value of "no difference" (0 for a difference, 1 for a ratio, 0.5 for a
+        probability of improvement).
+    :param log: compare on the log scale (ratios).
+    """
+    if est is None or est["ci"] is None:
+        return None
+    f = math.log if log else float
+    low, high = est["ci"]
+    if log and (low <= 0 or est["point"] <= 0):
+        return None
+    if f(low) > f(null) or f(high) < f(null):
+        return None
+    effect, half = abs(f(est["point"]) - f(null)), (f(high) - f(low)) / 2
+    nx, ny = est["runs"]
+    if effect == 0:
+        return MAX_SEEDS_NEEDED + 1
+    from scipy import stats
+
+    z_alpha, z_power = stats.norm.ppf(0.5 + CONFIDENCE / 2), stats.norm.ppf(POWER)
+    sigma2 = (half / z_alpha) ** 2 / (1.0 / nx + 1.0 / ny)  # one run's variance, as measured
+    need = 2.0 * sigma2 * (z_alpha + z_power) ** 2 / effect**2
+    return min(MAX_SEEDS_NEEDED + 1, max(max(nx, ny) + 1, math.ceil(need)))
+
+
+def until_solved(summaries: Sequence[dict]) -> bool:
+    """Whether the runs stopped when they solved (``--until-solved``): their final returns sit
+    at the threshold and say nothing beyond solved or not."""
+    return any(s.get("stop_when_solved") or s.get("status") == "solved" for s in summaries)
+
+
+def differences(summaries: Sequence[dict]) -> list[dict[str, Any]]:
+    """Every pair of algos (in order of first appearance): the IQM difference of the final mean
+    returns (left out after ``--until-solved``), the IQM ratio of the env steps to solve and the
+    probability of solving sooner (where the runs have a threshold), each with its 95% CI and
+    the seeds per algo a resolved conclusion would need where the CI spans "no difference".
+
+    :param summaries: the runs' summaries (failed runs are left out).
+    """
+    finished = [s for s in summaries if s.get("status") in FINISHED]
+    returns = final_returns(finished)
+    stopped = until_solved(finished)
+    steps = {algo: steps_to_solve([s for s in finished if s["algo"] == algo]) for algo in returns}
+    out = []
+    for a, b in itertools.combinations(returns, 2):
+        ret = None if stopped else return_difference(returns[a], returns[b])
+        ratio = solve_ratio(steps[a], steps[b])
+        sooner = solve_sooner_probability(steps[a], steps[b])
+        out.append(
+            {
+                "x": a,
+                "y": b,
+                "return_difference": ret,
+                "solve_ratio": ratio,
+                "solve_sooner": sooner,
+                "seeds_needed": {
+                    "return_difference": seeds_needed(ret, 0.0),
+                    "solve_ratio": seeds_needed(ratio, 1.0, log=True),
+                    "solve_sooner": seeds_needed(sooner, 0.5),
+                },
+            }
+        )
+    return out
+
+
+def paired_reduction(values: Sequence[float | None], measurements: int) -> dict | None:
+    """The paired variance reduction over runs: the mean of the runs' own means (log10 Var of
+    the plain advantage estimator minus the agent's, on the same batches), its standard error
+    over runs and a t interval; runs are the independent units (one run's measurements are
+    correlated, consecutive updates of one policy).
+
+    :param values: each run's mean reduction (None: not measured).
+    :param measurements: the measurements behind them, all runs together.
+    :return: ``{"mean", "se", "ci", "runs", "measurements"}``; ``se`` and ``ci`` None with
+        fewer than two runs; None when no run measured it.
+    """
+    vals = _finite(values)
+    if vals.size == 0:
+        return None
+    out: dict[str, Any] = {"mean": float(vals.mean()), "se": None, "ci": None}
+    if vals.size >= 2:
+        from scipy import stats
+
+        se = float(vals.std(ddof=1) / math.sqrt(vals.size))
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, vals.size - 1)) * se
+        out.update(se=se, ci=[out["mean"] - half, out["mean"] + half])
+    return {**out, "runs": int(vals.size), "measurements": int(measurements)}
+
+
 def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Per algo: seeds solved, env steps and episodes to threshold (median, IQR), final mean
     return, mean grad log10 variance and env-steps/s; and rliable's aggregates: the IQM with its
@@ -327,6 +553,8 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
     :param summaries: the runs' summaries, failed ones included (they count as failed).
     """
     returns = final_returns(summaries)
+    # after --until-solved the final returns only tell solved from unsolved: no P(X > Y) on them
+    stopped = until_solved(summaries)
     poi = _pairwise(returns, improvement_probability)
     out: dict[str, dict[str, Any]] = {}
     for algo in dict.fromkeys(s["algo"] for s in summaries):
@@ -354,12 +582,16 @@ def aggregate(summaries: Sequence[dict]) -> dict[str, dict[str, Any]]:
             "grad_log10_var_reduction_before_solved": _mean(
                 [s.get("mean_grad_log10_var_reduction_before_solved") for s in ok]
             ),
+            "grad_log10_var_reduction_over_runs": paired_reduction(
+                [s.get("mean_grad_log10_var_reduction") for s in ok],
+                sum(s.get("grad_log10_var_reduction_measurements") or 0 for s in ok),
+            ),
             "env_steps_per_s": _quartiles(
                 [s["env_steps_per_s"] for s in ok if s.get("env_steps_per_s")]
             ),
             "final_mean_return_100_iqm": iqm_interval(returns[algo]),
             "env_steps_to_solve_iqm": _censored_stat(iqm_interval, iqm_point, env_steps),
-            "probability_of_improvement": poi[algo],
+            "probability_of_improvement": None if stopped else poi[algo],
         }
     return out
 
@@ -440,15 +672,18 @@ def write_report(
     summaries: Sequence[dict],
     aggregates: dict[str, dict],
     variance: dict[str, list[dict]] | None = None,
+    diffs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """``report.md``: one row per algo (medians and IQRs), rliable's aggregates (IQM with
-    95% CIs, probability of improvement), the variance decomposition where the runs have one,
-    then every failed run with its error line.
+    """``report.md``: one row per algo (medians and IQRs), the paired variance reduction with
+    its standard error, rliable's aggregates (IQM with 95% CIs, probability of improvement),
+    the differences between algos with their CIs and the seeds a conclusion would need, the
+    variance decomposition where the runs have one, then every failed run with its error line.
 
     :param out: the folder to write it into.
     :param summaries: the runs' summaries.
     :param aggregates: :func:`aggregate`'s output for them.
     :param variance: per algo, its runs' ``variance.json`` contents (``relax-rl variance``).
+    :param diffs: :func:`differences`'s output for them (computed when not given).
     """
     env_ids = sorted({env_setup(s) for s in summaries})
     lines = [
@@ -473,19 +708,7 @@ def write_report(
             f"| {_fmt(a['final_mean_return_100'], 1)} "
             f"| {var} | {_fmt(a['env_steps_per_s'])} |"
         )
-    paired = {a: v for a, v in aggregates.items() if v["grad_log10_var_reduction"] is not None}
-    if paired:
-        lines += [
-            "",
-            "Paired variance reduction: log10 Var of the plain advantage estimator minus the "
-            "agent's, on the same batches (mean over measurements, then seeds): "
-            + ", ".join(
-                f"{a} {v['grad_log10_var_reduction']:+.2f} over the run, "
-                f"{_signed(v['grad_log10_var_reduction_before_solved'])} before the threshold"
-                for a, v in paired.items()
-            )
-            + ".",
-        ]
+    lines += _paired_reduction_section(aggregates)
     unmeasured = list(
         dict.fromkeys(s["algo"] for s in summaries if s.get("grad_var_groups") == "none")
     )
@@ -497,6 +720,7 @@ def write_report(
             "measured (it needs independent estimates within one batch).",
         ]
     lines += _rliable_section(aggregates)
+    lines += _differences_section(differences(summaries) if diffs is None else diffs)
     if variance:
         lines += variance_section(variance)
     failures = [s for s in summaries if s.get("status") not in FINISHED]
@@ -564,7 +788,16 @@ def _rliable_section(aggregates: dict[str, dict]) -> list[str]:
             f"{_censored_note(a['env_steps_to_solve_iqm'], budget=not one_budget)} |"
         )
     scored = [algo for algo, a in aggregates.items() if a["final_mean_return_100_iqm"]]
-    if len(scored) >= 2:
+    if len(scored) >= 2 and any(
+        a["probability_of_improvement"] is None for a in aggregates.values()
+    ):
+        lines += [
+            "",
+            "No probability of improvement on the final mean return: the runs stopped when they "
+            "solved (`--until-solved`), so their final returns only tell solved from unsolved; "
+            "P(solves sooner) below compares them on env steps to solve.",
+        ]
+    elif len(scored) >= 2:
         lines += [
             "",
             "Probability of improvement on the final mean return: P(a run of the row's algo "
@@ -577,6 +810,138 @@ def _rliable_section(aggregates: dict[str, dict]) -> list[str]:
             poi = aggregates[x]["probability_of_improvement"]
             cells = ["-" if y == x else _fmt_interval(poi.get(y), "p", 2) for y in scored]
             lines.append(f"| {x} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_reduction_section(aggregates: dict[str, dict]) -> list[str]:
+    """report.md's paired variance reduction per agent with a control variate: mean over runs
+    with its standard error, 95% t interval, the variance ratio it means, and how many runs and
+    measurements it rests on.
+
+    :param aggregates: :func:`aggregate`'s output.
+    """
+    paired = {
+        a: v["grad_log10_var_reduction_over_runs"]
+        for a, v in aggregates.items()
+        if v.get("grad_log10_var_reduction_over_runs")
+    }
+    if not paired:
+        return []
+    lines = [
+        "",
+        "Paired variance reduction: log10 Var of the plain advantage estimator minus the agent's, "
+        "on the same batches (> 0: the control variate reduces the variance), each run's mean "
+        "over its measurements, then mean ± standard error over runs (the independent units) and "
+        "a 95% t interval; the variance ratio is 10 to that power.",
+        "",
+        "| algo | reduction (log10) ± SE | 95% CI | variance ratio [95% CI] | before the threshold "
+        "| runs | measurements |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for algo, r in paired.items():
+        se = "" if r["se"] is None else f" ± {r['se']:.2f}"
+        if r["ci"] is None:
+            ci, ratio = "(no CI: 1 run)", f"{10 ** r['mean']:.2f}x"
+        else:
+            low, high = r["ci"]
+            ci = f"[{low:+.2f}, {high:+.2f}]"
+            ratio = f"{10 ** r['mean']:.2f}x [{10**low:.2f}, {10**high:.2f}]"
+        before = _signed(aggregates[algo]["grad_log10_var_reduction_before_solved"])
+        lines.append(
+            f"| {algo} | {r['mean']:+.2f}{se} | {ci} | {ratio} | {before} | {r['runs']} "
+            f"| {r['measurements']:,} |"
+        )
+    return lines
+
+
+def _excludes(est: dict[str, Any] | None, null: float) -> bool:
+    return bool(est and est["ci"] and (est["ci"][0] > null or est["ci"][1] < null))
+
+
+def _verdict(d: dict[str, Any]) -> str:
+    """The last column of the differences table: what the 95% CIs resolve, and the seeds per
+    algo an unresolved one would need."""
+    x, y, need = d["x"], d["y"], d["seeds_needed"]
+    parts = []
+
+    def unresolved(name: str, key: str) -> str:
+        n = need[key]
+        if n is None:
+            return f"{name}: no CI (1 run)"
+        more = "more than " if n > MAX_SEEDS_NEEDED else "~"
+        return f"{name}: unresolved, {more}{min(n, MAX_SEEDS_NEEDED):,} seeds per algo"
+
+    ret = d["return_difference"]
+    if ret is not None:
+        if _excludes(ret, 0.0):
+            parts.append(f"{x if ret['point'] > 0 else y} higher return")
+        else:
+            parts.append(unresolved("return", "return_difference"))
+    ratio, sooner = d["solve_ratio"], d["solve_sooner"]
+    if ratio is not None:
+        if ratio.get("bound") == "?":
+            parts.append("steps to solve: undetermined (both rest on unsolved runs)")
+        elif _excludes(sooner, 0.5):  # the test is P(solves sooner); the ratio: how much
+            parts.append(f"{x if sooner['point'] > 0.5 else y} solves sooner")
+        else:
+            parts.append(unresolved("steps to solve", "solve_sooner"))
+    return "; ".join(parts)
+
+
+def _fmt_estimate(est: dict[str, Any] | None, fmt: str, mark: str = "") -> str:
+    """``point [low, high]`` of a :func:`_two_sample_interval` result with ``fmt``."""
+    if est is None:
+        return "-"
+    point = f"{mark}{est['point']:{fmt}}"
+    if est["ci"] is None:
+        return f"{point} (no CI: 1 run)"
+    return f"{point} [{est['ci'][0]:{fmt}}, {est['ci'][1]:{fmt}}]"
+
+
+def _differences_section(diffs: list[dict[str, Any]]) -> list[str]:
+    """report.md's "Differences between algos": per pair, the IQM difference of the final
+    returns, the IQM ratio of the env steps to solve and P(solves sooner), each with its 95%
+    CI, and what they resolve.
+
+    :param diffs: :func:`differences`'s output.
+    """
+    if not diffs:
+        return []
+    has_return = any(d["return_difference"] for d in diffs)
+    has_steps = any(d["solve_ratio"] for d in diffs)
+    header = ["X vs Y"]
+    if has_return:
+        header.append("IQM final return X - Y [95% CI]")
+    if has_steps:
+        header += ["IQM env steps to solve X / Y [95% CI]", "P(X solves sooner) [95% CI]"]
+    header.append("conclusion (95%)")
+    lines = [
+        "",
+        "## Differences between algos",
+        "",
+        "Which is better, by how much, how sure: rliable's bootstrap over each algo's runs "
+        f"({BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}). Env steps to solve count an "
+        "unsolved run at its budget (censored); a ratio marked ≥ (≤) rests on X's (Y's) "
+        "unsolved runs and is a lower (upper) bound. P(X solves sooner) scores each pair of runs "
+        "as Gehan's test does: a pair the censoring cannot order counts half. An unresolved "
+        "difference (its CI spans no difference) names the seeds per algo that would give a "
+        f"{POWER:.0%} chance of resolving a difference this size, if the runs' spread is as "
+        "measured.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for d in diffs:
+        cells = [f"{d['x']} vs {d['y']}"]
+        if has_return:
+            cells.append(_fmt_estimate(d["return_difference"], "+,.1f"))
+        if has_steps:
+            ratio = d["solve_ratio"]
+            mark = {">=": "≥ ", "<=": "≤ ", "?": "? "}.get((ratio or {}).get("bound"), "")
+            cells.append(_fmt_estimate(ratio, ".2f", mark))
+            cells.append(_fmt_estimate(d["solve_sooner"], ".2f"))
+        cells.append(_verdict(d))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -599,6 +964,7 @@ def grad_variance_stats(run_dir: Path, solved_at: float | None) -> dict[str, flo
         "grad_var_groups": (
             None if n_envs is None else (unit if n_envs // group_size >= MIN_GROUPS else "none")
         ),
+        "grad_log10_var_reduction_measurements": int(red.size),
         "mean_grad_log10_var": float(gv.mean()) if gv.size else None,
         "mean_grad_log10_var_reduction": float(red.mean()) if red.size else None,
         "mean_grad_log10_var_reduction_before_solved": (

@@ -290,6 +290,7 @@ class RunFolder:
             "discretize": self.spec.settings.get("discretize"),
             "action_space": str(self.model.action_space) if self.model is not None else None,
             "threshold": self.spec.settings["threshold"],
+            "stop_when_solved": self.spec.settings["stop_when_solved"],
             "solved_at_env_steps": self.tracker.solved_at_env_steps,
             "solved_at_episodes": self.tracker.solved_at_episodes,
             "final_mean_return_100": self.tracker.mean_return,

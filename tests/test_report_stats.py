@@ -255,3 +255,133 @@ def test_bench_counts_an_unsolved_run_as_the_max_steps_budget(capsys):
     assert "every: 5/5 solved, 0 censored; IQM 20,000 [" in steps
     # every's runs all beat one_fast's censored ones: P = 0.8 * 1 + 0.2 * 0 = 0.8
     assert "P(every solves in fewer env steps than one_fast) = 0.80" in steps
+
+
+def test_return_difference_is_the_difference_of_iqms_with_a_bootstrap_ci():
+    x = [v + 10.0 for v in EIGHT]
+    est = report.return_difference(x, EIGHT)
+    assert est["point"] == pytest.approx(10.0) and est["runs"] == [8, 8]
+    low, high = est["ci"]
+    assert low < 10.0 < high  # the runs are unrelated draws: the CI does not know the shift
+    assert report.return_difference(x, [1.0])["ci"] is None  # one run: no interval
+    assert report.return_difference([], EIGHT) is None
+
+
+def _steps(values, censored):
+    return np.asarray(values, dtype=float), np.asarray(censored, dtype=bool)
+
+
+def test_solve_ratio_says_which_side_its_censored_runs_bound():
+    solved = _steps([100, 200, 300, 400], [False] * 4)
+    # X's middle runs never solved (censored at 1,000): its IQM, so the ratio, is a lower bound
+    slow = _steps([100, 1000, 1000, 400], [False, True, True, False])
+    est = report.solve_ratio(slow, solved)
+    assert est["point"] == pytest.approx(700 / 250) and est["bound"] == ">="
+    assert report.solve_ratio(solved, slow)["bound"] == "<="
+    assert report.solve_ratio(slow, slow)["bound"] == "?"
+    assert report.solve_ratio(solved, solved)["bound"] is None
+    # a censored run trimmed away by the IQM bounds nothing
+    tail = _steps([100, 200, 300, 400, 5000], [False] * 4 + [True])
+    assert report.solve_ratio(tail, solved)["bound"] is None
+
+
+def test_solve_sooner_scores_censored_pairs_as_gehans_test():
+    a = _steps([100, 300], [False, False])
+    b = _steps([200, 250], [False, True])  # the second never solved within 250 steps
+    # 100 < 200: A; 100 <= 250 (B unsolved by then): A; 300 > 200: B; 300 vs unsolved-at-250:
+    # cannot be ordered, half
+    assert report.solve_sooner_probability(a, b)["point"] == pytest.approx(2.5 / 4)
+    assert report.solve_sooner_probability(b, a)["point"] == pytest.approx(1.5 / 4)
+    both = _steps([500, 500], [True, True])
+    assert report.solve_sooner_probability(both, both)["point"] == 0.5
+    # without censoring it is rliable's probability of improvement on -steps (fewer is better)
+    x, y = [120.0, 80.0, 300.0, 90.0], [100.0, 200.0, 150.0]
+    direct = metrics.probability_of_improvement(-np.c_[x], -np.c_[y])
+    est = report.solve_sooner_probability(_steps(x, [False] * 4), _steps(y, [False] * 3))
+    assert est["point"] == pytest.approx(direct)
+
+
+def test_seeds_needed_follows_the_power_formula_and_only_for_an_unresolved_difference():
+    from scipy import stats
+
+    est = {"point": 1.0, "ci": [-1.0, 3.0], "runs": [5, 5]}
+    z, zp = stats.norm.ppf(0.975), stats.norm.ppf(report.POWER)
+    sigma2 = (2.0 / z) ** 2 / 0.4
+    assert report.seeds_needed(est, 0.0) == math.ceil(2 * sigma2 * (z + zp) ** 2)
+    assert report.seeds_needed({**est, "ci": [0.2, 1.8]}, 0.0) is None  # resolved already
+    assert report.seeds_needed({**est, "ci": None}, 0.0) is None
+    assert report.seeds_needed({**est, "point": 0.0}, 0.0) == report.MAX_SEEDS_NEEDED + 1
+    ratio = {"point": 2.0, "ci": [0.5, 8.0], "runs": [3, 3]}  # on the log scale: 1 and [-2, 3]
+    assert report.seeds_needed(ratio, 1.0, log=True) > 3
+
+
+def test_seeds_needed_gives_about_its_power_in_new_experiments(monkeypatch):
+    """The promise behind the number: at the seeds it names, about POWER of new experiments'
+    CIs exclude 0. Pilot: 6 runs per algo at the normal quantiles (a typical sample: effect 1,
+    spread 2), unresolved; then 60 experiments of that many seeds drawn from the same normals
+    (200 bootstrap resamples each, to keep the test cheap)."""
+    from scipy import stats
+
+    quantiles = 2.0 * stats.norm.ppf((np.arange(6) + 0.5) / 6)
+    pilot = report.return_difference(1.0 + quantiles, quantiles)
+    assert pilot["ci"][0] < 0 < pilot["ci"][1]
+    n = report.seeds_needed(pilot, 0.0)
+    assert 40 <= n <= 120  # 2 sigma^2 (1.96 + 0.84)^2 / 1 with sigma^2 ~ 4 x the IQM's ~1.2
+    monkeypatch.setattr(report, "BOOTSTRAP_REPS", 200)
+    rng = np.random.default_rng(0)
+    resolved = [
+        report.return_difference(rng.normal(1.0, 2.0, n), rng.normal(0.0, 2.0, n))["ci"][0] > 0
+        for _ in range(60)
+    ]
+    assert 0.6 <= np.mean(resolved) <= 0.95  # POWER 0.8; binomial sd at 60 draws ~0.05
+
+
+def test_until_solved_reports_solving_sooner_not_final_returns(tmp_path):
+    fast = _summaries("fast", [200.0] * 4, [1000, 1200, 1100, 900])
+    slow = _summaries("slow", [200.0, 200.0, 150.0, 200.0], [3000, 2500, None, 4000])
+    runs = [{**s, "stop_when_solved": True} for s in fast + slow]
+    agg = report.aggregate(runs)
+    assert agg["fast"]["probability_of_improvement"] is None  # final returns sit at the threshold
+    (diff,) = report.differences(runs)
+    assert diff["return_difference"] is None
+    assert diff["solve_sooner"]["point"] == 1.0 and diff["solve_ratio"]["point"] < 1.0
+    report.write_report(tmp_path, runs, agg, diffs=[diff])
+    text = (tmp_path / "report.md").read_text()
+    assert "No probability of improvement on the final mean return" in text
+    assert "| P(row > column) |" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| fast vs slow |"))
+    assert row.endswith("| fast solves sooner |")
+    assert "IQM final return X - Y" not in text
+
+
+def test_report_names_what_a_difference_would_need(tmp_path):
+    a = _summaries("a2c", [10.0, 30.0, 20.0, 50.0, 40.0])
+    b = _summaries("relax", [12.0, 25.0, 48.0, 33.0, 70.0])
+    runs = [{**s, "threshold": None} for s in a + b]
+    report.write_report(tmp_path, runs, report.aggregate(runs))
+    text = (tmp_path / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| a2c vs relax |"))
+    assert "return: unresolved, ~" in row and "seeds per algo" in row
+    assert "P(X solves sooner)" not in text  # no threshold: nothing to solve
+
+
+def test_paired_reduction_is_over_runs_with_its_standard_error(tmp_path):
+    from scipy import stats
+
+    est = report.paired_reduction([0.1, 0.3, 0.5, None], measurements=120)
+    se = 0.2 / math.sqrt(3)
+    assert est["mean"] == pytest.approx(0.3) and est["se"] == pytest.approx(se)
+    half = stats.t.ppf(0.975, 2) * se
+    assert est["ci"] == pytest.approx([0.3 - half, 0.3 + half])
+    assert est["runs"] == 3 and est["measurements"] == 120
+    assert report.paired_reduction([0.4], 10)["ci"] is None
+    assert report.paired_reduction([None], 0) is None
+    runs = _summaries("relax", [1.0, 2.0, 3.0])
+    for run, red in zip(runs, [0.1, 0.3, 0.5], strict=True):
+        run.update(mean_grad_log10_var_reduction=red, grad_log10_var_reduction_measurements=40)
+    agg = report.aggregate(runs)
+    assert agg["relax"]["grad_log10_var_reduction_over_runs"] == est
+    report.write_report(tmp_path, runs, agg)
+    text = (tmp_path / "report.md").read_text()
+    assert f"| relax | +0.30 ± {se:.2f} | [{0.3 - half:+.2f}, {0.3 + half:+.2f}] | 2.00x [" in text
+    assert "| 3 | 120 |" in text

@@ -196,6 +196,7 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
     from relax_rl.plotting import plot_aggregates, plot_compare, plot_performance_profile
     from relax_rl.report import (
         aggregate,
+        differences,
         final_returns,
         grad_variance_stats,
         performance_profile,
@@ -205,16 +206,16 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
 
     for d, s in zip(run_dirs, summaries, strict=True):
         s.update(grad_variance_stats(d, s.get("solved_at_env_steps")))
-    aggregates = aggregate(summaries)
+    aggregates, diffs = aggregate(summaries), differences(summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(
-        json.dumps({"runs": summaries, "aggregates": aggregates}, indent=2)
+        json.dumps({"runs": summaries, "aggregates": aggregates, "differences": diffs}, indent=2)
     )
     variance: dict[str, list[dict]] = {}  # the runs' decompositions (relax-rl variance)
     for d, s in zip(run_dirs, summaries, strict=True):
         with contextlib.suppress(OSError, ValueError):
             variance.setdefault(s["algo"], []).append(json.loads((d / "variance.json").read_text()))
-    write_report(out, summaries, aggregates, {a: v for a, v in variance.items() if v})
+    write_report(out, summaries, aggregates, {a: v for a, v in variance.items() if v}, diffs)
     if any(variance.values()):
         from relax_rl.plotting import plot_variance_decomposition
 
