@@ -1,9 +1,18 @@
-# Every target sets up .venv itself (idempotent): torch==2.13.0 first, so that pip never
-# resolves a CUDA build, then the project in editable mode with its dev extra.
+# Every target sets up .venv itself (idempotent): torch first, then the project in editable
+# mode with its dev extra (which finds torch installed and leaves it).
+#
+# torch: the CPU build on a machine without an NVIDIA GPU (PyTorch's CPU wheel index: no CUDA
+# packages), PyPI's CUDA build on one with `nvidia-smi`. Force either with TORCH=cpu or
+# TORCH=cuda (`make setup TORCH=cuda`). If the CPU index cannot be reached (a firewall, a
+# mirror-only machine), pip's own index is the fallback: a local wheel or mirror if pip is
+# configured with one, else PyPI's build.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 
 .PHONY: setup demo test lint toy bench clean
 
@@ -12,7 +21,16 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+ifeq ($(TORCH),cuda)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+else ifeq ($(TORCH),cpu)
+	$(BIN)/pip install --quiet --timeout 20 --retries 1 --index-url $(TORCH_CPU_INDEX) \
+		torch==$(TORCH_VERSION) \
+	|| { echo "PyTorch's CPU index cannot be reached: torch from pip's own index"; \
+		$(BIN)/pip install --quiet torch==$(TORCH_VERSION); }
+else
+	@echo "TORCH=$(TORCH): give TORCH=cpu or TORCH=cuda"; exit 2
+endif
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

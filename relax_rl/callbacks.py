@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, ProgressBarCallback
@@ -74,6 +76,82 @@ class EpisodeTracker(BaseCallback):
                 if self.stop_when_solved:  # (a run continued after it was solved goes on)
                     return False
         return True
+
+
+MONITOR_FILE = "monitor.csv"
+MONITOR_COLUMNS = ("r", "l", "t", "env_steps", "env")
+
+
+class EpisodeLog(BaseCallback):
+    """Every finished episode as one row of ``monitor.csv`` in SB3's Monitor format (a JSON
+    header line, then ``r, l, t``: return, length, seconds since the start; SB3's
+    ``load_results`` reads it), with two columns more: ``env_steps``, the run's env steps when
+    the episode ended, and ``env``, the index of its env. The curves are drawn from it, one
+    point per episode, not from the logger's rows (one per ``log_interval`` updates).
+
+    :param path: the file (``<run>/monitor.csv``).
+    :param env_id: recorded in the header.
+    :param resume_steps: a continued run's env steps at its checkpoint: the rows after it are
+        dropped (the continuation plays those steps again); 0 starts a new file.
+    """
+
+    def __init__(self, path: Path, env_id: str, resume_steps: int = 0) -> None:
+        super().__init__()
+        self.path, self.env_id, self.resume_steps = Path(path), env_id, resume_steps
+        self._file: Any = None
+        self._start = time.time()
+
+    def _on_training_start(self) -> None:
+        kept = read_monitor_rows(self.path, self.resume_steps) if self.resume_steps else []
+        self._start = time.time() - (kept[-1]["t"] if kept else 0.0)
+        self._file = open(self.path, "w", newline="")  # noqa: SIM115 (open for the whole run)
+        header = {"t_start": self._start, "env_id": self.env_id}
+        self._file.write("#" + json.dumps(header) + "\n")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(MONITOR_COLUMNS)
+        self._writer.writerows([[row[c] for c in MONITOR_COLUMNS] for row in kept])
+
+    def _on_step(self) -> bool:
+        for index, info in enumerate(self.locals["infos"]):
+            episode = info.get("episode")
+            if episode is not None:
+                elapsed = round(time.time() - self._start, 6)
+                row = (float(episode["r"]), int(episode["l"]), elapsed, self.num_timesteps, index)
+                self._writer.writerow(row)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._file.flush()  # what a kill -9 can lose: one rollout's episodes at most
+
+    def _on_training_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+
+def read_monitor_rows(path: Path, up_to_steps: int | None = None) -> list[dict[str, float]]:
+    """The rows of an :class:`EpisodeLog` file as dicts of numbers, those after
+    ``up_to_steps`` env steps left out; a torn last line (a killed run's) is skipped.
+
+    :param path: the ``monitor.csv``.
+    :param up_to_steps: keep the episodes that ended at or before this many env steps.
+    """
+    rows = []
+    try:
+        with open(path, newline="") as fh:
+            lines = (line for line in fh if not line.startswith("#"))
+            for row in csv.DictReader(lines):
+                try:
+                    parsed = {c: float(row[c]) for c in MONITOR_COLUMNS}
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if up_to_steps is None or parsed["env_steps"] <= up_to_steps:
+                    rows.append(parsed)
+    except OSError:
+        return []
+    return rows
 
 
 class RunCheckpoint(CheckpointCallback):

@@ -23,6 +23,7 @@ import importlib.resources
 import inspect
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -223,15 +224,49 @@ def resolve_settings(
     ``config_file``, then ``overrides`` (``--set`` and the flags). ``train``, ``compare`` and
     :meth:`relax_rl.training.RunSpec.create` all resolve settings here.
 
-    ``config_file`` (a mapping of settings) with ``inherit: <parent>`` starts from
-    ``configs/<parent>.yaml``'s entry in place of ``configs/<algo>.yaml``'s: the file then
-    states its whole base, as a file in ``configs/`` does."""
+    ``config_file`` is a mapping of settings, or, as rl-zoo's files and ``configs/``'s, a
+    mapping of env ids (and presets) to settings (:func:`file_entry`). With ``inherit:
+    <parent>`` it starts from ``configs/<parent>.yaml``'s entry in place of
+    ``configs/<algo>.yaml``'s: the file then states its whole base, as a file in ``configs/``
+    does."""
     base = algo
-    own = load_config_file(config_file) if config_file is not None else {}
+    own = {}
+    if config_file is not None:
+        own = file_entry(load_config_file(config_file), preset or env_id, config_file)
     if INHERIT in own:
         base = _parent_file(own.pop(INHERIT), config_file, CONFIG_DIR).stem
     settings = zoo_settings(base, preset if preset is not None else env_id, preset is not None)
     return merge(merge(settings, own), overrides or {})
+
+
+# A key of a config file that reads as a gymnasium env id (Name-vN, ns/Name-vN, module:Name-vN):
+# the file maps env ids to settings (rl-zoo's layout), not settings to values.
+_ENV_ID_KEY = re.compile(r"^(?:[\w.:-]+[/:])?[\w.-]+-v\d+$")
+
+
+def file_entry(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """The settings a ``--config`` file gives a run on env (or preset) ``key``: the file's
+    entry for ``key`` when it maps env ids to settings (rl-zoo's layout, as ``configs/``), else
+    the file itself (a mapping of settings). Its top-level ``inherit`` holds either way.
+
+    :param data: the loaded file.
+    :param key: the env id, or the preset named.
+    :param path: the file (for messages).
+    """
+    inherit = {INHERIT: data[INHERIT]} if INHERIT in data else {}
+    entries = {k: v for k, v in data.items() if k != INHERIT}
+    keyed = key in entries or any(_ENV_ID_KEY.match(str(k)) for k in entries)
+    if not keyed:
+        return dict(data)
+    if key not in entries:
+        raise UsageError(
+            f"config file {path} maps env ids to settings and has no entry {key!r}; it has: "
+            f"{', '.join(map(str, entries))}"
+        )
+    entry = entries[key] or {}
+    if not isinstance(entry, Mapping):
+        raise UsageError(f"entry {key!r} in {path} must be a mapping of settings")
+    return {**inherit, **entry}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

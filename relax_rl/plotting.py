@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import to_hex
 from matplotlib.ticker import EngFormatter
 
+# One colour per agent and estimator in every figure and legend, whichever others it is drawn
+# with (a test checks that every agent has one); a name not listed gets a fixed colour of its
+# own from SPARE_COLORS (by a stable hash of the name, never by its place in a figure).
 COLORS = {
     "exact": "black",
     "reinforce": "tab:blue",
@@ -24,7 +27,18 @@ COLORS = {
     "relax": "tab:red",
     "a2c": "tab:green",
     "lax": "tab:purple",
+    "ppo": "tab:olive",
+    "relax-ppo": "tab:pink",
+    "rloo": "tab:brown",
+    "grpo": "tab:cyan",
 }
+SPARE_COLORS = ("navy", "teal", "goldenrod", "indigo", "darkred", "slategray", "darkgreen", "peru")
+
+
+def algo_color(name: str) -> str:
+    """The colour of an agent or estimator: :data:`COLORS`'s, else a fixed one of
+    :data:`SPARE_COLORS` chosen by the name's CRC32 (the same in every process and figure)."""
+    return COLORS.get(name) or SPARE_COLORS[zlib.crc32(name.encode()) % len(SPARE_COLORS)]
 
 
 def _band(ax, x, per_seed: np.ndarray, label: str, color: str | None) -> None:
@@ -44,7 +58,7 @@ def plot_toy_figure1(results: dict, path: Path) -> None:
     steps = np.asarray(curves["step"])
     fig, (ax_loss, ax_theta) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, c in curves["estimators"].items():
-        color = COLORS.get(name)
+        color = algo_color(name)
         _band(ax_loss, steps, np.asarray(c["loss"], dtype=float), name, color)
         _band(ax_theta, steps, np.asarray(c["theta"], dtype=float), name, color)
     ax_loss.set(xlabel="step", ylabel=r"$E[(b-t)^2]$", title=f"Loss (t = {cfg['target']})")
@@ -69,7 +83,7 @@ def plot_toy_figure2(results: dict, path: Path) -> None:
         lv = np.asarray([[np.nan if x is None else x for x in row] for row in c["log10_var"]])
         if name == "exact" or np.isnan(lv).all():
             continue  # the exact gradient has zero variance
-        _band(ax_var, steps, lv, name, COLORS.get(name))
+        _band(ax_var, steps, lv, name, algo_color(name))
     ax_var.set(
         xlabel="step",
         ylabel="log10 Var[g]",
@@ -86,7 +100,7 @@ def plot_toy_figure2(results: dict, path: Path) -> None:
         if c.get("relaxation") is not None:
             theta = c["theta"][-1][0]
             label = rf"{name} ($\theta$ = {theta:.3g})"
-            ax_rel.plot(z, np.asarray(c["relaxation"][0]), color=COLORS.get(name), label=label)
+            ax_rel.plot(z, np.asarray(c["relaxation"][0]), color=algo_color(name), label=label)
     ax_rel.set(
         xlabel="z", ylabel=r"$c_\phi(z)$", title="Learned relaxation, seed 0 at its final theta"
     )
@@ -102,7 +116,7 @@ def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
     cfg = results["config"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, c in results["curves"].items():
-        color = COLORS.get(name)
+        color = algo_color(name)
         ax.plot(c["step"], c["train_elbo"], color=color, lw=1.6, label=f"{name} train")
         ax.plot(c["step"], c["valid_elbo"], color=color, lw=1.2, ls="--", label=f"{name} valid")
     ax.set(
@@ -119,7 +133,7 @@ def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, c in results["curves"].items():
         lv = [np.nan if v is None else v for v in c["log10_var"]]
-        ax.plot(c["step"], lv, color=COLORS.get(name), lw=1.6, label=name)
+        ax.plot(c["step"], lv, color=algo_color(name), lw=1.6, label=name)
     ax.set(
         xlabel="step",
         ylabel="log10 Var (encoder gradient)",
@@ -132,8 +146,22 @@ def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
     plt.close(fig)
 
 
-def _band_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray):
-    rows = [np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves if x.size > 1]
+def _band_on_grid(
+    curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray, carried: list[bool]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Q1, median, Q3 over runs at each grid point, and how many runs each rests on. A run that
+    stopped at the threshold (``carried``) keeps its last value to the grid's end, so that the
+    median does not jump as the solved runs stop; any other run ends where it ended.
+
+    :param curves: per run, (env steps, values).
+    :param grid: the env steps to evaluate at.
+    :param carried: per run, whether its last value is carried to the end.
+    """
+    rows = [
+        np.interp(grid, x, y, left=np.nan, right=y[-1] if carry else np.nan)
+        for (x, y), carry in zip(curves, carried, strict=True)
+        if x.size > 1
+    ]
     if not rows:
         return None
     with warnings.catch_warnings():
@@ -143,6 +171,7 @@ def _band_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray)
             np.nanpercentile(stack, 25, axis=0),
             np.nanmedian(stack, axis=0),
             np.nanpercentile(stack, 75, axis=0),
+            np.isfinite(stack).sum(axis=0),
         )
 
 
@@ -151,10 +180,20 @@ def plot_compare(
     returns_path: Path,
     grad_path: Path,
     threshold: float | None = None,
+    solved_stops: dict[str, list[bool]] | None = None,
 ) -> None:
-    """``returns.png``: mean return (last 100 episodes) against env steps, median line and IQR
-    band over seeds per algo; ``grad_variance.png``: grad log10 variance against env steps, with
-    (dashed) the plain advantage estimator's on the same batches for agents that measure it."""
+    """``returns.png``: mean return (last 100 episodes, at every episode) against env steps,
+    median line and IQR band over seeds per algo; ``grad_variance.png``: grad log10 variance
+    against env steps, with (dashed) the plain advantage estimator's on the same batches for
+    agents that measure it. Runs that stopped at the threshold carry their last value on (no
+    sawtooth as seeds stop); the line is dotted where it rests on fewer runs than the algo has.
+
+    :param curves_by_algo: per algo, each run's :func:`relax_rl.report.read_curves`.
+    :param threshold: the env's solve threshold, drawn on the returns.
+    :param solved_stops: per algo, per run, whether it stopped at the threshold
+        (``--until-solved``); default none did.
+    """
+    solved_stops = solved_stops or {}
     for path, name, ylabel, title in (
         (returns_path, "return", "mean return (last 100 episodes)", "Return"),
         (
@@ -165,22 +204,33 @@ def plot_compare(
         ),
     ):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        partial = False
         for algo, runs in curves_by_algo.items():
-            color = COLORS.get(algo)
+            color = algo_color(algo)
+            carried = solved_stops.get(algo) or [False] * len(runs)
             lines = [(name, "-", f"{algo} (n={len(runs)})")]
             if name == "grad_log10_var":
                 label = f"{algo}: advantage estimator, same batches"
                 lines.append(("grad_log10_var_baseline", "--", label))
             for curve, style, label in lines:
-                pairs = [c[curve] for c in runs if curve in c]
-                top = max((x.max() for x, _ in pairs if x.size), default=0)
-                grid = np.linspace(0, top, 200)
-                band = _band_on_grid(pairs, grid) if top > 0 else None
+                pairs = [(c[curve], carry) for c, carry in zip(runs, carried, strict=True)]
+                pairs = [(xy, carry) for xy, carry in pairs if xy[0].size]
+                top = max((xy[0].max() for xy, _ in pairs), default=0)
+                grid = np.linspace(0, top, 400)
+                band = (
+                    _band_on_grid([xy for xy, _ in pairs], grid, [c for _, c in pairs])
+                    if top > 0
+                    else None
+                )
                 if band is None:
                     continue
-                lo, med, hi = band
-                line = ax.plot(grid, med, color=color, ls=style, lw=1.6, label=label)[0]
-                color = line.get_color()
+                lo, med, hi, n = band
+                whole = np.where(n == len(runs), med, np.nan)
+                ax.plot(grid, whole, color=color, ls=style, lw=1.6, label=label)
+                if (n < len(runs)).any() and np.isfinite(med[n < len(runs)]).any():
+                    partial = True  # the same median where some runs have ended: dotted
+                    thin = np.where(n < len(runs), med, np.nan)
+                    ax.plot(grid, thin, color=color, ls=":", lw=1.4)
                 if style == "-":
                     ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
         if threshold is not None and name == "return":
@@ -188,6 +238,10 @@ def plot_compare(
         ax.set(xlabel="env steps", ylabel=ylabel, title=f"{title}: median and IQR over seeds")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, 1M
         ax.grid(alpha=0.3)
+        if partial:
+            ax.plot([], [], color="0.3", ls=":", label="dotted: fewer runs than n")
+        if any(any(v) for v in solved_stops.values()):
+            ax.plot([], [], ls="none", label="solved runs carry their last value")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -196,14 +250,11 @@ def plot_compare(
 
 
 def _algo_colors(algos: list[str]) -> dict[str, Any]:
-    """The project's color per algo, and matplotlib's cycle for algos it has none for.
+    """Each algo's :func:`algo_color`.
 
     :param algos: the algos to color.
     """
-    taken = {to_hex(c) for c in COLORS.values()}
-    cycle = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if to_hex(c) not in taken]
-    spare = iter(cycle * (1 + len(algos) // max(len(cycle), 1)))
-    return {a: COLORS.get(a) or next(spare) for a in algos}
+    return {a: algo_color(a) for a in algos}
 
 
 def _no_data_figure(path: Path, title: str) -> None:
@@ -337,11 +388,12 @@ def plot_variance_decomposition(results: list[dict[str, Any]], path: Path) -> No
     marker is a term whose interval reaches 0 (not resolved by the design)."""
     terms = ("state", "action", "trajectory")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    floor: dict[Any, list[tuple[float, Any]]] = {ax: [] for ax in axes}
     for run in results:
         for name in dict.fromkeys(e["estimator"] for p in run["points"] for e in p["estimators"]):
             paired = "same samples" in name
             label = f"{run.get('label', run['algo'])}: {name}" if len(results) > 1 else name
-            color = COLORS.get("a2c" if paired else run["algo"])
+            color = algo_color("a2c" if paired else run["algo"])
             for ax, term in zip(axes, terms, strict=True):
                 xs, ys, low, high, unresolved = [], [], [], [], []
                 for point in run["points"]:
@@ -370,6 +422,21 @@ def plot_variance_decomposition(results: list[dict[str, Any]], path: Path) -> No
                 if hollow:
                     hx, hy = zip(*hollow, strict=True)
                     ax.plot(hx, hy, "o", mfc="white", color=drawn.lines[0].get_color(), zorder=3)
+                # an estimate <= 0 has no log: drawn at the panel's floor, not left out
+                floor[ax] += [
+                    (x, drawn.lines[0].get_color())
+                    for x, y in zip(xs, ys, strict=True)
+                    if np.isnan(y)
+                ]
+    for ax, points in floor.items():
+        if points:
+            bottom, top = ax.get_ylim()
+            for x, color in points:
+                ax.plot(x, bottom, "v", color=color, mfc="white", ms=8, clip_on=False, zorder=4)
+            ax.set_ylim(bottom, top)
+    if any(floor.values()):
+        label = "estimate <= 0 (no log): at the floor"
+        axes[-1].plot([], [], "v", color="0.3", mfc="white", label=label)
     for ax, term in zip(axes, terms, strict=True):
         symbol = {"state": "s", "action": "a", "trajectory": "tau"}[term]
         ax.set_title(f"Sigma_{symbol}: the {term} term")

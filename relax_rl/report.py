@@ -24,6 +24,7 @@ import yaml
 from rliable import library as rly
 from rliable import metrics
 
+from relax_rl.callbacks import MONITOR_FILE, read_monitor_rows
 from relax_rl.diagnostics import MIN_GROUPS
 from relax_rl.runner import FINISHED
 
@@ -618,9 +619,50 @@ CURVE_KEYS = {
 }
 
 
-def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each of :data:`CURVE_KEYS` as (env steps, values) from a run's progress.csv; a curve the
-    run did not log is two empty arrays."""
+# The return curve's moving window: the last 100 episodes, as the logger's ep_rew_mean and the
+# solve criterion.
+RETURN_WINDOW = 100
+
+
+def episode_returns(
+    run_dir: Path, end_steps: float | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mean return of the last :data:`RETURN_WINDOW` episodes (fewer at the start) at the
+    end of every episode, against the run's env steps then, from its ``monitor.csv``
+    (:class:`relax_rl.callbacks.EpisodeLog`); None for a run without one (older runs).
+
+    :param run_dir: the run folder.
+    :param end_steps: the env steps the run ended at: the last value holds until then (no
+        episode ended after it to move the mean).
+    """
+    if not (run_dir / MONITOR_FILE).is_file():
+        return None
+    rows = read_monitor_rows(run_dir / MONITOR_FILE)
+    if end_steps is not None and rows and end_steps > rows[-1]["env_steps"]:
+        rows.append({**rows[-1], "env_steps": float(end_steps), "r": np.nan})
+    steps = np.asarray([r["env_steps"] for r in rows], dtype=float)
+    returns = np.asarray([r["r"] for r in rows], dtype=float)
+    sums = np.concatenate([[0.0], np.cumsum(returns)])
+    ends = np.arange(1, returns.size + 1)
+    starts = np.maximum(0, ends - RETURN_WINDOW)
+    means = (sums[ends] - sums[starts]) / (ends - starts)
+    if end_steps is not None and rows and np.isnan(returns[-1]):
+        means[-1] = means[-2] if means.size > 1 else np.nan  # the held value, to the run's end
+    return steps, means
+
+
+def read_curves(
+    run_dir: Path, end_steps: float | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each of :data:`CURVE_KEYS` as (env steps, values): the return at every episode from the
+    run's ``monitor.csv`` (:func:`episode_returns`), the rest from its progress.csv (one row per
+    ``log_interval`` updates), as is the return of a run without a monitor file; a curve the run
+    did not log is two empty arrays.
+
+    :param run_dir: the run folder.
+    :param end_steps: the env steps the run ended at (its summary's ``total_env_steps``): the
+        per-episode return holds its last value until then.
+    """
     points: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVE_KEYS}
     path = run_dir / "progress.csv"
     if path.exists():
@@ -630,10 +672,14 @@ def read_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 for name, key in CURVE_KEYS.items():
                     if t and row.get(key):
                         points[name].append((float(t), float(row[key])))
-    return {
+    curves = {
         name: (np.asarray([x for x, _ in xy]), np.asarray([y for _, y in xy]))
         for name, xy in points.items()
     }
+    per_episode = episode_returns(run_dir, end_steps)
+    if per_episode is not None:
+        curves["return"] = per_episode
+    return curves
 
 
 def _at_least(est: dict[str, Any], key: str, digits: int) -> str:
@@ -915,18 +961,27 @@ def _differences_section(diffs: list[dict[str, Any]]) -> list[str]:
     if has_steps:
         header += ["IQM env steps to solve X / Y [95% CI]", "P(X solves sooner) [95% CI]"]
     header.append("conclusion (95%)")
+    about = (
+        "Which is better, by how much, how sure: rliable's bootstrap over each algo's runs "
+        f"({BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED})."
+    )
+    if has_steps:  # only where a threshold makes "solved" mean something
+        about += (
+            " Env steps to solve count an unsolved run at its budget (censored); a ratio marked"
+            " ≥ (≤) rests on X's (Y's) unsolved runs and is a lower (upper) bound. P(X solves"
+            " sooner) scores each pair of runs as Gehan's test does: a pair the censoring cannot"
+            " order counts half."
+        )
+    about += (
+        " An unresolved difference (its CI spans no difference) names the seeds per algo that"
+        f" would give a {POWER:.0%} chance of resolving a difference this size, if the runs'"
+        " spread is as measured."
+    )
     lines = [
         "",
         "## Differences between algos",
         "",
-        "Which is better, by how much, how sure: rliable's bootstrap over each algo's runs "
-        f"({BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}). Env steps to solve count an "
-        "unsolved run at its budget (censored); a ratio marked ≥ (≤) rests on X's (Y's) "
-        "unsolved runs and is a lower (upper) bound. P(X solves sooner) scores each pair of runs "
-        "as Gehan's test does: a pair the censoring cannot order counts half. An unresolved "
-        "difference (its CI spans no difference) names the seeds per algo that would give a "
-        f"{POWER:.0%} chance of resolving a difference this size, if the runs' spread is as "
-        "measured.",
+        about,
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",

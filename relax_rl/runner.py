@@ -159,6 +159,18 @@ def _run_local(todo, worker, jobs: int, record) -> None:
     pool.shutdown()
 
 
+def check_ray_backend(address: str | None) -> None:
+    """Refuse the Ray backend, in one line, where Ray Tune is not installed or ``address``
+    names no cluster; a command calls this before it prints or starts anything."""
+    try:
+        import ray  # noqa: F401
+        from ray import tune  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--backend ray needs Ray Tune; install it with: {RAY_INSTALL}") from None
+    if address is not None:
+        check_ray_address(address)
+
+
 def check_ray_address(address: str) -> None:
     """Refuse an address no Ray cluster answers on, in seconds (``ray.init`` would retry for
     minutes). Accepts ``auto``, ``host:port`` (GCS, port 6379 if left out) and
@@ -229,13 +241,10 @@ def _run_ray(todo, worker, jobs: int, record, address: str | None, storage: Path
     # one line per finished run is printed by ``on_done``).
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise UsageError(f"--backend ray needs Ray Tune; install it with: {RAY_INSTALL}") from None
-    if address is not None:
-        check_ray_address(address)
+    check_ray_backend(address)
+    import ray
+    from ray import tune
+
     # Ray workers (other processes, maybe other machines) see absolute paths only.
     cells = [replace(run, out=run.out.resolve()) for run in todo]
     started = not ray.is_initialized()

@@ -26,7 +26,14 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
-from relax_rl.callbacks import EpisodeTracker, PeriodicCallback, ReturnProgressBar, RunCheckpoint
+from relax_rl.callbacks import (
+    MONITOR_FILE,
+    EpisodeLog,
+    EpisodeTracker,
+    PeriodicCallback,
+    ReturnProgressBar,
+    RunCheckpoint,
+)
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
 from relax_rl.envs.factory import normalize_env
@@ -509,8 +516,12 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         save_freq=max(1, spec.settings["checkpoint_freq"] // n_envs),
         save_path=str(out / "checkpoints"),
     )
+    episode_log = EpisodeLog(
+        out / MONITOR_FILE, spec.env_id, point.env_steps if point is not None else 0
+    )
     callbacks: list[BaseCallback] = [
         folder.tracker,
+        episode_log,
         checkpoint,
         PeriodicCallback(spec.settings["checkpoint_freq"], folder.write_summary),
         GradientVarianceCallback(spec.settings.get("grad_var_freq", RUN_KEYS["grad_var_freq"][1])),
@@ -552,6 +563,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         folder.status, folder.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        episode_log.close()  # (a run that raised never reached its training end)
         if folder.status != "running":
             folder.save_model()
             summary = folder.write_summary()

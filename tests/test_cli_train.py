@@ -423,6 +423,18 @@ def _steps_column(out):
         return [int(r["time/total_timesteps"]) for r in csv.DictReader(f)]
 
 
+def _assert_monitor_matches(out, summary):
+    """monitor.csv holds each episode the summary counts once, in order of env steps."""
+    from relax_rl.callbacks import read_monitor_rows
+
+    rows = read_monitor_rows(out / "monitor.csv")
+    steps = [r["env_steps"] for r in rows]
+    assert len(rows) == summary["episodes"] and steps == sorted(steps)
+    assert steps[-1] <= summary["total_env_steps"]
+    last = [r["r"] for r in rows[-100:]]
+    assert np.mean(last) == pytest.approx(summary["final_mean_return_100"])
+
+
 def test_resume_continues_an_interrupted_run_to_its_total(tmp_path, capsys):
     out = _stopped_run(tmp_path)
     before = json.loads((out / "summary.json").read_text())
@@ -444,6 +456,7 @@ def test_resume_continues_an_interrupted_run_to_its_total(tmp_path, capsys):
     steps = _steps_column(out)
     assert steps[: len(rows_before)] == rows_before and len(steps) > len(rows_before)
     assert steps == sorted(steps) and steps[-1] >= 1600
+    _assert_monitor_matches(out, summary)  # the episodes of both sessions, each once
     # the continued run started from the saved parameters and trained them further
     trained = RELAX.load(out / "model.zip").policy.state_dict()
     assert any(not np.allclose(saved[k], trained[k]) for k in saved)
@@ -485,6 +498,7 @@ def test_resume_a_killed_run_from_its_newest_checkpoint(tmp_path, capsys, killed
     # rows after the checkpoint the killed run had logged are replaced by the continued run's
     steps = _steps_column(out)
     assert steps == sorted(steps)
+    _assert_monitor_matches(out, result)  # monitor.csv's too: none counted twice
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
+import yaml
 from conftest import wait_until
 
 from relax_rl.cli import main
@@ -152,6 +153,10 @@ def test_parse_seeds(text, seeds):
         (["--backend", "slurm"], "invalid choice: 'slurm' (choose from 'local', 'ray')"),
         (["--total-steps", "0"], "--total-steps: invalid value 0: expected an integer >= 1"),
         (["--set", "total_steps=0"], "total_steps must be >= 1, got 0"),
+        (["--set", "ppo.n_epochs=3"], "'ppo.n_epochs=3' names ppo, which is not in --algos (a2c)"),
+        (["--set", "a2c.n_epochs=3"], "n_epochs"),  # not an A2C setting: refused by name
+        (["--preset", "ppo=mujoco"], "names ppo, which is not in --algos (a2c)"),
+        (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
     ],
 )
 def test_compare_bad_input(tmp_path, capsys, args, needle):
@@ -432,3 +437,44 @@ def test_plot_refuses_mixed_envs_and_a_run_given_twice_notes_unequal_lengths(tmp
     (b / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n")
     assert main(["plot", str(a), str(b), "--out", str(tmp_path / "again")]) == 2
     assert "progress.csv has no rows, though the run finished" in capsys.readouterr().err
+
+
+def test_per_algo_settings_presets_and_zoo_config_files(tmp_path, capfd):
+    """--set ALGO.KEY=VALUE, --config ALGO=FILE (rl-zoo's layout: env ids to settings) and
+    plain --set for every algo; the progress lines from the start."""
+    zoo = tmp_path / "relax.yml"
+    zoo.write_text(
+        "CartPole-v1:\n  cv_learning_rate: 0.002\n  gamma: 0.95\nAcrobot-v1:\n  gamma: 0.9\n"
+    )
+    out = tmp_path / "cmp"
+    args = ["compare", "--algos", "a2c", "relax", "--env", "CartPole-v1", "--seeds", "0",
+            "--total-steps", "200", "--set", "n_envs=2", "--set", "policy_kwargs.net_arch=[8]",
+            "--set", "a2c.learning_rate=0.01", "--set", "relax.n_steps=4",
+            "--config", f"relax={zoo}", "--set", "eval_episodes=0", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    captured = capfd.readouterr()  # fd-level: the workers (other processes) print too
+    a2c = yaml.safe_load((out / "a2c-s0" / "config.yaml").read_text())
+    relax = yaml.safe_load((out / "relax-s0" / "config.yaml").read_text())
+    assert a2c["learning_rate"] == 0.01 and relax["learning_rate"] != 0.01
+    assert relax["n_steps"] == 4 and a2c["n_steps"] != 4
+    assert relax["cv_learning_rate"] == 0.002 and relax["gamma"] == 0.95 and a2c["gamma"] == 0.99
+    assert a2c["n_envs"] == relax["n_envs"] == 2
+    err = captured.err.splitlines()
+    assert err[0] == "compare: 2 runs, 2 to run, 1 at a time"
+    assert "started a2c seed 0" in err
+    done = [line for line in err if line.startswith("[")]
+    assert (
+        done[0].startswith("[1/2, ") and ", ETA " in done[0] and "a2c seed 0: completed" in done[0]
+    )
+    assert done[1].startswith("[2/2, ") and "ETA" not in done[1]
+    # resumed: the finished runs are counted as such; a file without the env's entry is refused
+    assert main(args) == 0
+    assert (
+        capfd.readouterr().err.splitlines()[0]
+        == "compare: 2 runs (2 finished already), 0 to run, 1 at a time"
+    )
+    zoo.write_text("Acrobot-v1:\n  gamma: 0.9\n")
+    assert main([*args[:-2], "--out", str(tmp_path / "o2")]) == 2
+    err = capfd.readouterr().err.strip()
+    needle = "maps env ids to settings and has no entry 'CartPole-v1'; it has: Acrobot-v1"
+    assert err.endswith(f"config file {zoo} {needle}") and "\n" not in err

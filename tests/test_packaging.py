@@ -142,3 +142,38 @@ def test_no_import_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def _setup_commands(tmp_path, path_dirs=(), **make_vars):
+    """The commands ``make setup`` would run (make -n, forced), with ``path_dirs`` first on
+    PATH and the given make variables."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), os.environ["PATH"]])}
+    args = [
+        "make",
+        "-n",
+        "-B",
+        "-C",
+        str(ROOT),
+        "setup",
+        *(f"{k}={v}" for k, v in make_vars.items()),
+    ]
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+
+
+def test_setup_installs_the_cpu_torch_without_a_gpu_and_cuda_with_one(tmp_path):
+    cpu = _setup_commands(tmp_path).stdout  # (this machine has no nvidia-smi)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu and "torch==2.13.0" in cpu
+    assert "cannot be reached: torch from pip's own index" in cpu  # the fallback is there
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    gpu = _setup_commands(tmp_path, [fake]).stdout
+    assert "torch==2.13.0" in gpu and "download.pytorch.org" not in gpu
+    forced = _setup_commands(tmp_path, [fake], TORCH="cpu").stdout
+    assert "--index-url https://download.pytorch.org/whl/cpu" in forced
+    assert "download.pytorch.org" not in _setup_commands(tmp_path, TORCH="cuda").stdout
+    assert "give TORCH=cpu or TORCH=cuda" in _setup_commands(tmp_path, TORCH="rocm").stdout

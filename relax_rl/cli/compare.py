@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import json
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from relax_rl.agents import ALGOS
 from relax_rl.cli.common import (
@@ -42,16 +45,27 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4, 0,2,5 (default 0-4)")
     p.add_argument(
         "--preset",
-        default=None,
-        help="entry of each algo's configs/<algo>.yaml to use instead of the env id (e.g. "
-        "mujoco-discrete, simple-spread-10)",
+        action="append",
+        default=[],
+        metavar="[ALGO=]NAME",
+        help="entry of configs/<algo>.yaml to use instead of the env id (e.g. mujoco-discrete, "
+        "simple-spread-10), for every algo, or with ALGO= for one (repeatable)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="[ALGO=]FILE",
+        help="a YAML file of settings, or of env ids to settings (rl-zoo's layout), applied "
+        "over configs/<algo>.yaml's, for every algo, or with ALGO= for one (repeatable)",
     )
     p.add_argument(
         "--set",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="override a setting for every algo (repeatable); `relax-rl params` lists them",
+        metavar="[ALGO.]KEY=VALUE",
+        help="override a setting for every algo, or with ALGO. for one, e.g. --set "
+        "relax.cv_learning_rate=1e-3 (repeatable); `relax-rl params` lists them",
     )
     add_dataclass_flags(p, RunSettings, overrides=True, default_note=" unless configs/ set it")
     p.add_argument("--jobs", type=bounded(int, 1), default=1, help="runs in parallel (processes)")
@@ -106,23 +120,99 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_run_plot)
 
 
-def _grid_spec(cell, overrides: dict, tracking, preset: str | None = None):
-    """The RunSpec of one cell of a compare grid: settings resolved as ``train`` does (the
-    entry of each algo's configs file for the env id, or ``preset``)."""
-    from relax_rl.training import RunSpec
+@dataclass(frozen=True)
+class GridSettings:
+    """Each algo's settings source in a compare grid, as ``train`` takes them: its preset, its
+    config file, its overrides (``--set`` and the flags, then ``--set ALGO.KEY=VALUE``)."""
 
-    return RunSpec.create(
-        cell.algo,
-        cell.env_id,
-        cell.seed,
-        out=cell.out,
-        preset=preset,
-        settings=overrides,
-        tracking=tracking,
-    )
+    presets: dict[str, str | None]
+    configs: dict[str, Path | None]
+    overrides: dict[str, dict[str, Any]]
+
+    def spec(self, cell: GridRun, tracking: Any = None) -> Any:
+        """The RunSpec of one cell, settings resolved as ``train`` resolves them."""
+        from relax_rl.training import RunSpec
+
+        return RunSpec.create(
+            cell.algo,
+            cell.env_id,
+            cell.seed,
+            out=cell.out,
+            preset=self.presets.get(cell.algo),
+            config_file=self.configs.get(cell.algo),
+            settings=self.overrides.get(cell.algo, {}),
+            tracking=tracking,
+        )
 
 
-def _grid_worker(cell, overrides: dict, tracking, preset: str | None = None) -> dict:
+def _per_algo(values: list[str], flag: str, algos: list[str]) -> dict[str, str | None]:
+    """``--preset``/``--config`` values, ``VALUE`` (every algo) or ``ALGO=VALUE`` (one algo,
+    winning over a plain one); refused in one line for an algo not in the grid."""
+    out: dict[str, str | None] = dict.fromkeys(algos)
+    plain = [v for v in values if _algo_prefix(v, "=", algos) is None]
+    if len(plain) > 1:
+        raise UsageError(f"{flag} given twice for every algo ({', '.join(plain)}); give one")
+    for algo in algos:
+        out[algo] = plain[0] if plain else None
+    for value in values:
+        algo = _algo_prefix(value, "=", algos)
+        if algo is not None:
+            out[algo] = value.partition("=")[2]
+    return out
+
+
+def _algo_prefix(value: str, sep: str, algos: list[str]) -> str | None:
+    """The algo ``value`` names before ``sep`` (``ppo=NAME``, ``ppo.key=1``), None for a value
+    meant for every algo; an algo name not in the grid is refused."""
+    head, found, _ = value.partition(sep)
+    if not found or head not in ALGOS:
+        return None
+    if head not in algos:
+        raise UsageError(f"{value!r} names {head}, which is not in --algos ({', '.join(algos)})")
+    return head
+
+
+class GridProgress:
+    """compare's progress lines on stderr: at the start, the runs to do (finished ones are not
+    run again); then, as each run ends, ``[done/total]`` with the elapsed time and an ETA from
+    the pace so far (runs finished per second, parallel jobs included)."""
+
+    def __init__(self, cells: list[GridRun], jobs: int) -> None:
+        from relax_rl.runner import is_finished
+
+        self.total = len(cells)
+        self.done = sum(is_finished(cell.out) for cell in cells)
+        self.start_done = self.done
+        self.start = time.monotonic()
+        todo = self.total - self.done
+        kept = f" ({self.done} finished already)" if self.done else ""
+        print(
+            f"compare: {self.total} runs{kept}, {todo} to run, {min(jobs, max(todo, 1))} at a time",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def finished(self) -> str:
+        """Count one more run done; the ``[done/total] elapsed, ETA`` prefix of its line."""
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        ran = self.done - self.start_done
+        left = self.total - self.done
+        eta = f", ETA {_duration(elapsed / ran * left)}" if left else ""
+        return f"[{self.done}/{self.total}, {_duration(elapsed)}{eta}]"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``2h03m``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _grid_worker(cell, settings: GridSettings, tracking) -> dict:
     """Train one cell of a compare grid (in a worker process)."""
     import shutil
 
@@ -131,13 +221,14 @@ def _grid_worker(cell, overrides: dict, tracking, preset: str | None = None) -> 
     from relax_rl.training import train
 
     torch.set_num_threads(1)
-    spec = _grid_spec(cell, overrides, tracking, preset)
+    spec = settings.spec(cell, tracking)
     if cell.out.exists():  # an unfinished earlier attempt: start it again
         shutil.rmtree(cell.out)
+    print(f"started {cell.algo} seed {cell.seed}", file=sys.stderr, flush=True)
     return train(spec)
 
 
-def _check_finished_runs_match(cells, overrides: dict, preset: str | None) -> None:
+def _check_finished_runs_match(cells, settings: GridSettings) -> None:
     """Refuse to resume into a folder whose finished runs used other settings: the report
     would mix two experiments."""
     import yaml
@@ -152,7 +243,7 @@ def _check_finished_runs_match(cells, overrides: dict, preset: str | None) -> No
             old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             old = {}
-        new = run_config(_grid_spec(cell, overrides, None, preset))
+        new = run_config(settings.spec(cell))
         # (a key an older config.yaml lacks is not compared)
         for key in sorted(set(old) & set(new) - set(DERIVED_CONFIG_KEYS)):
             if old.get(key) != new.get(key):
@@ -162,21 +253,35 @@ def _check_finished_runs_match(cells, overrides: dict, preset: str | None) -> No
                 )
 
 
-def _grid_overrides(args: argparse.Namespace) -> dict:
-    """--set and the run-key flags, for every algo (each over its configs/<algo>.yaml entry);
-    bad keys are refused here, before any run starts."""
+def _grid_settings(args: argparse.Namespace) -> GridSettings:
+    """Each algo's preset, config file and overrides: ``--set KEY=VALUE`` and the run-key
+    flags for every algo, ``--set ALGO.KEY=VALUE`` for one (over its configs/<algo>.yaml
+    entry); bad keys and settings every run would fail on are refused here, before any run
+    starts."""
+    from relax_rl import config as cfg
     from relax_rl.cli.train import run_overrides
 
-    overrides = run_overrides(args)
+    common = [s for s in args.set if _algo_prefix(s, ".", args.algos) is None]
+    base = run_overrides(argparse.Namespace(**{**vars(args), "set": common}))
+    overrides = {}
     for algo in args.algos:
-        spec = _grid_spec(GridRun(algo, args.env, 0, args.out), overrides, None, args.preset)
+        own = [s.partition(".")[2] for s in args.set if _algo_prefix(s, ".", args.algos) == algo]
+        overrides[algo] = cfg.merge(base, cfg.parse_set(own))
+    configs = _per_algo([str(c) for c in args.config], "--config", args.algos)
+    settings = GridSettings(
+        presets=_per_algo(args.preset, "--preset", args.algos),
+        configs={a: None if c is None else Path(c) for a, c in configs.items()},
+        overrides=overrides,
+    )
+    for algo in args.algos:
+        spec = settings.spec(GridRun(algo, args.env, 0, args.out))
         if spec.settings["stop_when_solved"] and spec.settings["threshold"] is None:
             raise UsageError(
                 f"--until-solved needs a reward threshold and {args.env} has none; "
                 "add --threshold VALUE"
             )
         _check_env_setup(spec)
-    return overrides
+    return settings
 
 
 def _check_env_setup(spec) -> None:
@@ -225,10 +330,15 @@ def _write_comparison(out: Path, run_dirs: list[Path], summaries: list[dict]) ->
         plot_variance_decomposition(labelled, out / "variance.png")
     curves: dict[str, list] = {}
     for d, s in zip(run_dirs, summaries, strict=True):
-        curves.setdefault(s["algo"], []).append(read_curves(d))
+        curves.setdefault(s["algo"], []).append(read_curves(d, s.get("total_env_steps")))
     thresholds = {s.get("threshold") for s in summaries} - {None}
     threshold = thresholds.pop() if len(thresholds) == 1 else None
-    plot_compare(curves, out / "returns.png", out / "grad_variance.png", threshold=threshold)
+    stops: dict[str, list[bool]] = {}
+    for s in summaries:
+        stops.setdefault(s["algo"], []).append(s.get("status") == "solved")
+    plot_compare(
+        curves, out / "returns.png", out / "grad_variance.png", threshold, solved_stops=stops
+    )
     # rliable's figures: the final-return score distributions, and the IQMs with their CIs
     scores = final_returns(summaries)
     plot_performance_profile(
@@ -244,24 +354,24 @@ def _run_compare(args: argparse.Namespace) -> int:
     import functools
 
     from relax_rl.envs import check_env_id
-    from relax_rl.runner import parse_seeds, run_grid
+    from relax_rl.runner import check_ray_backend, parse_seeds, run_grid
 
     if args.ray_address is not None and args.backend != "ray":
         raise UsageError("--ray-address needs --backend ray")
+    if args.backend == "ray":
+        check_ray_backend(args.ray_address)
     try:
         check_env_id(args.env)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     seeds = parse_seeds(args.seeds)
     check_writable(args.out)
-    overrides = _grid_overrides(args)
+    settings = _grid_settings(args)
     if args.variance is not None:  # refused now rather than after the runs
         from relax_rl.decomposition import check_copyable
 
         parse_fractions(args.variance, "--variance")
-        first = _grid_spec(
-            GridRun(args.algos[0], args.env, 0, args.out), overrides, None, args.preset
-        )
+        first = settings.spec(GridRun(args.algos[0], args.env, 0, args.out))
         try:
             check_copyable(args.env, first.settings["env_kwargs"], first.settings["discretize"])
         except ValueError as exc:
@@ -271,10 +381,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         # Named after the output folder, so that a resumed comparison stays in one group.
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
-    _check_finished_runs_match(cells, overrides, args.preset)
-    worker = functools.partial(
-        _grid_worker, overrides=overrides, tracking=tracking, preset=args.preset
-    )
+    _check_finished_runs_match(cells, settings)
+    worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
+
+    progress = GridProgress(cells, jobs=args.jobs)
 
     def done(cell, summary) -> None:
         solved = summary.get("solved_at_env_steps")
@@ -284,7 +394,12 @@ def _run_compare(args: argparse.Namespace) -> int:
             else summary.get("error")
             or ("not solved" if summary.get("threshold") is not None else "no threshold")
         )
-        print(f"{cell.algo} seed {cell.seed}: {summary.get('status')}, {outcome}", file=sys.stderr)
+        print(
+            f"{progress.finished()} {cell.algo} seed {cell.seed}: {summary.get('status')}, "
+            f"{outcome}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     summaries = run_grid(
         cells,
