@@ -41,7 +41,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	WANDB_MODE=disabled $(BIN)/pytest -q -n auto --dist worksteal
+	WANDB_MODE=disabled $(BIN)/pytest -q -n auto --dist worksteal --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

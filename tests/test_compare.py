@@ -256,7 +256,8 @@ def test_ray_backend_on_a_running_cluster(tmp_path):
     import subprocess
 
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the cluster and the driver agree on auth
+    # the cluster and the driver agree on auth; the head's workers run at the tests' priority
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_worker_niceness": "0"}
     ray_bin = Path(sys.executable).with_name("ray")
     log = tmp_path / "head.log"
     with open(log, "w") as fh:
