@@ -308,6 +308,7 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
     argv = [
         "compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0-2",
         "--total-steps", "2000000", "--set", "n_envs=2", "--jobs", "2", "--out", str(out),
+        "--checkpoint-freq", "2000",  # a first checkpoint in a second, not 50k steps
     ]  # fmt: skip
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -355,6 +356,7 @@ def test_sigterm_to_the_main_process_stops_the_whole_grid(tmp_path, background):
     argv = [
         "compare", "--algos", "a2c", "--env", "CartPole-v1", "--seeds", "0-2",
         "--total-steps", "2000000", "--set", "n_envs=2", "--jobs", "2", "--out", str(out),
+        "--checkpoint-freq", "2000",  # a first checkpoint in a second, not 50k steps
     ]  # fmt: skip
     code = f"import sys; from relax_rl.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "WANDB_MODE": "disabled"}
