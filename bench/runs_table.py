@@ -159,12 +159,13 @@ def main() -> None:
 
 def _variance_table(groups: dict[str, list[dict]]) -> None:
     """Per group, checkpoint and estimator: log10 of the total and of each term (median over
-    runs, min-max), and the terms' shares."""
+    runs, min-max), the terms' shares, and each run's log10 total against the estimator it is
+    paired with on the same samples (> 0: more variance), with its 95% interval."""
     print(
         "\n| group | env steps | estimator | runs | log10 total | log10 state | log10 action "
-        "| log10 trajectory | action share |"
+        "| log10 trajectory | action share | log10 vs paired, per run [95% CI] |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, runs in groups.items():
         cells: dict[tuple[int, str], list[dict]] = {}
         for r in runs:
@@ -178,9 +179,15 @@ def _variance_table(groups: dict[str, list[dict]]) -> None:
                 return _median_range(xs, 2)
 
             shares = _median_range([e.get("share_action") for e in ests], 2)
+            paired = "; ".join(
+                f"{e['log10_vs_paired']:+.2f} [{e['ci_log10_vs_paired'][0]:+.2f}, "
+                f"{e['ci_log10_vs_paired'][1]:+.2f}]"
+                for e in ests
+                if e.get("log10_vs_paired") is not None and e.get("ci_log10_vs_paired")
+            )
             print(
                 f"| {label} | {steps:,} | {name} | {len(ests)} | {log('total')} | {log('state')} "
-                f"| {log('action')} | {log('trajectory')} | {shares} |"
+                f"| {log('action')} | {log('trajectory')} | {shares} | {paired or '-'} |"
             )
 
 
