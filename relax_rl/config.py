@@ -26,7 +26,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import yaml
 
 from relax_rl.errors import UsageError
 from relax_rl.policies import ACTIVATIONS
+from relax_rl.schedules import LinearSchedule, is_schedule_text, parse_schedule
 
 
 @dataclass
@@ -402,6 +403,11 @@ def _expected_type(param: inspect.Parameter) -> type | None:
     return next((t for t in (bool, float, int, str) if t in types_), None)
 
 
+def _takes_schedule(param: inspect.Parameter) -> bool:
+    """SB3's ``float | Schedule`` arguments (``Schedule`` is a callable of the progress)."""
+    return any(typing.get_origin(t) is Callable for t in _annotation_types(param))
+
+
 def _check_type(key: str, value: Any, expected: type | None, optional: bool) -> Any:
     if expected is None or (value is None and optional):
         return value
@@ -445,7 +451,16 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
                     f"{key}={value!r} has the wrong type: expected a list of layer sizes "
                     "such as [64, 64]"
                 )
-            agent[key] = _check_type(key, value, _expected_type(p), optional)
+            if is_schedule_text(value) and _takes_schedule(p):
+                agent[key] = parse_schedule(key, value)
+            elif is_schedule_text(value):
+                scheduled = [k for k, q in params.items() if _takes_schedule(q)]
+                raise UsageError(
+                    f"{key}={value!r}: {key} takes no schedule; {algo_cls.__name__}'s scheduled "
+                    f"settings: {', '.join(scheduled) or 'none'}"
+                )
+            else:
+                agent[key] = _check_type(key, value, _expected_type(p), optional)
         else:
             valid = sorted({*RUN_KEYS, *params, "policy_kwargs"})
             raise UsageError(
@@ -522,6 +537,8 @@ def to_yaml_safe(settings: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = to_yaml_safe(value)
         elif isinstance(value, type):
             out[key] = names.get(value, value.__name__)
+        elif isinstance(value, LinearSchedule):
+            out[key] = str(value)
         else:
             out[key] = value
     return out
