@@ -110,6 +110,13 @@ class RunSettings:
             "cli": False,
         },
     )
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "help": "also write SB3's TensorBoard logs, every metric of progress.csv and wandb, "
+            "into OUT/tensorboard/ (pip install 'relax-rl[tensorboard]')"
+        },
+    )
     log_interval: int = field(
         default=100,
         metadata={
@@ -475,6 +482,14 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
     if run["threshold"] is not None and not math.isfinite(run["threshold"]):
         raise UsageError(f"threshold must be a finite number, got {run['threshold']}")
+    if run["tensorboard"]:
+        try:
+            import tensorboard  # noqa: F401  (SB3's writer needs it)
+        except ImportError:
+            raise UsageError(
+                "--tensorboard needs TensorBoard; install it with: "
+                "pip install 'relax-rl[tensorboard]'"
+            ) from None
     return run, agent
 
 

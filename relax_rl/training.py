@@ -430,6 +430,9 @@ def run_config(spec: RunSpec) -> dict[str, Any]:
     }
 
 
+#: The run folder's TensorBoard events (``--tensorboard``): ``tensorboard --logdir OUT``.
+TENSORBOARD_DIR = "tensorboard"
+
 #: Keys of ``config.yaml`` that describe the build rather than choose it (not compared when a
 #: grid resumes).
 DERIVED_CONFIG_KEYS = ("policy", "control_variate", "versions")
@@ -502,6 +505,8 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
     ]
     for row in earlier_rows:
         formats[0].write(row, {k: () for k in row})
+    if spec.settings["tensorboard"]:  # (a continued run adds an events file beside the first)
+        formats.append(make_output_format("tensorboard", str(out / TENSORBOARD_DIR)))
     wandb_run = None
     if spec.tracking is not None:
         name = f"{spec.algo}-{spec.env_id}-s{spec.seed}"
