@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CheckpointCallback,
+    EvalCallback,
+    ProgressBarCallback,
+)
 from stable_baselines3.common.utils import safe_mean
 
 from relax_rl.errors import interrupts_deferred
@@ -232,3 +237,81 @@ class PeriodicCallback(BaseCallback):
         if self.num_timesteps >= self._next:
             self._next = self.num_timesteps + self.every
             self.fn()
+
+
+EVALUATIONS_FILE = "evaluations.npz"
+BEST_MODEL = "best_model"
+
+
+class RunEvaluation(EvalCallback):
+    """SB3's ``EvalCallback`` as a run's periodic evaluation: every ``every_steps`` env steps,
+    ``n_episodes`` episodes on ``eval_env`` (a stream of the run's seed of its own), written to
+    ``evaluations.npz`` (SB3's layout: timesteps, results, ep_lengths) with the best model so far
+    as ``best_model.zip``. A continued run keeps the evaluations up to its checkpoint and goes on
+    from the best of them.
+
+    :param on_new_best: called after ``best_model.zip`` is written (a normalised run saves its
+        statistics beside it).
+    """
+
+    def __init__(
+        self,
+        eval_env: Any,
+        out: Path,
+        n_episodes: int,
+        every_steps: int,
+        n_envs: int,
+        deterministic: bool = True,
+        start_steps: int = 0,
+        on_new_best: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            eval_env,
+            n_eval_episodes=n_episodes,
+            eval_freq=max(1, every_steps // n_envs),
+            log_path=str(out),
+            best_model_save_path=str(out),
+            deterministic=deterministic,
+            verbose=0,
+            warn=False,
+        )
+        self._on_new_best = on_new_best
+        # SB3 counts calls, one per vector step: go on counting from the checkpoint
+        self.n_calls = start_steps // n_envs
+        if start_steps:
+            self._keep_earlier(out / EVALUATIONS_FILE, start_steps)
+
+    def _keep_earlier(self, path: Path, up_to_steps: int) -> None:
+        try:
+            with np.load(path) as data:
+                keep = data["timesteps"] <= up_to_steps
+                self.evaluations_timesteps = [int(t) for t in data["timesteps"][keep]]
+                self.evaluations_results = [list(r) for r in data["results"][keep]]
+                self.evaluations_length = [list(n) for n in data["ep_lengths"][keep]]
+        except (OSError, KeyError, ValueError):  # none yet, or unreadable: start afresh
+            return
+        if self.evaluations_results:
+            self.best_mean_reward = max(float(np.mean(r)) for r in self.evaluations_results)
+
+    def _init_callback(self) -> None:
+        with warnings.catch_warnings():  # (our wrappers differ in type, not in the env)
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+            super()._init_callback()
+
+    def _on_step(self) -> bool:
+        best = self.best_mean_reward
+        go_on = super()._on_step()
+        if self.best_mean_reward > best and self._on_new_best is not None:
+            self._on_new_best()
+        return go_on
+
+    def best(self) -> dict[str, Any]:
+        """The best evaluation so far, for the run's summary."""
+        if not self.evaluations_results:
+            return {}
+        means = [float(np.mean(r)) for r in self.evaluations_results]
+        i = int(np.argmax(means))
+        return {
+            "best_eval_mean_return": means[i],
+            "best_eval_env_steps": self.evaluations_timesteps[i],
+        }

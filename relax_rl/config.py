@@ -62,7 +62,26 @@ class RunSettings:
         metadata={"help": "env steps between checkpoints and summary updates", "min": 1},
     )
     eval_episodes: int = field(
-        default=10, metadata={"help": "greedy evaluation episodes at the end (0: none)", "min": 0}
+        default=10,
+        metadata={
+            "help": "episodes per evaluation: at the end (0: none) and every eval_freq",
+            "min": 0,
+        },
+    )
+    eval_freq: int = field(
+        default=0,
+        metadata={
+            "help": "env steps between evaluations during training (0: none; SB3's "
+            "EvalCallback: evaluations.npz, best_model.zip)",
+            "min": 0,
+        },
+    )
+    eval_envs: int = field(
+        default=1, metadata={"help": "envs the evaluations run on, side by side", "min": 1}
+    )
+    eval_deterministic: bool = field(
+        default=True,
+        metadata={"help": "evaluate the greedy policy (false: actions sampled as in training)"},
     )
     vec_env: str = field(
         default="dummy",
@@ -482,6 +501,11 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             raise UsageError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
     if run["threshold"] is not None and not math.isfinite(run["threshold"]):
         raise UsageError(f"threshold must be a finite number, got {run['threshold']}")
+    if run["eval_freq"] > 0 and run["eval_episodes"] == 0:
+        raise UsageError(
+            f"eval_freq={run['eval_freq']} evaluates 0 episodes; give eval_episodes >= 1 "
+            "(or eval_freq 0)"
+        )
     if run["tensorboard"]:
         try:
             import tensorboard  # noqa: F401  (SB3's writer needs it)

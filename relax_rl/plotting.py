@@ -183,7 +183,8 @@ def plot_compare(
     solved_stops: dict[str, list[bool]] | None = None,
 ) -> None:
     """``returns.png``: mean return (last 100 episodes, at every episode) against env steps,
-    median line and IQR band over seeds per algo; ``grad_variance.png``: grad log10 variance
+    median line and IQR band over seeds per algo, and (dashed) the periodic evaluations' mean
+    return where the runs have them; ``grad_variance.png``: grad log10 variance
     against env steps, with (dashed) the plain advantage estimator's on the same batches for
     agents that measure it. Runs that stopped at the threshold carry their last value on (no
     sawtooth as seeds stop); the line is dotted where it rests on fewer runs than the algo has.
@@ -209,11 +210,16 @@ def plot_compare(
             color = algo_color(algo)
             carried = solved_stops.get(algo) or [False] * len(runs)
             lines = [(name, "-", f"{algo} (n={len(runs)})")]
+            if name == "return":  # the periodic evaluations (eval_freq), where the runs have them
+                lines.append(("eval", "--", f"{algo}: evaluation (eval_freq)"))
             if name == "grad_log10_var":
                 label = f"{algo}: advantage estimator, same batches"
                 lines.append(("grad_log10_var_baseline", "--", label))
             for curve, style, label in lines:
-                pairs = [(c[curve], carry) for c, carry in zip(runs, carried, strict=True)]
+                empty = (np.array([]), np.array([]))
+                pairs = [
+                    (c.get(curve, empty), carry) for c, carry in zip(runs, carried, strict=True)
+                ]
                 pairs = [(xy, carry) for xy, carry in pairs if xy[0].size]
                 top = max((xy[0].max() for xy, _ in pairs), default=0)
                 grid = np.linspace(0, top, 400)

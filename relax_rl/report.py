@@ -24,7 +24,7 @@ import yaml
 from rliable import library as rly
 from rliable import metrics
 
-from relax_rl.callbacks import MONITOR_FILE, read_monitor_rows
+from relax_rl.callbacks import EVALUATIONS_FILE, MONITOR_FILE, read_monitor_rows
 from relax_rl.diagnostics import MIN_GROUPS
 from relax_rl.runner import FINISHED
 
@@ -679,7 +679,20 @@ def read_curves(
     per_episode = episode_returns(run_dir, end_steps)
     if per_episode is not None:
         curves["return"] = per_episode
+    curves["eval"] = evaluation_returns(run_dir)
     return curves
+
+
+def evaluation_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The periodic evaluations' mean return against env steps (``evaluations.npz``, SB3's
+    EvalCallback layout; ``eval_freq``), or two empty arrays where the run has none."""
+    try:
+        with np.load(run_dir / EVALUATIONS_FILE) as data:
+            steps = np.asarray(data["timesteps"], dtype=float)
+            means = np.asarray(data["results"], dtype=float).mean(axis=1)
+    except (OSError, KeyError, ValueError):
+        return np.array([]), np.array([])
+    return steps, means
 
 
 def _at_least(est: dict[str, Any], key: str, digits: int) -> str:

@@ -12,6 +12,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 #: the stream of a run's evaluation env: ``(seed, *EVAL_STREAM)`` (none of its training envs')
 EVAL_STREAM = (1,)
+#: the stream of a run's periodic evaluations during training (``eval_freq``)
+PERIODIC_EVAL_STREAM = (2,)
 
 
 def env_seeds(seed: int | Sequence[int], n_envs: int) -> list[int]:

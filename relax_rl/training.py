@@ -27,12 +27,14 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 
 from relax_rl.callbacks import (
+    BEST_MODEL,
     MONITOR_FILE,
     EpisodeLog,
     EpisodeTracker,
     PeriodicCallback,
     ReturnProgressBar,
     RunCheckpoint,
+    RunEvaluation,
 )
 from relax_rl.config import RUN_KEYS, algo_parameters, to_yaml_safe
 from relax_rl.diagnostics import GradientVarianceCallback
@@ -44,7 +46,7 @@ from relax_rl.errors import (
     sigterm_as_interrupt,
 )
 from relax_rl.evaluation import evaluate
-from relax_rl.seeding import EVAL_STREAM, resume_stream
+from relax_rl.seeding import EVAL_STREAM, PERIODIC_EVAL_STREAM, resume_stream
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
 
@@ -53,7 +55,9 @@ def normalize_stats_path(model_path: Path) -> Path:
     ``model.zip``; ``model_vecnormalize_<x>.pkl`` beside ``checkpoints/model_<x>.zip`` (SB3's
     CheckpointCallback's name)."""
     stem = model_path.stem
-    name = "vecnormalize" if stem == "model" else stem.replace("model_", "model_vecnormalize_", 1)
+    name = {"model": "vecnormalize", "best_model": "best_model_vecnormalize"}.get(
+        stem, stem.replace("model_", "model_vecnormalize_", 1)
+    )
     return model_path.with_name(name + ".pkl")
 
 
@@ -113,6 +117,10 @@ class RunSpec:
     tracking: TrackingConfig | None = None
     #: continue from this checkpoint of ``out`` (:meth:`resume`) instead of a new agent
     resume_from: ResumePoint | None = None
+
+    def __post_init__(self) -> None:
+        # a spec built by hand may name only some run keys: the rest at their defaults
+        self.settings = {**{k: default for k, (_, default) in RUN_KEYS.items()}, **self.settings}
 
     @classmethod
     def create(
@@ -279,6 +287,7 @@ class RunFolder:
         self.error: str | None = None
         self.end: float | None = None
         self.evaluation: dict[str, Any] = {}
+        self.periodic_evaluation: RunEvaluation | None = None
 
     def summary(self) -> dict[str, Any]:
         steps = int(self.model.num_timesteps) if self.model is not None else 0
@@ -302,6 +311,7 @@ class RunFolder:
             "solved_at_episodes": self.tracker.solved_at_episodes,
             "final_mean_return_100": self.tracker.mean_return,
             **self.evaluation,
+            **(self.periodic_evaluation.best() if self.periodic_evaluation is not None else {}),
             **({"resumed_from": self.resumed_from} if self.resumed_from else {}),
         }
 
@@ -329,22 +339,31 @@ def save_normalize_stats(model: Any, model_path: Path) -> None:
         os.replace(tmp, path)
 
 
-def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
-    """The final policy's greedy return on a fresh env (stream ``(1,)`` of the run's seed: none
-    of its training envs'), by the one eval loop."""
-    env = spec.make_env(1, (spec.seed, *EVAL_STREAM))
+def _eval_env(spec: RunSpec, model: Any, n_envs: int, stream: tuple[int, ...]) -> VecEnv:
+    """An evaluation env on a stream of the run's seed (none of its training envs'); a
+    normalised run's with the training statistics, frozen, and returns in the env's units."""
+    env = spec.make_env(n_envs, (spec.seed, *stream))
     trained = model.get_vec_normalize_env()
-    if trained is not None:  # the training statistics, frozen; returns in the env's units
+    if trained is not None:
         options = {"norm_obs": trained.norm_obs, "norm_reward": False}
         options.update(clip_obs=trained.clip_obs, epsilon=trained.epsilon)
         env = normalize_env(env, trained.gamma, options, training=False)
         env.obs_rms = copy.deepcopy(trained.obs_rms)
+    return env
+
+
+def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
+    """The final policy's return on a fresh env (stream :data:`EVAL_STREAM` of the run's seed),
+    by the one eval loop: greedy unless ``eval_deterministic`` is off."""
+    env = _eval_env(spec, model, spec.settings["eval_envs"], EVAL_STREAM)
+    deterministic = spec.settings["eval_deterministic"]
     try:
-        result = evaluate(model, env, spec.settings["eval_episodes"], deterministic=True)
+        result = evaluate(model, env, spec.settings["eval_episodes"], deterministic=deterministic)
     finally:
         env.close()
     return {
         "eval_episodes": spec.settings["eval_episodes"],
+        "eval_deterministic": deterministic,
         "eval_mean_return": result.mean,
         "eval_std_return": result.std,
     }
@@ -529,9 +548,23 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         episode_log,
         checkpoint,
         PeriodicCallback(spec.settings["checkpoint_freq"], folder.write_summary),
-        GradientVarianceCallback(spec.settings.get("grad_var_freq", RUN_KEYS["grad_var_freq"][1])),
+        GradientVarianceCallback(spec.settings["grad_var_freq"]),
         *spec.extra_callbacks,
     ]
+    periodic = None
+    if spec.settings["eval_freq"] > 0:
+        periodic = RunEvaluation(
+            _eval_env(spec, model, spec.settings["eval_envs"], PERIODIC_EVAL_STREAM),
+            out,
+            n_episodes=spec.settings["eval_episodes"],
+            every_steps=spec.settings["eval_freq"],
+            n_envs=n_envs,
+            deterministic=spec.settings["eval_deterministic"],
+            start_steps=point.env_steps if point is not None else 0,
+            on_new_best=lambda: save_normalize_stats(model, out / f"{BEST_MODEL}.zip"),
+        )
+        folder.periodic_evaluation = periodic
+        callbacks.append(periodic)
     if spec.progress:
         callbacks.append(ReturnProgressBar())
     try:
@@ -539,7 +572,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
             model.learn(  # a continued run: SB3's continuation, num_timesteps kept
                 spec.settings["total_steps"] - model.num_timesteps,
                 callback=CallbackList(callbacks),
-                log_interval=spec.settings.get("log_interval", RUN_KEYS["log_interval"][1]),
+                log_interval=spec.settings["log_interval"],
                 reset_num_timesteps=point is None,
             )
             if model.logger.name_to_value:  # the last, partial interval too
@@ -569,6 +602,8 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         raise
     finally:
         episode_log.close()  # (a run that raised never reached its training end)
+        if periodic is not None:
+            periodic.eval_env.close()
         if folder.status != "running":
             folder.save_model()
             summary = folder.write_summary()

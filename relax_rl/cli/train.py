@@ -96,7 +96,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="seed of the evaluation episodes (default: the run's, which replays train's own "
         "final evaluation)",
     )
-    e.add_argument("--stochastic", action="store_true", help="sample actions (default: argmax)")
+    e.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions (default: as train's evaluation did, argmax unless "
+        "eval_deterministic was off)",
+    )
+    e.add_argument(
+        "--best",
+        action="store_true",
+        help="the best model of the periodic evaluations (best_model.zip; train --eval-freq)",
+    )
     e.set_defaults(func=_run_eval)
 
 
@@ -243,11 +253,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     if args.episodes is not None and args.episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {args.episodes}")
-    summary_path, model_path = run_dir / "summary.json", run_dir / "model.zip"
+    summary_path = run_dir / "summary.json"
+    model_path = run_dir / ("best_model.zip" if args.best else "model.zip")
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} is a file; give the run folder that train wrote")
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir} does not exist")
+    if args.best and not model_path.exists():
+        raise UsageError(
+            f"{model_path} is missing: the run kept no best model (train with --eval-freq N)"
+        )
     if not model_path.exists():
         raise UsageError(f"{model_path} is missing: is {run_dir} a finished run folder?")
     if not model_path.is_file():
@@ -262,7 +277,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     seed = summary.get("seed", 0) if args.seed is None else args.seed
     env = make_env(
         env_id,
-        1,
+        config.get("eval_envs") or 1,  # as train's evaluation ran, to replay it
         (seed, *EVAL_STREAM),
         env_kwargs=config.get("env_kwargs"),
         discretize=config.get("discretize"),
@@ -285,10 +300,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError, OSError) as exc:
         raise UsageError(f"{model_path} is corrupt or not {algo}'s model ({exc})") from None
     episodes = args.episodes or summary.get("eval_episodes") or 10
-    result = evaluate(model, env, episodes, deterministic=not args.stochastic)
+    deterministic = not args.stochastic and config.get("eval_deterministic", True)
+    result = evaluate(model, env, episodes, deterministic=deterministic)
     env.close()
     print(
-        f"{algo} on {env_id}: mean return {result.mean:.2f} +- {result.std:.2f} "
-        f"over {episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})"
+        f"{algo} on {env_id}{' (best model)' if args.best else ''}: mean return "
+        f"{result.mean:.2f} +- {result.std:.2f} over {episodes} episodes "
+        f"({'deterministic' if deterministic else 'stochastic'})"
     )
     return 0
