@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
@@ -11,6 +11,7 @@ from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import reinforce
 from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 from relax_rl.policies import GumbelPolicy
+from relax_rl.tuning import Choice, Distribution, LogUniform
 
 
 class A2C(GumbelOnPolicyAlgorithm):
@@ -45,6 +46,17 @@ class A2C(GumbelOnPolicyAlgorithm):
     :param seed: seed of the networks, the envs and the acting noise.
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
+
+    #: ``relax-rl tune``'s search space (:mod:`relax_rl.tuning`): rl-zoo3's A2C ranges, narrowed
+    search_space: ClassVar[dict[str, Distribution | None]] = {
+        "learning_rate": LogUniform(1e-5, 1e-2),
+        "n_steps": Choice((5, 8, 16, 32, 64, 128)),
+        "gamma": Choice((0.9, 0.95, 0.98, 0.99, 0.995, 0.999)),
+        "gae_lambda": Choice((0.8, 0.9, 0.95, 0.98, 1.0)),
+        "ent_coef": LogUniform(1e-8, 0.1),
+        "max_grad_norm": Choice((0.3, 0.5, 1.0, 2.0, 5.0)),
+        "normalize_advantage": Choice((False, True)),
+    }
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.estimators import GROUP_SCALES, group_advantages
 from relax_rl.groups import GROUP_RETURNS, GroupRolloutMixin, group_env
 from relax_rl.policies import GumbelPolicy
+from relax_rl.tuning import Choice, Distribution
 
 
 class GRPO(GroupRolloutMixin, PPO):
@@ -84,6 +85,13 @@ class GRPO(GroupRolloutMixin, PPO):
     :param seed: seed of the network, the group seeds, the acting noise and the minibatches.
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
+
+    #: ``relax-rl tune``: PPO's space without the rollout length and GAE, with the reward scale
+    search_space: ClassVar[dict[str, Distribution | None]] = {
+        "n_steps": None,
+        "gae_lambda": None,
+        "scale_rewards": Choice(("group", "batch", "none")),
+    }
 
     uses_critic: ClassVar[bool] = False
     reference_policy: GumbelPolicy | None

@@ -15,6 +15,7 @@ from stable_baselines3.common.utils import explained_variance
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.on_policy import GumbelOnPolicyAlgorithm
 from relax_rl.policies import GumbelPolicy
+from relax_rl.tuning import Choice, Distribution, LogUniform
 
 RATIOS = ("joint", "per_dimension")
 
@@ -97,6 +98,19 @@ class PPO(GumbelOnPolicyAlgorithm):
         seed of numpy's global generator).
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
+
+    #: ``relax-rl tune``'s search space (:mod:`relax_rl.tuning`): rl-zoo3's PPO ranges, narrowed
+    search_space: ClassVar[dict[str, Distribution | None]] = {
+        "learning_rate": LogUniform(1e-5, 1e-2),
+        "n_steps": Choice((32, 64, 128, 256, 512, 1024, 2048)),
+        "batch_size": Choice((32, 64, 128, 256)),
+        "n_epochs": Choice((1, 5, 10, 20)),
+        "gamma": Choice((0.9, 0.95, 0.98, 0.99, 0.995, 0.999)),
+        "gae_lambda": Choice((0.8, 0.9, 0.95, 0.98, 1.0)),
+        "clip_range": Choice((0.1, 0.2, 0.3, 0.4)),
+        "ent_coef": LogUniform(1e-8, 0.1),
+        "max_grad_norm": Choice((0.3, 0.5, 1.0, 2.0, 5.0)),
+    }
 
     #: Whether the agent learns V(s) for its advantages (PPO: GAE over ``n_steps`` windows);
     #: without one, rollouts are whole episodes (``n_steps=0``; group baselines).

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from relax_rl.agents.a2c import A2C
 from relax_rl.policies import GumbelPolicy
+from relax_rl.tuning import Distribution
 
 
 class REINFORCE(A2C):
@@ -18,6 +19,9 @@ class REINFORCE(A2C):
     clipping, Adam at 1e-3. ``use_baseline=True`` adds a learned V(s) as ``b(s)``. The
     parameters are :class:`~relax_rl.agents.A2C`'s.
     """
+
+    #: ``relax-rl tune``: A2C's space with whole episodes (Monte-Carlo returns) kept
+    search_space: ClassVar[dict[str, Distribution | None]] = {"n_steps": None, "gae_lambda": None}
 
     def __init__(
         self,

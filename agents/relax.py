@@ -4,7 +4,7 @@ score term gets RELAX's learned, action-dependent control variate. The estimator
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 
@@ -13,6 +13,7 @@ from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.control_variate import ControlVariateMixin, OptimalKappa, relax_logit_gradient
 from relax_rl.estimators import estimate_with_variance_loss, reinforce, relax_from_values
 from relax_rl.on_policy import Losses, total_grad_norm
+from relax_rl.tuning import Choice, Distribution
 
 
 class RELAX(ControlVariateMixin, A2C):
@@ -116,6 +117,13 @@ class RELAX(ControlVariateMixin, A2C):
         any field to set to ``None`` over a preset (e.g. ``scale_decay``).
     :param kwargs: :class:`~relax_rl.agents.A2C`'s arguments (same defaults).
     """
+
+    #: ``relax-rl tune``: A2C's space and the control variate's (the mixin's), with kappa's
+    #: rule and phi's replay
+    search_space: ClassVar[dict[str, Distribution | None]] = {
+        "kappa_mode": Choice(("optimal", "learned")),
+        "cv_replay": Choice((0, 4, 8)),
+    }
 
     paired_baseline = True
 

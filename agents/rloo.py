@@ -13,6 +13,7 @@ from relax_rl.agents.ppo import PPO
 from relax_rl.estimators import group_advantages
 from relax_rl.groups import GROUP_RETURNS, GroupRolloutMixin, group_env
 from relax_rl.policies import GumbelPolicy
+from relax_rl.tuning import Choice, Distribution
 
 
 class RLOO(GroupRolloutMixin, PPO):
@@ -63,6 +64,14 @@ class RLOO(GroupRolloutMixin, PPO):
     :param seed: seed of the network, the group seeds, the acting noise and the minibatches.
     :param device: torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
     """
+
+    #: ``relax-rl tune``: PPO's space without the rollout length and GAE (a rollout is a round of
+    #: episodes, advantages are group baselines), with the return's form
+    search_space: ClassVar[dict[str, Distribution | None]] = {
+        "n_steps": None,
+        "gae_lambda": None,
+        "returns": Choice(("to_go", "episode")),
+    }
 
     uses_critic: ClassVar[bool] = False
 

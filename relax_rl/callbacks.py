@@ -252,6 +252,8 @@ class RunEvaluation(EvalCallback):
 
     :param on_new_best: called after ``best_model.zip`` is written (a normalised run saves its
         statistics beside it).
+    :param after_evaluation: SB3's ``callback_after_eval``: run after each evaluation, which it
+        can stop the training from (returning False).
     """
 
     def __init__(
@@ -264,9 +266,11 @@ class RunEvaluation(EvalCallback):
         deterministic: bool = True,
         start_steps: int = 0,
         on_new_best: Callable[[], None] | None = None,
+        after_evaluation: BaseCallback | None = None,
     ) -> None:
         super().__init__(
             eval_env,
+            callback_after_eval=after_evaluation,
             n_eval_episodes=n_episodes,
             eval_freq=max(1, every_steps // n_envs),
             log_path=str(out),

@@ -44,6 +44,7 @@ from torch import nn
 from relax_rl.actions import ActionSpec
 from relax_rl.buffers import GumbelRolloutSamples
 from relax_rl.policies import ACTIVATIONS
+from relax_rl.tuning import Choice, LogUniform
 
 KAPPA_MODES = ("optimal", "learned")
 OBJECTIVES = ("per_sample", "batch")
@@ -796,6 +797,12 @@ class ControlVariateMixin:
     variate and phi's optimizer, saving them, and phi's replay steps on kept batches. An agent
     lists it before its base algorithm and calls :meth:`_init_control_variate` in ``__init__``
     and :meth:`_setup_control_variate` in ``_setup_model``."""
+
+    #: ``relax-rl tune``: phi's learning rate and the linear term, for RELAX and RELAX-PPO
+    search_space: ClassVar[dict[str, Any]] = {
+        "cv_learning_rate": LogUniform(1e-4, 3e-2),
+        "cv_linear_term": Choice((False, True)),
+    }
 
     control_variate: ControlVariate
     cv_optimizer: th.optim.Optimizer

@@ -117,6 +117,9 @@ class RunSpec:
     tracking: TrackingConfig | None = None
     #: continue from this checkpoint of ``out`` (:meth:`resume`) instead of a new agent
     resume_from: ResumePoint | None = None
+    #: called after each periodic evaluation (``eval_freq``; SB3's ``callback_after_eval``,
+    #: ``self.parent`` the evaluation): returning False stops the run (a pruned tuning trial)
+    after_evaluation: BaseCallback | None = None
 
     def __post_init__(self) -> None:
         # a spec built by hand may name only some run keys: the rest at their defaults
@@ -562,6 +565,7 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
             deterministic=spec.settings["eval_deterministic"],
             start_steps=point.env_steps if point is not None else 0,
             on_new_best=lambda: save_normalize_stats(model, out / f"{BEST_MODEL}.zip"),
+            after_evaluation=spec.after_evaluation,
         )
         folder.periodic_evaluation = periodic
         callbacks.append(periodic)

@@ -10,10 +10,11 @@ Sub-commands:
   plot   the comparison's report and figures from existing run folders
   params   an algorithm's keys, their defaults and meaning
   variance  a run's policy-gradient variance split into state, action and trajectory terms
+  tune   an Optuna study of an algo's hyperparameters on one env
 
 One module per command (train.py: train and eval; experiments.py: toy and vae; compare.py:
-compare and plot; params.py; variance.py), what they share in common.py; this module keeps the
-root parser and the error handling.
+compare and plot; params.py; variance.py; tune.py), what they share in common.py; this module
+keeps the root parser and the error handling.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from relax_rl.cli.compare import add_compare
 from relax_rl.cli.experiments import add_toy, add_vae
 from relax_rl.cli.params import add_params
 from relax_rl.cli.train import add_train
+from relax_rl.cli.tune import add_tune
 from relax_rl.cli.variance import add_variance
 from relax_rl.errors import UsageError, sigterm_as_interrupt
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(sub)
     add_params(sub)
     add_variance(sub)
+    add_tune(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--threads",
