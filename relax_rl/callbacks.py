@@ -254,6 +254,7 @@ class RunEvaluation(EvalCallback):
         statistics beside it).
     :param after_evaluation: SB3's ``callback_after_eval``: run after each evaluation, which it
         can stop the training from (returning False).
+    :param on_evaluated: called after each evaluation (a video of the policy then).
     """
 
     def __init__(
@@ -267,6 +268,7 @@ class RunEvaluation(EvalCallback):
         start_steps: int = 0,
         on_new_best: Callable[[], None] | None = None,
         after_evaluation: BaseCallback | None = None,
+        on_evaluated: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             eval_env,
@@ -280,6 +282,7 @@ class RunEvaluation(EvalCallback):
             warn=False,
         )
         self._on_new_best = on_new_best
+        self._on_evaluated = on_evaluated
         # SB3 counts calls, one per vector step: go on counting from the checkpoint
         self.n_calls = start_steps // n_envs
         if start_steps:
@@ -303,10 +306,12 @@ class RunEvaluation(EvalCallback):
             super()._init_callback()
 
     def _on_step(self) -> bool:
-        best = self.best_mean_reward
+        best, done = self.best_mean_reward, len(self.evaluations_timesteps)
         go_on = super()._on_step()
         if self.best_mean_reward > best and self._on_new_best is not None:
             self._on_new_best()
+        if len(self.evaluations_timesteps) > done and self._on_evaluated is not None:
+            self._on_evaluated()
         return go_on
 
     def best(self) -> dict[str, Any]:

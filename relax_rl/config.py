@@ -129,6 +129,13 @@ class RunSettings:
             "cli": False,
         },
     )
+    capture_video: bool = field(
+        default=False,
+        metadata={
+            "help": "record an episode as mp4 into OUT/videos/ after each periodic evaluation "
+            "and at the end (pip install 'relax-rl[video]')"
+        },
+    )
     tensorboard: bool = field(
         default=False,
         metadata={
@@ -506,6 +513,10 @@ def validate(settings: Mapping[str, Any], algo_cls: type) -> tuple[dict[str, Any
             f"eval_freq={run['eval_freq']} evaluates 0 episodes; give eval_episodes >= 1 "
             "(or eval_freq 0)"
         )
+    if run["capture_video"]:
+        from relax_rl.evaluation import check_video_support
+
+        check_video_support()
     if run["tensorboard"]:
         try:
             import tensorboard  # noqa: F401  (SB3's writer needs it)

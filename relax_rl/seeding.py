@@ -14,6 +14,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 EVAL_STREAM = (1,)
 #: the stream of a run's periodic evaluations during training (``eval_freq``)
 PERIODIC_EVAL_STREAM = (2,)
+#: the stream of the episodes a run records as videos (``capture_video``)
+VIDEO_STREAM = (3,)
 
 
 def env_seeds(seed: int | Sequence[int], n_envs: int) -> list[int]:

@@ -45,8 +45,8 @@ from relax_rl.errors import (
     interrupts_deferred,
     sigterm_as_interrupt,
 )
-from relax_rl.evaluation import evaluate
-from relax_rl.seeding import EVAL_STREAM, PERIODIC_EVAL_STREAM, resume_stream
+from relax_rl.evaluation import evaluate, record_episode
+from relax_rl.seeding import EVAL_STREAM, PERIODIC_EVAL_STREAM, VIDEO_STREAM, resume_stream
 from relax_rl.tracking import TrackingConfig, WandbOutputFormat, finish, start_run
 
 
@@ -355,6 +355,17 @@ def _eval_env(spec: RunSpec, model: Any, n_envs: int, stream: tuple[int, ...]) -
     return env
 
 
+#: the run folder's videos (``capture_video``)
+VIDEO_DIR = "videos"
+
+
+def _record_video(spec: RunSpec, model: Any, when: str) -> None:
+    """An episode of the policy as it is now, ``OUT/videos/<when>-<env steps>.mp4``."""
+    env = _eval_env(spec, model, 1, VIDEO_STREAM)
+    name = f"{when}-{model.num_timesteps}"
+    record_episode(model, env, spec.out / VIDEO_DIR, name, spec.settings["eval_deterministic"])
+
+
 def _evaluate(spec: RunSpec, model: Any) -> dict[str, Any]:
     """The final policy's return on a fresh env (stream :data:`EVAL_STREAM` of the run's seed),
     by the one eval loop: greedy unless ``eval_deterministic`` is off."""
@@ -414,6 +425,12 @@ def build(spec: RunSpec) -> tuple[Any, VecEnv]:
     # A continued run's envs start from other env streams than the first session's (the
     # agent's own seeding, SB3's set_random_seed on load, goes through the same stream).
     seed = (spec.seed, *resume_stream(point.env_steps)) if point else spec.seed
+    if spec.settings["capture_video"]:  # before anything is built or written
+        probe = spec.make_env(1, (spec.seed, *VIDEO_STREAM))
+        renders = probe.render_mode == "rgb_array"
+        probe.close()
+        if not renders:
+            raise ValueError(f"{spec.env_id} cannot render frames (rgb_array): no video")
     env = spec.make_env(spec.settings["n_envs"], seed)
     try:
         env = spec.algo_cls.prepare_env(env, spec.seed, spec.agent_kwargs)
@@ -566,6 +583,11 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
             start_steps=point.env_steps if point is not None else 0,
             on_new_best=lambda: save_normalize_stats(model, out / f"{BEST_MODEL}.zip"),
             after_evaluation=spec.after_evaluation,
+            on_evaluated=(
+                (lambda: _record_video(spec, model, "eval"))
+                if spec.settings["capture_video"]
+                else None
+            ),
         )
         folder.periodic_evaluation = periodic
         callbacks.append(periodic)
@@ -587,6 +609,8 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
         folder.status = "solved" if stopped else "completed"
         if spec.settings["eval_episodes"] > 0:
             folder.evaluation = _evaluate(spec, model)
+        if spec.settings["capture_video"]:
+            _record_video(spec, model, "final")
     except KeyboardInterrupt:
         folder.status = "interrupted"
         name = f"interrupted_{model.num_timesteps}_steps"

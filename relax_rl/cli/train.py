@@ -103,6 +103,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "eval_deterministic was off)",
     )
     e.add_argument(
+        "--capture-video",
+        action="store_true",
+        help="also record the first episode as RUN_DIR/videos/eval-seed<seed>.mp4 (needs "
+        "relax-rl[video])",
+    )
+    e.add_argument("--render", action="store_true", help="watch the episodes in a window")
+    e.add_argument(
         "--best",
         action="store_true",
         help="the best model of the periodic evaluations (best_model.zip; train --eval-freq)",
@@ -246,7 +253,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import yaml
 
     from relax_rl.envs import make_env, normalize_env
-    from relax_rl.evaluation import evaluate
+    from relax_rl.evaluation import check_video_support, evaluate, record_episode
     from relax_rl.seeding import EVAL_STREAM
     from relax_rl.training import normalize_stats_path
 
@@ -275,24 +282,43 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError):
         config = {}
     seed = summary.get("seed", 0) if args.seed is None else args.seed
-    env = make_env(
-        env_id,
-        config.get("eval_envs") or 1,  # as train's evaluation ran, to replay it
-        (seed, *EVAL_STREAM),
-        env_kwargs=config.get("env_kwargs"),
-        discretize=config.get("discretize"),
-    )
-    if config.get("normalize"):  # the run's statistics, frozen; returns in the env's units
-        try:
-            env = normalize_env(env, stats=normalize_stats_path(model_path), training=False)
-        except ValueError as exc:
-            env.close()
-            raise UsageError(str(exc)) from None
-        except (pickle.UnpicklingError, EOFError, OSError, AttributeError, TypeError) as exc:
-            env.close()
+    if args.capture_video:
+        check_video_support()
+
+    def open_env(n_envs: int, render_mode: str | None = None):
+        """The run's env on its evaluation stream (normalised as the run was)."""
+        env_kwargs = dict(config.get("env_kwargs") or {})
+        if render_mode is not None:
+            env_kwargs["render_mode"] = render_mode
+        env = make_env(
+            env_id,
+            n_envs,
+            (seed, *EVAL_STREAM),
+            env_kwargs=env_kwargs or None,
+            discretize=config.get("discretize"),
+        )
+        if config.get("normalize"):  # the run's statistics, frozen; returns in the env's units
             stats = normalize_stats_path(model_path)
-            raise UsageError(f"{stats} is corrupt ({type(exc).__name__}: {exc})") from None
-        env.norm_reward = False
+            try:
+                env = normalize_env(env, stats=stats, training=False)
+            except ValueError as exc:
+                env.close()
+                raise UsageError(str(exc)) from None
+            except (pickle.UnpicklingError, EOFError, OSError, AttributeError, TypeError) as exc:
+                env.close()
+                raise UsageError(f"{stats} is corrupt ({type(exc).__name__}: {exc})") from None
+            env.norm_reward = False
+        return env
+
+    if args.render:  # a window: the episodes are watched, one env
+        try:
+            env = open_env(1, "human")
+        except Exception as exc:  # (no display: pygame's or the env's own error)
+            raise UsageError(
+                f"--render needs a display ({exc}); --capture-video writes mp4"
+            ) from None
+    else:
+        env = open_env(config.get("eval_envs") or 1)  # as train's evaluation ran, to replay it
     try:
         # (without env=: SB3's load would take the seeded first reset, and --seed would not
         # give the episodes train's own evaluation ran)
@@ -301,11 +327,21 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{model_path} is corrupt or not {algo}'s model ({exc})") from None
     episodes = args.episodes or summary.get("eval_episodes") or 10
     deterministic = not args.stochastic and config.get("eval_deterministic", True)
-    result = evaluate(model, env, episodes, deterministic=deterministic)
-    env.close()
+    try:
+        result = evaluate(model, env, episodes, deterministic=deterministic)
+    except Exception as exc:
+        if not args.render:
+            raise
+        raise UsageError(f"--render needs a display ({exc}); --capture-video writes mp4") from None
+    finally:
+        env.close()
     print(
         f"{algo} on {env_id}{' (best model)' if args.best else ''}: mean return "
         f"{result.mean:.2f} +- {result.std:.2f} over {episodes} episodes "
         f"({'deterministic' if deterministic else 'stochastic'})"
     )
+    if args.capture_video:  # the first of those episodes, as a video
+        name = f"eval{'-best' if args.best else ''}-seed{seed}"
+        path = record_episode(model, open_env(1), run_dir / "videos", name, deterministic)
+        print(f"video: {path}")
     return 0
