@@ -731,10 +731,11 @@ def _match_model(name, d=8, seed=0, **kwargs):
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_agents_learn_multibinary_match(name):
     # REINFORCE learns from one episode an update: without its baseline (rewards in [0, 1])
-    # it ends at 0.56-0.76 after these 6,000 (seeds 0-7), with it at 0.99+.
+    # it ends at 0.56-0.76 after 6,000 (seeds 0-7), with it at 0.92-0.97 after 2,000 (seeds
+    # 0-5) and 0.99+ after 6,000.
     extra = {"use_baseline": True} if name == "reinforce" else {}
     model = _match_model(name, learning_rate=1e-2, **extra)
-    model.learn(6_000)
+    model.learn(2_000 if name == "reinforce" else 6_000)
     rewards = [e["r"] for e in model.ep_info_buffer]
     assert np.mean(rewards[-50:]) > 0.7, np.mean(rewards[-50:])  # random: 0.5
     obs = model.env.reset()

@@ -15,6 +15,14 @@ from rliable import metrics
 from relax_rl import report
 from relax_rl.plotting import plot_aggregates, plot_performance_profile
 
+
+@pytest.fixture(autouse=True)
+def _fewer_resamples(monkeypatch):
+    """500 bootstrap resamples in place of the reports' 2,000: every interval here is checked
+    against rliable's at the same count, or by which side of a value it lies (by a margin far
+    above the resampling noise), and the test suite stays fast."""
+    monkeypatch.setattr(report, "BOOTSTRAP_REPS", 500)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Eight runs: the IQM drops the two lowest and the two highest and averages 2, 4, 8, 16 -> 7.5
 # (the median is 6, the mean 132.875: the outlier seed moves only the mean).
