@@ -23,6 +23,7 @@ def _fewer_resamples(monkeypatch):
     above the resampling noise), and the test suite stays fast."""
     monkeypatch.setattr(report, "BOOTSTRAP_REPS", 500)
 
+
 ROOT = Path(__file__).resolve().parents[1]
 # Eight runs: the IQM drops the two lowest and the two highest and averages 2, 4, 8, 16 -> 7.5
 # (the median is 6, the mean 132.875: the outlier seed moves only the mean).

@@ -12,10 +12,10 @@ from relax_rl.seeding import EVAL_STREAM, env_seeds, resume_stream
 N_ENVS = 16
 
 
-def _first_obs(seed, vec_env="dummy", agent_seed=None):
+def _first_obs(seed, vec_env="dummy", agent_seed=None, n_envs=N_ENVS):
     """The first observations of a MultiBinaryMatch VecEnv (32 random target bits an env: two
     envs show the same row only if they share their random stream)."""
-    env = make_env(MATCH_ENV_ID, N_ENVS, seed, vec_env=vec_env)
+    env = make_env(MATCH_ENV_ID, n_envs, seed, vec_env=vec_env)
     try:
         if agent_seed is not None:  # the agent seeds its env again, with its own seed
             ALGOS["a2c"]("MlpPolicy", env, seed=agent_seed, policy_kwargs={"net_arch": [4]})
@@ -52,4 +52,6 @@ def test_the_agents_seeding_keeps_the_envs_stream_and_subproc_matches_dummy():
     resumed = (0, *resume_stream(4_096))
     np.testing.assert_array_equal(_first_obs(resumed, agent_seed=0), _first_obs(resumed))
     assert _shared_rows(_first_obs(resumed), _first_obs(0)) == 0
-    np.testing.assert_array_equal(_first_obs(5, vec_env="subproc"), _first_obs(5))
+    # (4 envs: a process each)
+    subproc = _first_obs(5, vec_env="subproc", n_envs=4)
+    np.testing.assert_array_equal(subproc, _first_obs(5, n_envs=4))
