@@ -1,5 +1,7 @@
 # Every target sets up .venv itself (idempotent): torch first, then the project in editable
-# mode with its dev extra (which finds torch installed and leaves it).
+# mode with its dev extra (which finds torch installed and leaves it). The project's own
+# dependencies go in through uv (installs wheels in parallel: ~10 s instead of pip's ~60 s);
+# where uv cannot be installed or cannot reach an index, pip does the same install.
 #
 # torch: the CPU build on a machine without an NVIDIA GPU (PyTorch's CPU wheel index: no CUDA
 # packages), PyPI's CUDA build on one with `nvidia-smi`. Force either with TORCH=cpu or
@@ -31,7 +33,8 @@ else ifeq ($(TORCH),cpu)
 else
 	@echo "TORCH=$(TORCH): give TORCH=cpu or TORCH=cuda"; exit 2
 endif
-	$(BIN)/pip install --quiet -e ".[dev]"
+	{ $(BIN)/pip install --quiet uv && $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"; } \
+	|| { echo "uv could not install the project: pip does"; $(BIN)/pip install --quiet -e ".[dev]"; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -21,12 +21,25 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rliable import library as rly
-from rliable import metrics
 
 from relax_rl.callbacks import EVALUATIONS_FILE, MONITOR_FILE, read_monitor_rows
 from relax_rl.diagnostics import MIN_GROUPS
 from relax_rl.runner import FINISHED
+
+
+# rliable is imported on first use: it pulls in arch, statsmodels and seaborn (1.4 s), which
+# reading runs and curves do not need.
+def _rly():
+    from rliable import library
+
+    return library
+
+
+def _metrics():
+    from rliable import metrics
+
+    return metrics
+
 
 # Bootstrap resamples per interval: rliable's own default for performance profiles; enough for
 # stable 95% percentile bounds at the handful of seeds a comparison has, and about a second per
@@ -71,7 +84,7 @@ def _iqm(scores: np.ndarray) -> np.ndarray:
 
     :param scores: a ``(runs, tasks)`` matrix.
     """
-    return np.array([metrics.aggregate_iqm(scores)])
+    return np.array([_metrics().aggregate_iqm(scores)])
 
 
 def iqm_interval(values: Sequence[float | None]) -> dict[str, Any] | None:
@@ -89,7 +102,7 @@ def iqm_interval(values: Sequence[float | None]) -> dict[str, Any] | None:
     if vals.size < MIN_RUNS_FOR_CI:
         return {"iqm": float(_iqm(scores["x"])[0]), "ci": None, "runs": int(vals.size)}
     with _seeded_bootstrap():
-        point, interval = rly.get_interval_estimates(
+        point, interval = _rly().get_interval_estimates(
             scores, _iqm, reps=BOOTSTRAP_REPS, confidence_interval_size=CONFIDENCE
         )
     low, high = interval["x"][:, 0]
@@ -112,12 +125,12 @@ def improvement_probability(
         return None
     runs = [int(xs.shape[0]), int(ys.shape[0])]
     if min(runs) < MIN_RUNS_FOR_CI:
-        p = metrics.probability_of_improvement(xs, ys)
+        p = _metrics().probability_of_improvement(xs, ys)
         return {"p": float(p), "ci": None, "runs": runs}
     with _seeded_bootstrap():
-        point, interval = rly.get_interval_estimates(
+        point, interval = _rly().get_interval_estimates(
             {"xy": (xs, ys)},
-            metrics.probability_of_improvement,
+            _metrics().probability_of_improvement,
             reps=BOOTSTRAP_REPS,
             confidence_interval_size=CONFIDENCE,
         )
@@ -191,7 +204,7 @@ def performance_profile(
     if not data:
         return taus, {}, {}
     with _seeded_bootstrap():
-        profiles, bands = rly.create_performance_profile(
+        profiles, bands = _rly().create_performance_profile(
             data,
             taus,
             custom_profile_func=above,
@@ -323,7 +336,7 @@ MAX_SEEDS_NEEDED = 10_000
 
 
 def _iqm_of(values: np.ndarray) -> float:
-    return float(metrics.aggregate_iqm(np.asarray(values, dtype=float).reshape(-1, 1)))
+    return float(_metrics().aggregate_iqm(np.asarray(values, dtype=float).reshape(-1, 1)))
 
 
 def _two_sample_interval(
@@ -343,7 +356,7 @@ def _two_sample_interval(
     if min(runs) < MIN_RUNS_FOR_CI:
         return {"point": point, "ci": None, "runs": runs}
     with _seeded_bootstrap():
-        _, interval = rly.get_interval_estimates(
+        _, interval = _rly().get_interval_estimates(
             {"xy": (x.reshape(-1, 1), y.reshape(-1, 1))},
             lambda a, b: np.array([stat(a.ravel(), b.ravel())]),
             reps=BOOTSTRAP_REPS,

@@ -23,6 +23,7 @@ from relax_rl.agents import A2C, ALGOS, PPO, REINFORCE, RELAX, RELAXPPO
 from relax_rl.control_variate import relax_logit_gradient
 from relax_rl.envs import GAUSSIAN_BANDIT_ENV_ID, make_env
 from relax_rl.estimators import uniform_noise
+from relax_rl.groups import GroupVecEnv
 
 D = 2
 TARGET = 0.5
@@ -69,6 +70,8 @@ def _bandit_agent(cls, n_envs, seed=0, **kwargs):
     else:
         kwargs["use_baseline"] = kwargs.pop("use_baseline", cls is not REINFORCE)
     env = make_env(GAUSSIAN_BANDIT_ENV_ID, n_envs, seed, env_kwargs={"d": D, "target": TARGET})
+    if cls is REINFORCE and n_envs > 1:
+        env = GroupVecEnv(env, n_envs, seed)  # whole episodes: one of each env per update
     model = held_bandit_agent(
         cls, env, seed, n_steps=1 if kwargs.get("use_baseline", True) else 0, **kwargs
     )
@@ -89,7 +92,9 @@ def _exact_gradient(model):
 @pytest.mark.parametrize(
     ("cls", "n_envs", "updates", "kwargs"),
     [
-        (REINFORCE, 1, 3000, {}),
+        # REINFORCE: 64 one-step episodes per update, the estimator of one env's 64 updates in
+        # one update call (the one-env path is checked on Toy and Chain in test_rl_gradients)
+        (REINFORCE, 64, 50, {}),
         (A2C, 64, 160, {}),
         (RELAX, 64, 160, {"cv_learning_rate": 3e-3}),
         (RELAX, 64, 160, {"cv_learning_rate": 3e-3, "kappa_mode": "learned"}),
@@ -138,9 +143,10 @@ def test_lax_reparameterises_the_taken_action():
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_agents_learn_the_gaussian_bandit(name):
     whole = name == "reinforce"
+    env = make_env(GAUSSIAN_BANDIT_ENV_ID, 8, 0, env_kwargs={"d": D})
     model = ALGOS[name](
         "MlpPolicy",
-        make_env(GAUSSIAN_BANDIT_ENV_ID, 1 if whole else 8, 0, env_kwargs={"d": D}),
+        GroupVecEnv(env, 8, 0) if whole else env,  # REINFORCE: 8 whole episodes per update
         learning_rate=1e-2,
         seed=0,
         policy_kwargs={"net_arch": [16]},

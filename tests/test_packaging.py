@@ -167,6 +167,14 @@ def test_setup_installs_the_cpu_torch_without_a_gpu_and_cuda_with_one(tmp_path):
     cpu = _setup_commands(tmp_path).stdout  # (this machine has no nvidia-smi)
     assert "--index-url https://download.pytorch.org/whl/cpu" in cpu and "torch==2.13.0" in cpu
     assert "cannot be reached: torch from pip's own index" in cpu  # the fallback is there
+    # the project through uv after torch (uv keeps the installed torch), pip if uv fails
+    assert cpu.index("torch==2.13.0") < cpu.index(
+        'uv pip install --quiet --python .venv/bin/python -e ".[dev]"'
+    )
+    assert (
+        'uv could not install the project: pip does"; .venv/bin/pip install --quiet -e ".[dev]"'
+        in cpu
+    )
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
