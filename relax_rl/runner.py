@@ -1,6 +1,7 @@
 """Running a grid of runs (algo x seed), each into its own run folder, on a backend.
 
-A grid resumes by skipping runs whose ``summary.json`` says they finished. Two backends run the
+A grid resumes by skipping runs whose ``summary.json`` says they finished (the worker decides
+whether an unfinished one starts again or continues from its checkpoint). Two backends run the
 rest: ``local`` (a process pool on this machine) and ``ray`` (Ray Tune, on a local Ray or a
 cluster). A crash becomes a ``failed`` summary naming its error; the other runs go on. What the
 runs are is the worker's business: ``relax-rl compare`` trains agents, ``bench/solve.py`` races

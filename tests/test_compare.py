@@ -299,7 +299,9 @@ def test_ray_backend_on_a_running_cluster(tmp_path):
 
 def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_path):
     """Ctrl-C: runs in flight save a checkpoint and an `interrupted` summary, queued runs never
-    start, exit code 130; the same command again runs every unfinished cell."""
+    start, exit code 130; the same command again with --continue-interrupted continues the
+    interrupted cells from their checkpoints (their progress kept) and starts the queued one;
+    without it (or with other settings) every unfinished cell starts again."""
     import os
     import signal
     import subprocess
@@ -333,13 +335,57 @@ def test_ctrl_c_stops_the_grid_keeps_what_ran_and_resume_starts_the_rest(tmp_pat
         assert summary["status"] == "interrupted", summary
         assert list((out / f"a2c-s{s}" / "checkpoints").glob("model_interrupted_*.zip"))
     assert not (out / "a2c-s2").exists()  # queued: never started
-    # Again (shorter, to keep the test quick): every unfinished cell runs, from scratch.
+    stopped_at = {s: _interrupted_steps(out / f"a2c-s{s}") for s in (0, 1)}
+    rows = _csv_rows(out / "a2c-s0" / "progress.csv")
+    # Again with --continue-interrupted: the two cells go on from their checkpoints (stopped
+    # once more at their next checkpoint, to keep the test quick), the queued one starts.
+    code = code.replace("'--jobs'", "'--continue-interrupted', '--jobs'")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_until(
+        lambda: all(_newest_checkpoint(out / f"a2c-s{s}") > stopped_at[s] for s in (0, 1)),
+        proc,
+        "a checkpoint after the interrupted one in both resumed cells",
+    )
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    for s in (0, 1):
+        assert f"resuming a2c seed {s} at {stopped_at[s]:,} env steps" in err
+        summary = json.loads((out / f"a2c-s{s}" / "summary.json").read_text())
+        assert summary["resumed_from"][0]["env_steps"] == stopped_at[s], summary
+        assert summary["total_env_steps"] > stopped_at[s]
+    again = _csv_rows(out / "a2c-s0" / "progress.csv")
+    assert again[: len(rows)] == rows and len(again) > len(rows)  # the earlier rows kept
+    # Again with other settings (shorter, to keep the test quick), --continue-interrupted or
+    # not: every unfinished cell runs, from scratch.
     short = [*argv[: argv.index("--total-steps") + 1], "300", *argv[argv.index("--set") :]]
-    assert main(short) == 0
+    assert main([*short, "--continue-interrupted"]) == 0
     for s in (0, 1, 2):
         assert json.loads((out / f"a2c-s{s}" / "summary.json").read_text())["status"] == (
             "completed"
         )
+
+
+def _csv_rows(path) -> list[dict]:
+    """progress.csv's rows, each without its empty cells (a resumed logger may order the
+    columns otherwise)."""
+    import csv
+
+    with open(path) as fh:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _interrupted_steps(run) -> int:
+    (path,) = (run / "checkpoints").glob("model_interrupted_*_steps.zip")
+    return int(path.stem.split("_")[-2])
+
+
+def _newest_checkpoint(run) -> int:
+    steps = [p.stem.split("_")[-2] for p in (run / "checkpoints").glob("model_*_steps.zip")]
+    return max(int(s) for s in steps if s.isdigit())
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])

@@ -131,8 +131,10 @@ def test_iwae_bounds_order(digits):
 
 @pytest.mark.parametrize("model", ["linear1", "linear2", "nonlinear"])
 def test_short_training_improves_elbo(model):
+    # the nonlinear VAE gains ~19 nats in 150 steps, the linear ones ~3 in 300 (asserted: 1)
+    steps = 150 if model == "nonlinear" else 300
     cfg = VAEConfig(
-        dataset="digits", model=model, latents=16, steps=300, eval_every=150, var_samples=4
+        dataset="digits", model=model, latents=16, steps=steps, eval_every=steps // 2, var_samples=4
     )
     results = run_vae(cfg, progress=False)
     for estimator, curve in results["curves"].items():

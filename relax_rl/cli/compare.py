@@ -70,6 +70,14 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     add_dataclass_flags(p, RunSettings, overrides=True, default_note=" unless configs/ set it")
     p.add_argument("--jobs", type=bounded(int, 1), default=1, help="runs in parallel (processes)")
     p.add_argument(
+        "--continue-interrupted",
+        action="store_true",
+        help="continue runs that were interrupted (Ctrl-C, SIGTERM, killed) under this grid's "
+        "settings from their newest checkpoint, as train --resume does, instead of starting "
+        "them again (default: again from scratch, so that each run's numbers equal an "
+        "uninterrupted run's; a continued run lists the step in summary.json's resumed_from)",
+    )
+    p.add_argument(
         "--backend",
         default="local",
         choices=list(BACKENDS),
@@ -212,8 +220,11 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _grid_worker(cell, settings: GridSettings, tracking) -> dict:
-    """Train one cell of a compare grid (in a worker process)."""
+def _grid_worker(
+    cell, settings: GridSettings, tracking, continue_interrupted: bool = False
+) -> dict:
+    """Train one cell of a compare grid (in a worker process); an unfinished earlier attempt in
+    its folder is continued (``continue_interrupted``, when it can be) or started again."""
     import shutil
 
     import torch
@@ -222,10 +233,47 @@ def _grid_worker(cell, settings: GridSettings, tracking) -> dict:
 
     torch.set_num_threads(1)
     spec = settings.spec(cell, tracking)
-    if cell.out.exists():  # an unfinished earlier attempt: start it again
-        shutil.rmtree(cell.out)
+    if cell.out.exists():  # an unfinished earlier attempt
+        resumed = _resumable(cell, spec, tracking) if continue_interrupted else None
+        if resumed is None:  # nothing to continue from, or other settings: start it again
+            shutil.rmtree(cell.out)
+        else:
+            steps = resumed.resume_from.env_steps
+            print(f"resuming {cell.algo} seed {cell.seed} at {steps:,} env steps",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return train(resumed)
     print(f"started {cell.algo} seed {cell.seed}", file=sys.stderr, flush=True)
     return train(spec)
+
+
+#: statuses of an unfinished run that its checkpoint continues (a diverged or failed run's
+#: model is not one to go on from)
+RESUMABLE = ("interrupted", "running")
+
+
+def _resumable(cell, spec, tracking):
+    """The run in ``cell.out`` continued from its newest checkpoint (``train``'s resume:
+    step count, optimiser states, noise stream and episode counts carried over, the rows of
+    ``progress.csv`` up to it kept) when it was interrupted (Ctrl-C, SIGTERM) or killed under
+    the settings this grid has; None when it has nothing to continue from, ended otherwise, or
+    ran with other settings."""
+    import yaml
+
+    from relax_rl.training import DERIVED_CONFIG_KEYS, RunSpec, run_config
+
+    try:
+        status = json.loads((cell.out / "summary.json").read_text()).get("status", "running")
+        old = yaml.safe_load((cell.out / "config.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    new = run_config(spec)
+    keys = (set(old) | set(new)) - set(DERIVED_CONFIG_KEYS)
+    if status not in RESUMABLE or any(old.get(k) != new.get(k) for k in keys):
+        return None
+    try:
+        return RunSpec.resume(cell.out, tracking=tracking)
+    except ValueError:  # no checkpoint yet, or its total_steps already trained
+        return None
 
 
 def _check_finished_runs_match(cells, settings: GridSettings) -> None:
@@ -382,7 +430,12 @@ def _run_compare(args: argparse.Namespace) -> int:
         tracking.group = f"compare-{args.env}-{args.out.resolve().name}"
     cells = [GridRun(a, args.env, s, args.out / f"{a}-s{s}") for a in args.algos for s in seeds]
     _check_finished_runs_match(cells, settings)
-    worker = functools.partial(_grid_worker, settings=settings, tracking=tracking)
+    worker = functools.partial(
+        _grid_worker,
+        settings=settings,
+        tracking=tracking,
+        continue_interrupted=args.continue_interrupted,
+    )
 
     progress = GridProgress(cells, jobs=args.jobs)
 
