@@ -637,5 +637,6 @@ def train(spec: RunSpec, model: Any = None, env: VecEnv | None = None) -> dict[s
             summary = folder.write_summary()
             if wandb_run is not None:
                 finish(wandb_run, summary)
+        model.logger.close()  # progress.csv and TensorBoard's events, flushed and closed
         env.close()
     return folder.summary()

@@ -239,7 +239,14 @@ def _figures(study: Any, out: Path) -> list[str]:
                 written.append(f"{name}: not drawn ({exc})")
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        doubts = [str(w.message) for w in caught if not issubclass(w.category, ExperimentalWarning)]
+        # Optuna's own doubts only (UserWarning): not its ExperimentalWarning, nor a
+        # ResourceWarning the garbage collector happens to raise meanwhile
+        doubts = [
+            str(w.message)
+            for w in caught
+            if issubclass(w.category, UserWarning)
+            and not issubclass(w.category, ExperimentalWarning)
+        ]
         if doubts:  # (a figure of equal shares would mislead)
             plt.close(fig)
             written.append(f"{name}: not drawn ({doubts[0]})")

@@ -115,3 +115,40 @@ def test_a_corrupt_study_file_or_missing_optuna_is_one_line(tmp_path, capsys, mo
     assert _tune(tmp_path / "other", 1) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'relax-rl[tune]'" in err and "\n" not in err
+
+
+def _synthetic_study(n_trials):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: (
+            -((t.suggest_float("lr", 1e-4, 1e-1, log=True) - 0.01) ** 2)
+            + 0.1 * (t.suggest_categorical("mode", ["a", "b"]) == "a")
+        ),
+        n_trials=n_trials,
+    )
+    return study
+
+
+def test_importance_is_drawn_unless_optuna_doubts_it(tmp_path, monkeypatch):
+    """importance.png from enough trials, even when an unrelated warning (a ResourceWarning
+    from the garbage collector) arrives while Optuna draws; not drawn, with Optuna's reason,
+    from too few trials (equal shares would mislead)."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    from relax_rl.tuning import _figures
+
+    draw = ovm.plot_param_importances
+
+    def with_a_stray_warning(study):
+        warnings.warn("unclosed file <progress.csv>", ResourceWarning, stacklevel=1)
+        return draw(study)
+
+    monkeypatch.setattr(ovm, "plot_param_importances", with_a_stray_warning)
+    lines = _figures(_synthetic_study(12), tmp_path)
+    assert f"importance.png: {tmp_path / 'importance.png'}" in lines, lines
+    assert (tmp_path / "importance.png").stat().st_size > 0
+    (tmp_path / "few").mkdir()
+    few = _figures(_synthetic_study(1), tmp_path / "few")
+    assert any(line.startswith("importance.png: not drawn (") for line in few), few
