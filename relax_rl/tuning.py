@@ -196,9 +196,11 @@ def write_outputs(study: Any, out: Path, env_id: str, fixed: Mapping[str, Any]) 
                  t.user_attrs.get("run"), *(t.params.get(n) for n in names)]
             )  # fmt: skip
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    infeasible = sum(t.state == TrialState.FAIL and "infeasible" in t.user_attrs for t in trials)
     lines = [
         f"study {study.study_name}: {counts[TrialState.COMPLETE]} complete, "
         f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        + (f" ({infeasible} of them refused settings, before any step)" if infeasible else "")
     ]
     entry = best_entry(study, env_id, fixed)
     if entry is None:

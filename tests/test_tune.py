@@ -16,8 +16,8 @@ from relax_rl.tuning import search_space
 optuna = pytest.importorskip("optuna")
 
 
-def _tune(out, trials, *extra, algo="a2c"):
-    args = ["tune", "--algo", algo, "--env", "CartPole-v1", "--trials", str(trials),
+def _tune(out, trials, *extra, algo="a2c", env="CartPole-v1"):
+    args = ["tune", "--algo", algo, "--env", env, "--trials", str(trials),
             "--total-steps", "600", "--n-envs", "2", "--eval-episodes", "2", "--set",
             "policy_kwargs.net_arch=[8]", "--out", str(out), *extra]  # fmt: skip
     return main(args)
@@ -152,3 +152,40 @@ def test_importance_is_drawn_unless_optuna_doubts_it(tmp_path, monkeypatch):
     (tmp_path / "few").mkdir()
     few = _figures(_synthetic_study(1), tmp_path / "few")
     assert any(line.startswith("importance.png: not drawn (") for line in few), few
+
+
+def test_options_the_fixed_settings_rule_out_are_not_tuned(tmp_path, capsys):
+    """MultiBinaryMatch's RELAX settings (the factorised preset: c_hat starts at 0, which needs a
+    learned kappa; the return target, which needs raw advantages): kappa_mode and
+    normalize_advantage are not tuned (said so), and no trial is spent on a refused run."""
+    out = tmp_path / "t"
+    d4 = ("--set", "env_kwargs.d=4")
+    assert _tune(out, 2, *d4, algo="relax", env="relax_rl/MultiBinaryMatch-v0") == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    ruled_out = (
+        "left out, the fixed settings rule them out: normalize_advantage=True, kappa_mode=optimal"
+    )
+    assert ruled_out in header, header
+    tuned = header.split("; tuning ")[1].split(" (left out")[0].split(", ")
+    assert "kappa_mode" not in tuned and "normalize_advantage" not in tuned and "cv_replay" in tuned
+    assert [t["state"] for t in _trials(out)] in (["COMPLETE"] * 2, ["COMPLETE", "PRUNED"])
+
+
+def test_a_refused_combination_fails_before_any_step_and_is_not_counted(tmp_path):
+    """Two sampled values that do not go together: the trial fails at once (its reason kept),
+    and the worker draws another until the study has its finished trials."""
+    from relax_rl.cli.tune import TrialBase, _optimize
+    from relax_rl.tuning import Choice, finished_trials, open_study
+
+    settings = {"cv_zero_init": True, "total_steps": 200, "n_envs": 2, "eval_episodes": 2,
+                "eval_freq": 100, "policy_kwargs": {"net_arch": [8]}}  # fmt: skip
+    space = {"kappa_mode": Choice(("optimal", "learned"))}  # (not through feasible_space)
+    base = TrialBase("relax", "CartPole-v1", 0, tmp_path, settings, None, None, 2, space)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(storage, "s", 0, {})
+    _optimize(storage, "s", seed=1, n_trials=3, total=3, base=base)
+    study = open_study(storage, "s", 0, {})
+    refused = [t for t in study.trials if t.state.name == "FAIL"]
+    assert refused and all("kappa_mode='optimal'" in t.user_attrs["infeasible"] for t in refused)
+    assert not any((tmp_path / "trials" / f"trial-{t.number}").exists() for t in refused)
+    assert finished_trials(study) == 3

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,62 @@ class TrialBase:
     preset: str | None
     config_file: Path | None
     n_envs: int
+    #: the tuned keys: the algo's search space less the fixed keys and the options the fixed
+    #: settings rule out (:func:`feasible_space`)
+    space: dict[str, Any]
+
+
+#: a trial whose sampled settings the agent refuses (two values that do not go together): failed
+#: before any step, not counted as one of the --trials
+INFEASIBLE = "infeasible settings"
+
+
+def _spec(base: TrialBase, out: Path, sampled: dict[str, Any]) -> Any:
+    from relax_rl.training import RunSpec
+
+    return RunSpec.create(
+        base.algo, base.env_id, base.seed, out=out, settings={**base.settings, **sampled},
+        preset=base.preset, config_file=base.config_file,
+    )  # fmt: skip
+
+
+def _refusal(spec: Any, env: Any) -> str | None:
+    """Why the agent refuses ``spec``'s settings on ``env`` (its constructor's checks, which
+    run before any network is built), or None."""
+    try:
+        spec.algo_cls("MlpPolicy", env, _init_setup_model=False, **spec.agent_kwargs)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def feasible_space(base: TrialBase, env: Any) -> tuple[dict[str, Any], list[str]]:
+    """The algo's search space less the keys every trial keeps, each choice less the options
+    the fixed settings rule out (tried one at a time on ``env``: e.g. kappa_mode='optimal'
+    under a preset that starts c_hat at 0), so that trials are not spent on runs the agent
+    refuses. A choice left with one option is no longer tuned (the fixed settings imply it).
+
+    :return: ``(space, ruled_out)``, ruled_out as ``KEY=VALUE`` strings.
+    """
+    from relax_rl.tuning import Choice, search_space
+
+    space = {k: d for k, d in search_space(ALGOS[base.algo]).items() if k not in base.settings}
+    ruled_out = []
+    for name, dist in list(space.items()):
+        if not isinstance(dist, Choice):
+            continue
+        kept = []
+        for option in dist.options:
+            spec = _spec(base, base.out / "trials" / "probe", {name: option})
+            if _refusal(spec, env) is None:
+                kept.append(option)
+            else:
+                ruled_out.append(f"{name}={option}")
+        if len(kept) < 2:
+            del space[name]
+        elif len(kept) < len(dist.options):
+            space[name] = Choice(tuple(kept))
+    return space, ruled_out
 
 
 def objective(trial: Any, base: TrialBase) -> float:
@@ -69,19 +125,20 @@ def objective(trial: Any, base: TrialBase) -> float:
     its value is its last evaluation's mean return."""
     import optuna
 
-    from relax_rl.training import RunSpec, train
-    from relax_rl.tuning import ReportToTrial, sample_settings, search_space
+    from relax_rl.training import build, train
+    from relax_rl.tuning import ReportToTrial, sample_settings
 
-    space = search_space(ALGOS[base.algo])
-    tuned = {name: dist for name, dist in space.items() if name not in base.settings}
-    sampled = sample_settings(trial, tuned, base.n_envs)
+    sampled = sample_settings(trial, base.space, base.n_envs)
     out = base.out / "trials" / f"trial-{trial.number}"
     if out.exists():  # (numbers are never reused: a leftover of a killed attempt)
         shutil.rmtree(out)
-    spec = RunSpec.create(
-        base.algo, base.env_id, base.seed, out=out, settings={**base.settings, **sampled},
-        preset=base.preset, config_file=base.config_file,
-    )  # fmt: skip
+    spec = _spec(base, out, sampled)
+    try:  # two sampled values that do not go together: failed now, before any step
+        _, env = build(spec)
+    except (ValueError, TypeError) as exc:
+        trial.set_user_attr("infeasible", str(exc))
+        raise ValueError(f"{INFEASIBLE}: {exc}") from None
+    env.close()
     reporter = ReportToTrial(trial)
     spec.after_evaluation = reporter
     trial.set_user_attr("run", str(out))
@@ -112,7 +169,10 @@ def _progress(total: int, start: float, study: Any, trial: Any) -> None:
 def _optimize(
     storage: str, name: str, seed: int, n_trials: int, total: int, base: TrialBase
 ) -> None:
-    """A worker's share of the trials (its own sampler seed: workers draw different points)."""
+    """A worker's share of the trials (its own sampler seed: workers draw different points),
+    until the study has ``total`` finished trials: a failed trial is not one of them, so the
+    worker tries again, up to ``n_trials`` failures of its own beyond its share (a study whose
+    trials all crash ends rather than loops)."""
     import optuna
     import torch
 
@@ -124,12 +184,17 @@ def _optimize(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
     )
-    study.optimize(
-        functools.partial(objective, base=base),
-        n_trials=n_trials,
-        catch=(Exception,),  # a failed trial is recorded with its error; the study goes on
-        callbacks=[functools.partial(_progress, total, time.monotonic())],
-    )
+    from relax_rl.tuning import finished_trials
+
+    start, attempts = time.monotonic(), 0
+    while finished_trials(study) < total and attempts < 2 * n_trials:
+        attempts += 1
+        study.optimize(
+            functools.partial(objective, base=base),
+            n_trials=1,
+            catch=(Exception,),  # a failed trial is recorded with its error; the study goes on
+            callbacks=[functools.partial(_progress, total, start)],
+        )
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -140,7 +205,6 @@ def _run_tune(args: argparse.Namespace) -> int:
         finished_trials,
         open_study,
         optuna_module,
-        search_space,
         write_outputs,
     )
 
@@ -158,12 +222,14 @@ def _run_tune(args: argparse.Namespace) -> int:
         _, env = build(probe)
     except (ValueError, TypeError, AssertionError) as exc:
         raise UsageError(f"{args.algo} on {args.env}: {exc}") from None
-    env.close()
     settings = dict(fixed)
     if probe.settings["eval_freq"] == 0:  # the pruner needs evaluations: 10 per trial
         settings["eval_freq"] = max(1, probe.settings["total_steps"] // 10)
     base = TrialBase(args.algo, args.env, args.seed, args.out.resolve(), settings, args.preset,
-                     args.config, probe.settings["n_envs"])  # fmt: skip
+                     args.config, probe.settings["n_envs"], {})  # fmt: skip
+    space, ruled_out = feasible_space(base, env)
+    env.close()
+    base = replace(base, space=space)
     args.out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(args.out / STUDY_FILE).resolve()}"
     name = f"{args.algo}-{args.env}"
@@ -175,10 +241,10 @@ def _run_tune(args: argparse.Namespace) -> int:
     study = open_study(storage, name, args.seed, description)
     left = args.trials - finished_trials(study)
     jobs = min(args.jobs, max(left, 1))
-    tuned = [k for k in search_space(ALGOS[args.algo]) if k not in settings]
+    skipped = f" (left out, the fixed settings rule them out: {', '.join(ruled_out)})"
     print(f"tune: study {name!r} in {storage}: {finished_trials(study)} finished trials, "
-          f"{max(left, 0)} to run, {jobs} at a time; tuning {', '.join(tuned)}",
-          file=sys.stderr, flush=True)  # fmt: skip
+          f"{max(left, 0)} to run, {jobs} at a time; tuning {', '.join(space)}"
+          f"{skipped if ruled_out else ''}", file=sys.stderr, flush=True)  # fmt: skip
     if left > 0:
         shares = [left // jobs + (i < left % jobs) for i in range(jobs)]
         run = functools.partial(_optimize, storage, name, total=args.trials, base=base)
