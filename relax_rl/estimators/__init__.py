@@ -3,6 +3,15 @@
 Pure tensor functions shared by the toy problem, the discrete VAE and the RL agents.
 """
 
+from relax_rl.estimators.antithetic import (
+    antithetic_pair,
+    arm,
+    arms,
+    bernoulli_from_uniform,
+    dirichlet_copula_uniforms,
+    disarm,
+    reinforce_loo,
+)
 from relax_rl.estimators.control_variates import RebarControlVariate, RelaxToyControlVariate
 from relax_rl.estimators.distributions import (
     BERNOULLI,
@@ -55,7 +64,11 @@ __all__ = [
     "GaussianFamily",
     "RebarControlVariate",
     "RelaxToyControlVariate",
+    "antithetic_pair",
+    "arm",
+    "arms",
     "bernoulli_conditional",
+    "bernoulli_from_uniform",
     "bernoulli_log_prob",
     "bernoulli_sample",
     "categorical_conditional",
@@ -64,6 +77,8 @@ __all__ = [
     "categorical_score",
     "concrete",
     "conditional_gumbel_max",
+    "dirichlet_copula_uniforms",
+    "disarm",
     "estimate_with_variance_loss",
     "gaussian_log_prob",
     "gaussian_sample",
@@ -74,6 +89,7 @@ __all__ = [
     "log10_total_variance",
     "rebar",
     "reinforce",
+    "reinforce_loo",
     "relax",
     "relax_from_values",
     "straight_through",
