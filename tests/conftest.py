@@ -14,6 +14,36 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(1)
 
 
+#: tests that take 5 s or more (the 20 slowest `make test` prints): run first, so that the
+#: end of a parallel run is short tests that balance over the workers, not one long test
+#: keeping one worker busy while the others are idle (longest-processing-time-first)
+SLOW_FIRST = (
+    "test_compare.py::test_ray_backend_",
+    "test_rl_gradients.py::test_relax_variants_unbiased_with_trained_control_variate",
+    "test_toy.py::test_targets_on_a_shorter_run",
+    "test_compare.py::test_tiny_compare_report_figures_and_resume",
+    "test_compare.py::test_ctrl_c_stops_the_grid",
+    "test_groups.py::test_decomposition_of_rloo",
+    "test_video.py::test_eval_render_watches",
+    "test_cli_train.py::test_a_module_env_id_from_the_current_folder",
+    "test_compare.py::test_tracked_compare_puts_every_run",
+    "test_readme.py::test_readme_example_runs",
+    "test_tracking.py::test_offline_by_default",
+    "test_tune.py::test_tune_writes_trials",
+    "test_tune.py::test_options_the_fixed_settings_rule_out",
+    "test_vae.py::test_short_training_improves_elbo",
+    "test_groups.py::test_groups_over_subprocesses",
+    "test_compare.py::test_sigterm_to_the_main_process",
+    "test_factorised.py::test_decomposition_adds_up",
+    "test_relax_kappa.py::test_relax_adds_no_variance_with_few_envs",
+    "test_ppo.py::test_cli_compare_eval_plot_variance_with_ppo",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not any(name in item.nodeid for name in SLOW_FIRST))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

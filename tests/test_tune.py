@@ -159,8 +159,8 @@ def test_options_the_fixed_settings_rule_out_are_not_tuned(tmp_path, capsys):
     learned kappa; the return target, which needs raw advantages): kappa_mode and
     normalize_advantage are not tuned (said so), and no trial is spent on a refused run."""
     out = tmp_path / "t"
-    d4 = ("--set", "env_kwargs.d=4")
-    assert _tune(out, 2, *d4, algo="relax", env="relax_rl/MultiBinaryMatch-v0") == 0
+    small = ("--set", "env_kwargs.d=4", "--total-steps", "200")
+    assert _tune(out, 1, *small, algo="relax", env="relax_rl/MultiBinaryMatch-v0") == 0
     header = capsys.readouterr().err.splitlines()[0]
     ruled_out = (
         "left out, the fixed settings rule them out: normalize_advantage=True, kappa_mode=optimal"
@@ -168,7 +168,7 @@ def test_options_the_fixed_settings_rule_out_are_not_tuned(tmp_path, capsys):
     assert ruled_out in header, header
     tuned = header.split("; tuning ")[1].split(" (left out")[0].split(", ")
     assert "kappa_mode" not in tuned and "normalize_advantage" not in tuned and "cv_replay" in tuned
-    assert [t["state"] for t in _trials(out)] in (["COMPLETE"] * 2, ["COMPLETE", "PRUNED"])
+    assert [t["state"] for t in _trials(out)] == ["COMPLETE"]
 
 
 def test_a_refused_combination_fails_before_any_step_and_is_not_counted(tmp_path):
