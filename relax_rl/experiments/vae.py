@@ -36,8 +36,16 @@ from tqdm.auto import tqdm
 
 from relax_rl.estimators import (
     BernoulliFamily,
+    antithetic_pair,
+    arm,
+    arms,
+    bernoulli_from_uniform,
+    bernoulli_log_prob,
+    dirichlet_copula_uniforms,
+    disarm,
     log10_total_variance,
     reinforce,
+    reinforce_loo,
     relax,
     uniform_noise,
 )
@@ -223,6 +231,18 @@ class LayerSample(NamedTuple):
     leaf: Tensor
 
 
+class Surrogates(NamedTuple):
+    """One draw of an estimator on a batch: per layer the encoder's logits (with their graph),
+    a leaf copy of them and each example's surrogate in that leaf; the decoder's loss (the mean
+    of ``f`` over the samples drawn); the losses of the estimator's own parameters."""
+
+    logits: list[Tensor]
+    leaves: list[Tensor]
+    surrogates: list[Tensor]
+    decoder_loss: Tensor
+    extra: list[Tensor]
+
+
 class EncoderEstimator(nn.Module, ABC):
     """A gradient estimator for the encoder's logits: its own parameters (phi) and, per layer,
     each example's surrogate, whose gradient w.r.t. the leaf logits is its estimate of
@@ -230,6 +250,29 @@ class EncoderEstimator(nn.Module, ABC):
 
     #: phi descends the variance objective (Grathwohl et al. 2018, Eq. 11).
     variance_trained: ClassVar[bool] = False
+    #: evaluations of ``f`` (decoder passes) per example and update, ``f(b)`` for the decoder's
+    #: own gradient included: what an equal-evaluations comparison counts
+    f_evals: int = 1
+
+    def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
+        """One sample per example from ``gen`` (every layer's uniforms, then every layer's
+        second uniforms for the conditionals), then :meth:`surrogate` per layer."""
+        n, k = x.shape[0], vae.prior.numel()
+        us = [uniform_noise((n, k), gen) for _ in range(vae.n_layers)]
+        vs = [uniform_noise((n, k), gen) for _ in range(vae.n_layers)]
+        logits, _, bs = vae.sample(x, us)
+        f_b = -vae.log_joint_minus_q(x, bs, logits)
+        leaves, surrogates, extra = [], [], []
+        for layer in range(vae.n_layers):
+            leaf = logits[layer].detach().requires_grad_(True)
+            surrogate, own_loss = self.surrogate(
+                vae, LayerSample(x, us, vs, logits, bs, f_b, layer, leaf)
+            )
+            leaves.append(leaf)
+            surrogates.append(surrogate)
+            if own_loss is not None:
+                extra.append(own_loss)
+        return Surrogates(logits, leaves, surrogates, f_b.mean(), extra)
 
     @abstractmethod
     def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
@@ -253,6 +296,8 @@ class Reinforce(EncoderEstimator):
 class Concrete(EncoderEstimator):
     """The relaxed objective at a fixed temperature (0.5): reparameterised, biased."""
 
+    f_evals = 2  # f(b) for the decoder, the relaxed f for the encoder
+
     def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
         super().__init__()
         self.register_buffer("log_temperature", th.full((n_layers,), math.log(0.5)))
@@ -268,6 +313,8 @@ class _RelaxedControlVariate(EncoderEstimator):
     the subclass says how (:meth:`control_variate`)."""
 
     variance_trained = True
+    # f(b), and the relaxed f in c(z), c(z~) and c(z~) held constant in theta (:func:`relax`)
+    f_evals = 4
 
     def __init__(self, n_layers: int) -> None:
         super().__init__()
@@ -317,16 +364,114 @@ class Relax(_RelaxedControlVariate):
         return relaxed + self.r[s.layer](FAMILY.relax(z, temp)).squeeze(-1)
 
 
+class MultiSampleEstimator(EncoderEstimator):
+    """An estimator from several samples of the latents per example (one stochastic layer):
+    :meth:`draw` the samples, ``f`` at each (the decoder's loss their mean), :meth:`estimate`
+    the surrogate from them. No parameters of its own.
+
+    :param samples: samples per example (``k``); the antithetic pairs take 2.
+    """
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, samples: int = 2) -> None:
+        super().__init__()
+        if n_layers != 1:
+            raise ValueError(
+                f"{type(self).__name__} estimates one stochastic layer; use model linear1 or "
+                "nonlinear"
+            )
+        if samples < 2:
+            raise ValueError(f"--samples must be >= 2, got {samples}")
+        self.samples = samples
+        self.f_evals = samples
+
+    @abstractmethod
+    def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
+        """``(k, N, D)`` samples at ``logits`` (detached) and what :meth:`estimate` needs of
+        their noise."""
+
+    @abstractmethod
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+        """The per-example surrogate in ``leaf`` from ``f`` at each sample, ``(k, N)``."""
+
+    def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
+        logits = vae.enc[0](vae.enc_input(0, x, None))
+        leaf = logits.detach().requires_grad_(True)
+        bs, noise = self.draw(leaf.detach(), gen)
+        k, n = bs.shape[:2]
+        xs = x.unsqueeze(0).expand(k, -1, -1).reshape(k * n, -1)
+        flat = [bs.reshape(k * n, -1)], [logits.repeat(k, 1)]
+        f_b = -vae.log_joint_minus_q(xs, *flat).view(k, n)
+        return Surrogates([logits], [leaf], [self.estimate(f_b, bs, leaf, noise)], f_b.mean(), [])
+
+    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError("a multi-sample estimator draws its own samples")
+
+
+class ReinforceLOO(MultiSampleEstimator):
+    """REINFORCE with the leave-one-out baseline over ``k`` independent samples
+    (:func:`~relax_rl.estimators.reinforce_loo`)."""
+
+    def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
+        us = uniform_noise((self.samples, *logits.shape), gen)
+        return bernoulli_from_uniform(logits, us), None
+
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+        return reinforce_loo(f_b, bernoulli_log_prob(leaf.expand_as(bs), bs).sum(-1))
+
+
+class _AntitheticPair(MultiSampleEstimator):
+    """Two samples from one uniform (:func:`~relax_rl.estimators.antithetic_pair`)."""
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, samples: int = 2) -> None:
+        super().__init__(n_layers, latents, x_dim, 2)  # a pair, whatever --samples says
+
+    def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
+        u = uniform_noise(logits.shape, gen)
+        return th.stack(antithetic_pair(logits, u)), u
+
+
+class Arm(_AntitheticPair):
+    """ARM (Yin & Zhou 2019, :func:`~relax_rl.estimators.arm`)."""
+
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+        return arm(f_b[0], f_b[1], noise, leaf)
+
+
+class DisArm(_AntitheticPair):
+    """DisARM (Dong et al. 2020, :func:`~relax_rl.estimators.disarm`)."""
+
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+        return disarm(f_b[0], f_b[1], bs[0], bs[1], leaf)
+
+
+class Arms(MultiSampleEstimator):
+    """ARMS (Dimitriev & Zhou 2021, :func:`~relax_rl.estimators.arms`): ``k`` samples from
+    the Dirichlet copula."""
+
+    def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
+        us = dirichlet_copula_uniforms(self.samples, tuple(logits.shape), gen)
+        return bernoulli_from_uniform(logits, us), None
+
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+        return arms(f_b, bs, leaf)
+
+
 #: The estimators by name (the one place a name is turned into an estimator).
 ESTIMATOR_CLASSES: dict[str, type[EncoderEstimator]] = {
     "reinforce": Reinforce,
     "concrete": Concrete,
     "rebar": Rebar,
     "relax": Relax,
+    "reinforce-loo": ReinforceLOO,
+    "arm": Arm,
+    "disarm": DisArm,
+    "arms": Arms,
 }
 
 
 ESTIMATORS = tuple(ESTIMATOR_CLASSES)
+#: the seed paper's four (``relax-rl vae``'s default)
+PAPER_ESTIMATORS = ("reinforce", "concrete", "rebar", "relax")
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,7 +490,16 @@ class VAEConfig:
         default="linear1", metadata={"help": "the paper's VAE architecture", "choices": MODELS}
     )
     estimators: tuple[str, ...] = field(
-        default=ESTIMATORS, metadata={"help": "estimators to run", "choices": ESTIMATORS}
+        default=PAPER_ESTIMATORS,
+        metadata={
+            "help": "estimators to run (reinforce-loo, arm, disarm and arms: one stochastic "
+            "layer, linear1 or nonlinear)",
+            "choices": ESTIMATORS,
+        },
+    )
+    samples: int = field(
+        default=2,
+        metadata={"help": "samples per example of reinforce-loo and arms (k)", "min": 2},
     )
     steps: int = field(default=50_000, metadata={"help": "updates", "min": 1})
     batch_size: int = field(default=24, metadata={"help": "images per update", "min": 1})
@@ -375,6 +529,16 @@ class VAEConfig:
             raise ValueError(
                 f"unknown estimator {bad[0] if bad else ''!r}; valid: {', '.join(ESTIMATORS)}"
             )
+        multi = [
+            e for e in self.estimators if issubclass(ESTIMATOR_CLASSES[e], MultiSampleEstimator)
+        ]
+        if multi and self.model == "linear2":
+            raise ValueError(
+                f"{multi[0]} estimates one stochastic layer; use --model linear1 or nonlinear "
+                "(linear2 has two)"
+            )
+        if self.samples < 2:
+            raise ValueError(f"--samples must be >= 2, got {self.samples}")
         for name in ("latents", "steps", "batch_size", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(
@@ -399,7 +563,9 @@ class VAETrainer:
         with th.random.fork_rng():  # seeded initial weights, the caller's global RNG untouched
             th.manual_seed(cfg.seed)
             self.model = DiscreteVAE(x_dim, cfg.model, cfg.latents, data["train"].mean(0))
-            self.cv = ESTIMATOR_CLASSES[estimator](self.model.n_layers, cfg.latents, x_dim)
+            cls = ESTIMATOR_CLASSES[estimator]
+            options = {"samples": cfg.samples} if issubclass(cls, MultiSampleEstimator) else {}
+            self.cv = cls(self.model.n_layers, cfg.latents, x_dim, **options)
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
         cv_params = list(self.cv.parameters())
         cv_lr = cfg.lr if cfg.cv_lr is None else cfg.cv_lr
@@ -409,30 +575,9 @@ class VAETrainer:
         # all) never changes the training run.
         self.measure_gen = th.Generator().manual_seed(cfg.seed + 7919)
 
-    def _noise(self, n: int, gen: th.Generator) -> list[Tensor]:
-        k = self.cfg.latents
-        return [uniform_noise((n, k), gen) for _ in range(self.model.n_layers)]
-
-    def surrogates(
-        self, x: Tensor, us: list[Tensor], vs: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, list[Tensor]]:
-        """Sample, then per layer: the encoder's logits (with their graph), a leaf copy of them
-        and the estimator's per-example surrogate in that leaf; also the decoder's loss and the
-        REINFORCE baseline's regression losses."""
-        m = self.model
-        logits, _, bs = m.sample(x, us)
-        f_b = -m.log_joint_minus_q(x, bs, logits)
-        decoder_loss = f_b.mean()
-        leaves, surrogates, extra = [], [], []
-        for layer in range(m.n_layers):
-            leaf = logits[layer].detach().requires_grad_(True)
-            sample = LayerSample(x, us, vs, logits, bs, f_b, layer, leaf)
-            surrogate, own_loss = self.cv.surrogate(m, sample)
-            leaves.append(leaf)
-            surrogates.append(surrogate)
-            if own_loss is not None:
-                extra.append(own_loss)
-        return logits, leaves, surrogates, decoder_loss, extra
+    def surrogates(self, x: Tensor, gen: th.Generator) -> Surrogates:
+        """One draw of the estimator on the batch ``x`` from the noise stream ``gen``."""
+        return self.cv.layer_surrogates(self.model, x, gen)
 
     @staticmethod
     def logit_gradients(
@@ -459,12 +604,11 @@ class VAETrainer:
         estimates; the decoder and the prior get their exact gradient at the hard samples, the
         same for every estimator (Concrete included: only its encoder sees the relaxation)."""
         n = x.shape[0]
-        us, vs = self._noise(n, self.gen), self._noise(n, self.gen)
         m = self.model
         self.opt.zero_grad(set_to_none=True)
         if self.cv_opt is not None:
             self.cv_opt.zero_grad(set_to_none=True)
-        logits, leaves, surrogates, decoder_loss, extra = self.surrogates(x, us, vs)
+        logits, leaves, surrogates, decoder_loss, extra = self.surrogates(x, self.gen)
         trains_cv = self.cv.variance_trained
         grads = self.logit_gradients(leaves, surrogates, create_graph=trains_cv)
         decoder_loss.backward(inputs=m.decoder_parameters(), retain_graph=True)
@@ -486,9 +630,7 @@ class VAETrainer:
         batch ``x``, from the measurement's own noise stream."""
         rows = []
         for _ in range(self.cfg.var_samples):
-            us = self._noise(x.shape[0], self.measure_gen)
-            vs = self._noise(x.shape[0], self.measure_gen)
-            logits, leaves, surrogates, _, _ = self.surrogates(x, us, vs)
+            logits, leaves, surrogates, _, _ = self.surrogates(x, self.measure_gen)
             grads = self.logit_gradients(leaves, surrogates)
             rows.append(th.cat(self.encoder_gradients(logits, grads)).detach())
         return log10_total_variance(th.stack(rows))
@@ -555,6 +697,8 @@ def run_vae(
                 "final_valid_elbo": curve["valid_elbo"][-1],
                 "test_iwae100": trainer.mean_iwae("test", 100),
                 "final_log10_var": curve["log10_var"][-1],
+                "f_evals_per_example": trainer.cv.f_evals,
+                "f_evals_per_step": trainer.cv.f_evals * cfg.batch_size,
                 "wall_s": round(wall, 2),
             }
         )
