@@ -282,7 +282,9 @@ def test_ray_backend_on_a_running_cluster(tmp_path):
                 break
             time.sleep(0.25)
         assert head.poll() is None, log.read_text()[-2000:]
-        grid = [*GRID[: GRID.index("--seeds") + 1], "0", *GRID[GRID.index("--seeds") + 2 :]]
+        # one run (relax, seed 0): joining the cluster is what is tested here
+        grid = ["compare", "--algos", "relax", *GRID[GRID.index("--env") : GRID.index("--seeds")],
+                "--seeds", "0", *GRID[GRID.index("--seeds") + 2 :]]  # fmt: skip
         out = tmp_path / "cluster"
         argv = [*grid, "--backend", "ray", "--ray-address", f"127.0.0.1:{port}"]
         cli = Path(sys.executable).with_name("relax-rl")
@@ -290,7 +292,7 @@ def test_ray_backend_on_a_running_cluster(tmp_path):
             [str(cli), *argv, "--out", str(out)], env=env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        assert "| a2c | 0/1 |" in (out / "report.md").read_text()
+        assert "| relax | 0/1 |" in (out / "report.md").read_text()
         assert json.loads((out / "relax-s0" / "summary.json").read_text())["status"] == "completed"
     finally:
         head.terminate()

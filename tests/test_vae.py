@@ -164,8 +164,6 @@ def test_cli_writes_outputs(tmp_path, capsys):
             "--estimators",
             "rebar",
             "relax",
-            "disarm",
-            "reinforce-loo",
             "arms",
             "--samples",
             "3",
@@ -187,7 +185,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
         ):
             assert key in run
     evals = {r["estimator"]: r["f_evals_per_example"] for r in results["runs"]}
-    assert evals == {"rebar": 4, "relax": 4, "disarm": 2, "reinforce-loo": 3, "arms": 3}
+    assert evals == {"rebar": 4, "relax": 4, "arms": 3}
     assert all(r["f_evals_per_step"] == 24 * r["f_evals_per_example"] for r in results["runs"])
     for png in ("elbo.png", "variance.png"):
         assert mpimg.imread(out / png).ndim == 3
@@ -214,7 +212,8 @@ def test_bad_input(tmp_path, capsys, args, needle):
 
 
 def test_multi_sample_estimators_train():
-    """DisARM, ARMS and REINFORCE-LOO through step(): the nonlinear VAE's ELBO rises."""
+    """DisARM and REINFORCE-LOO through step(): the nonlinear VAE's ELBO rises (ARMS and ARM
+    go through step() in the variance-measurement check)."""
     cfg = VAEConfig(
         dataset="digits",
         model="nonlinear",
@@ -222,7 +221,7 @@ def test_multi_sample_estimators_train():
         steps=150,
         eval_every=75,
         var_samples=2,
-        estimators=("disarm", "arms", "reinforce-loo"),
+        estimators=("disarm", "reinforce-loo"),
         samples=3,
     )
     results = run_vae(cfg, progress=False)
