@@ -112,20 +112,34 @@ def plot_toy_figure2(results: dict, path: Path) -> None:
 
 
 def plot_vae(results: dict, elbo_path: Path, variance_path: Path) -> None:
-    """Train and valid ELBO against step per estimator; log10 gradient variance against step."""
+    """Train and valid ELBO per estimator against steps and against f-evaluations per example
+    (an equal-evaluations comparison: each estimator's steps times its evaluations per step),
+    the mean over seeds with a band of +- 1 SE where there are several; log10 gradient variance
+    against step."""
     cfg = results["config"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    evals = {name: row["f_evals_per_example"] for name, row in results.get("summary", {}).items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for name, c in results["curves"].items():
         color = algo_color(name)
-        ax.plot(c["step"], c["train_elbo"], color=color, lw=1.6, label=f"{name} train")
-        ax.plot(c["step"], c["valid_elbo"], color=color, lw=1.2, ls="--", label=f"{name} valid")
-    ax.set(
-        xlabel="step",
-        ylabel="ELBO (nats)",
-        title=f"Discrete VAE: {cfg['model']} on {cfg['dataset']}",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+        steps = np.asarray(c["step"], dtype=float)
+        for ax, x in ((axes[0], steps), (axes[1], steps * evals.get(name, 1))):
+            for key, ls, lw, what in (("train_elbo", "-", 1.6, "train"),
+                                      ("valid_elbo", "--", 1.2, "valid")):  # fmt: skip
+                y = np.asarray(c[key], dtype=float)
+                ax.plot(x, y, color=color, lw=lw, ls=ls, label=f"{name} {what}")
+                se = c.get(f"{key}_se")
+                if se is not None and key == "train_elbo":
+                    se = np.asarray([np.nan if v is None else v for v in se], dtype=float)
+                    ax.fill_between(x, y - se, y + se, color=color, alpha=0.2, lw=0)
+    seeds = cfg.get("seeds", 1)
+    band = f", mean of {seeds} seeds +- 1 SE" if seeds > 1 else ""
+    axes[0].set(xlabel="step", ylabel="ELBO (nats)",
+                title=f"Discrete VAE: {cfg['model']} on {cfg['dataset']}{band}")  # fmt: skip
+    axes[1].set(xlabel="f-evaluations per example (steps x evaluations per step)",
+                title="at equal function evaluations")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(elbo_path, dpi=120)
     plt.close(fig)

@@ -17,6 +17,7 @@ from relax_rl.experiments.vae import (
     PAPER_ESTIMATORS,
     VAEConfig,
     VAETrainer,
+    binarize,
     load_dataset,
     run_vae,
 )
@@ -203,6 +204,9 @@ def test_cli_writes_outputs(tmp_path, capsys):
         (["--lr", "0"], "--lr must be a positive number, got 0.0"),
         (["--estimators", "disarm", "--model", "linear2"], "disarm estimates one stochastic"),
         (["--samples", "1"], "--samples: invalid value 1: expected an integer >= 2"),
+        (["--seeds", "0"], "--seeds: invalid value 0: expected an integer >= 1"),
+        (["--binarization", "soft"], "invalid choice: 'soft'"),
+        (["--protocol", "arms"], "invalid choice: 'arms'"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, needle):
@@ -228,3 +232,49 @@ def test_multi_sample_estimators_train():
     for estimator, curve in results["curves"].items():
         first = VAETrainer(cfg, estimator, load_dataset("digits")).mean_elbo("train")
         assert curve["train_elbo"][-1] > first + 1.0, (estimator, first, curve["train_elbo"])
+
+
+def test_static_binarisation_is_the_threshold_and_dynamic_draws_from_the_grey_levels():
+    from sklearn.datasets import load_digits
+
+    static = load_dataset("digits")
+    assert set(static) == {"train", "valid", "test"}
+    assert static["train"].sum() + static["valid"].sum() + static["test"].sum() == float(
+        (load_digits().data > 8).sum()
+    )
+    dynamic = load_dataset("digits", binarization="dynamic")
+    grey = dynamic["train"]
+    assert ((grey > 0) & (grey < 1)).any()  # grey levels kept for training
+    for split in ("train_binary", "valid", "test"):  # evaluated on one fixed binarisation
+        assert set(dynamic[split].unique().tolist()) <= {0.0, 1.0}
+    assert th.equal(dynamic["test"], load_dataset("digits", binarization="dynamic")["test"])
+    gen = th.Generator().manual_seed(0)
+    draws = th.stack([binarize(grey[:20], gen) for _ in range(2000)])
+    assert not th.equal(draws[0], draws[1])  # a new binarisation each batch
+    assert (draws.mean(0) - grey[:20]).abs().max() < 0.05
+
+
+def test_disarm_protocol_from_the_cli_seeds_with_standard_errors(tmp_path, capsys):
+    """--protocol disarm sets DisARM's settings (dynamic binarisation, batch 50, lr 1e-4, its
+    estimators); flags given go over them; two seeds give each number a standard error."""
+    out = tmp_path / "vae"
+    argv = ["vae", "--protocol", "disarm", "--dataset", "digits", "--model", "nonlinear",
+            "--latents", "8", "--steps", "20", "--eval-every", "10", "--seeds", "2",
+            "--var-samples", "2", "--estimators", "disarm", "reinforce-loo", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    cfg = results["config"]
+    assert (cfg["protocol"], cfg["binarization"], cfg["batch_size"], cfg["lr"]) == (
+        "disarm", "dynamic", 50, 1e-4,
+    )  # fmt: skip
+    assert (cfg["latents"], cfg["steps"], cfg["seeds"]) == (8, 20, 2)  # the flags given
+    assert sorted((r["estimator"], r["seed"]) for r in results["runs"]) == [
+        ("disarm", 0), ("disarm", 1), ("reinforce-loo", 0), ("reinforce-loo", 1),
+    ]  # fmt: skip
+    row = results["summary"]["disarm"]
+    assert row["f_evals_per_example"] == 2 and row["test_iwae100"]["n"] == 2
+    assert row["test_iwae100"]["se"] > 0 and "train_elbo_se" in results["curves"]["disarm"]
+    table = capsys.readouterr().out
+    assert "(dynamic)" in table and " +- " in table
+    assert mpimg.imread(out / "elbo.png").ndim == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from relax_rl.cli.common import (
@@ -53,7 +54,7 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 
 def add_vae(sub: argparse._SubParsersAction) -> None:
-    from relax_rl.experiments.vae import VAEConfig
+    from relax_rl.experiments.vae import PROTOCOLS, VAEConfig
 
     p = sub.add_parser(
         "vae",
@@ -61,7 +62,16 @@ def add_vae(sub: argparse._SubParsersAction) -> None:
         description="Train a VAE with 200 Bernoulli latents per stochastic layer on binarised "
         "digits with each estimator; writes results.json, elbo.png and variance.png.",
     )
-    add_dataclass_flags(p, VAEConfig)
+    p.add_argument(
+        "--protocol",
+        default="grathwohl2018",
+        choices=list(PROTOCOLS),
+        help="the settings to start from: grathwohl2018 (the seed paper's: statically binarised, "
+        "batch 24, lr 3e-4, its four estimators) or disarm (Dong et al. 2020's, as ARMS and "
+        "Double-CV use it: dynamically binarised, batch 50, lr 1e-4, 5 seeds, REINFORCE-LOO, "
+        "ARM, DisARM, ARMS, REBAR and RELAX, 100k steps); the flags below go over them",
+    )
+    add_dataclass_flags(p, VAEConfig, overrides=True)
     p.add_argument(
         "--out", type=Path, default=Path("runs/vae"), help="output folder (default runs/vae)"
     )
@@ -80,8 +90,13 @@ def _run_vae(args: argparse.Namespace) -> int:
         save_results,
     )
 
-    cfg = dataclass_from_args(VAEConfig, args)
+    given = vars(dataclass_from_args(VAEConfig, args, protocol=args.protocol))
+    fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"protocol"}
+    overrides = {
+        k: v for k, v in given.items() if k in fields and getattr(args, k, None) is not None
+    }
     try:
+        cfg = VAEConfig.for_protocol(args.protocol, **overrides)
         cfg.validate()
         cfg.validate(len(load_dataset(cfg.dataset)["train"]))
     except ValueError as exc:

