@@ -705,19 +705,20 @@ class VAETrainer:
             rows.append(th.cat(self.encoder_gradients(logits, grads)).detach())
         return log10_total_variance(th.stack(rows))
 
-    def _eval_split(self, split: str) -> Tensor:
-        # (dynamic binarisation: the training images' fixed binarisation, not their greys)
+    def eval_split(self, split: str) -> Tensor:
+        """The images ELBOs and bounds are taken on: under dynamic binarisation the training
+        images' fixed binarisation (``train_binary``), not their grey levels."""
         return self.data.get(f"{split}_binary", self.data[split])
 
     def mean_elbo(self, split: str, chunk: int = 1000) -> float:
-        x = self._eval_split(split)
+        x = self.eval_split(split)
         gen = th.Generator().manual_seed(123)
         return float(
             th.cat([self.model.elbo(x[i : i + chunk], gen) for i in range(0, len(x), chunk)]).mean()
         )
 
     def mean_iwae(self, split: str, k: int, chunk: int = 100) -> float:
-        x = self._eval_split(split)
+        x = self.eval_split(split)
         gen = th.Generator().manual_seed(321)
         return float(
             th.cat(
@@ -762,7 +763,7 @@ def _train_one(
     # the batches' order, and their binarisation where it is dynamic
     order = th.Generator().manual_seed(cfg.seed + 1)
     dynamic = cfg.binarization == "dynamic"
-    var_batch = trainer._eval_split("train")[: cfg.batch_size]
+    var_batch = trainer.eval_split("train")[: cfg.batch_size]
     perm, pos = th.randperm(len(data["train"]), generator=order), 0
     curve: dict[str, list] = {"step": [], "train_elbo": [], "valid_elbo": [], "log10_var": []}
     start = time.perf_counter()
