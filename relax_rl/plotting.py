@@ -31,6 +31,11 @@ COLORS = {
     "relax-ppo": "tab:pink",
     "rloo": "tab:brown",
     "grpo": "tab:cyan",
+    # the VAE's multi-sample Bernoulli estimators
+    "reinforce-loo": "teal",
+    "arm": "goldenrod",
+    "disarm": "indigo",
+    "arms": "darkgreen",
 }
 SPARE_COLORS = ("navy", "teal", "goldenrod", "indigo", "darkred", "slategray", "darkgreen", "peru")
 

@@ -71,10 +71,13 @@ def test_solved_runs_carry_their_last_value_no_sawtooth():
 
 
 def test_every_algo_has_one_colour_in_every_figure(tmp_path, monkeypatch):
-    assert set(ALGOS) <= set(plotting.COLORS)
-    colours = [plotting.algo_color(a) for a in ALGOS]
-    assert len(set(colours)) == len(colours)
-    assert plotting.algo_color("disarm") == plotting.algo_color("disarm")  # unlisted: fixed
+    from relax_rl.experiments.vae import ESTIMATORS
+
+    assert set(ALGOS) <= set(plotting.COLORS) and set(ESTIMATORS) <= set(plotting.COLORS)
+    for names in (ALGOS, ESTIMATORS):  # (the VAE's estimators are drawn together)
+        colours = [plotting.algo_color(a) for a in names]
+        assert len(set(colours)) == len(colours)
+    assert plotting.algo_color("vimco") == plotting.algo_color("vimco")  # unlisted: fixed
     drawn = []
     monkeypatch.setattr(plotting.plt, "close", drawn.append)
     curve = {"return": (np.array([0.0, 50.0, 100.0]), np.array([1.0, 2.0, 3.0]))}
