@@ -20,12 +20,32 @@ def _options(command: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     "command,cls,required",
-    [("toy", ToyConfig, []), ("vae", VAEConfig, []), ("vae", TrackingConfig, [])],
+    [("toy", ToyConfig, []), ("vae", TrackingConfig, [])],
 )
 def test_no_flags_give_the_dataclass_defaults(command, cls, required):
     args = build_parser().parse_args([command, *required])
     prefix = "wandb-" if cls is TrackingConfig else ""
     assert dataclass_from_args(cls, args, prefix=prefix) == cls()
+
+
+def test_vae_flags_go_over_the_protocols_settings():
+    """No flag: the dataclass's defaults (the seed paper's protocol); --protocol disarm: its
+    settings; a flag given goes over them, one not given does not."""
+    from relax_rl.cli.experiments import vae_config
+    from relax_rl.experiments.vae import PROTOCOLS
+
+    parser = build_parser()
+    assert vae_config(parser.parse_args(["vae"])) == VAEConfig()
+    assert tuple(VAEConfig.__dataclass_fields__["protocol"].metadata["choices"]) == tuple(PROTOCOLS)
+    cfg = vae_config(parser.parse_args(["vae", "--protocol", "disarm", "--lr", "3e-4",
+                                        "--estimators", "disarm", "relax"]))  # fmt: skip
+    assert (cfg.protocol, cfg.batch_size, cfg.binarization, cfg.seeds) == (
+        "disarm",
+        50,
+        "dynamic",
+        5,
+    )
+    assert (cfg.lr, cfg.estimators) == (3e-4, ("disarm", "relax"))
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
+from typing import Any
 
 from relax_rl.cli.common import (
     add_tracking_args,
     check_out_dir,
     tracking_config,
 )
-from relax_rl.cli.flags import add_dataclass_flags, dataclass_from_args
+from relax_rl.cli.flags import add_dataclass_flags, dataclass_from_args, given_overrides
 from relax_rl.errors import UsageError
 
 
@@ -54,22 +54,13 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 
 def add_vae(sub: argparse._SubParsersAction) -> None:
-    from relax_rl.experiments.vae import PROTOCOLS, VAEConfig
+    from relax_rl.experiments.vae import VAEConfig
 
     p = sub.add_parser(
         "vae",
         help="the seed's discrete VAE benchmark: REINFORCE, Concrete, REBAR, RELAX",
         description="Train a VAE with 200 Bernoulli latents per stochastic layer on binarised "
         "digits with each estimator; writes results.json, elbo.png and variance.png.",
-    )
-    p.add_argument(
-        "--protocol",
-        default="grathwohl2018",
-        choices=list(PROTOCOLS),
-        help="the settings to start from: grathwohl2018 (the seed paper's: statically binarised, "
-        "batch 24, lr 3e-4, its four estimators) or disarm (Dong et al. 2020's, as ARMS and "
-        "Double-CV use it: dynamically binarised, batch 50, lr 1e-4, 5 seeds, REINFORCE-LOO, "
-        "ARM, DisARM, ARMS, REBAR and RELAX, 100k steps); the flags below go over them",
     )
     add_dataclass_flags(p, VAEConfig, overrides=True)
     p.add_argument(
@@ -80,23 +71,28 @@ def add_vae(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_vae)
 
 
+def vae_config(args: argparse.Namespace) -> Any:
+    """The run's :class:`~relax_rl.experiments.vae.VAEConfig`: its ``--protocol``'s settings,
+    the flags given over them."""
+    from relax_rl.experiments.vae import VAEConfig
+
+    overrides = given_overrides(args, VAEConfig, exclude=("protocol",))
+    if "estimators" in overrides:
+        overrides["estimators"] = tuple(overrides["estimators"])
+    return VAEConfig.for_protocol(args.protocol or VAEConfig.protocol, **overrides)
+
+
 def _run_vae(args: argparse.Namespace) -> int:
     from relax_rl.experiments.vae import (
         OUTPUT_FILES,
-        VAEConfig,
         format_table,
         load_dataset,
         run_vae,
         save_results,
     )
 
-    given = vars(dataclass_from_args(VAEConfig, args, protocol=args.protocol))
-    fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"protocol"}
-    overrides = {
-        k: v for k, v in given.items() if k in fields and getattr(args, k, None) is not None
-    }
     try:
-        cfg = VAEConfig.for_protocol(args.protocol, **overrides)
+        cfg = vae_config(args)
         cfg.validate()
         cfg.validate(len(load_dataset(cfg.dataset)["train"]))
     except ValueError as exc:

@@ -548,7 +548,17 @@ class VAEConfig:
         default=1,
         metadata={"help": "runs per estimator, seeds seed..seed+seeds-1 (mean +- SE)", "min": 1},
     )
-    protocol: str = field(default="grathwohl2018", metadata={"cli": False})
+    protocol: str = field(
+        default="grathwohl2018",
+        metadata={
+            "help": "the settings to start from, the other flags going over them: "
+            "grathwohl2018 (the seed paper's: statically binarised, batch 24, lr 3e-4, its four "
+            "estimators) or disarm (Dong et al. 2020's, as ARMS and Double-CV use it: "
+            "dynamically binarised, batch 50, lr 1e-4, 5 seeds, REINFORCE-LOO, ARM, DisARM, "
+            "ARMS, REBAR and RELAX, 100k steps)",
+            "choices": ("grathwohl2018", "disarm"),
+        },
+    )
     eval_every: int = field(
         default=1_000, metadata={"help": "updates between ELBO and variance evaluations", "min": 1}
     )
@@ -604,7 +614,8 @@ class VAEConfig:
             )
 
 
-#: ``relax-rl vae --protocol``: each protocol's settings (flags given go over them)
+#: ``relax-rl vae --protocol``: each protocol's settings (flags given go over them; the names
+#: are VAEConfig.protocol's choices)
 PROTOCOLS: dict[str, dict[str, object]] = {
     # the seed paper (Grathwohl et al. 2018, Sec. 6.2): statically binarised digits
     "grathwohl2018": {},
