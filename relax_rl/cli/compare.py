@@ -267,7 +267,8 @@ def _resumable(cell, spec, tracking):
     except (OSError, ValueError, yaml.YAMLError):
         return None
     new = run_config(spec)
-    keys = (set(old) | set(new)) - set(DERIVED_CONFIG_KEYS)
+    # (a key an older config.yaml lacks is not compared, as for finished runs)
+    keys = (set(old) & set(new)) - set(DERIVED_CONFIG_KEYS)
     if status not in RESUMABLE or any(old.get(k) != new.get(k) for k in keys):
         return None
     try:
