@@ -1,6 +1,8 @@
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -52,12 +54,27 @@ def _deterministic():
 
 def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
     """Wait for ``ready()`` while ``proc`` runs (a wait, not a timing assertion: a loaded CI
-    machine is slow); fail with the process's stderr if it ends first, or after 10 minutes."""
+    machine is slow); fail with the process's stderr if it ends first, or after 10 minutes.
+    A wait that fails kills ``proc`` and the process group it leads: a failed test leaves no
+    grid running behind it."""
     deadline = time.monotonic() + 600
-    while not ready():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, f"{what}: not in 600 s"
-        time.sleep(0.1)
+    try:
+        while not ready():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, f"{what}: not in 600 s"
+            time.sleep(0.1)
+    except BaseException:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:  # (started with start_new_session=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    proc.wait(timeout=60)
 
 
 #: agents with a group baseline: one whole episode per env per rollout (no ``n_steps``), no
