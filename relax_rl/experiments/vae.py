@@ -278,6 +278,14 @@ class EncoderEstimator(nn.Module, ABC):
     #: own gradient included: what an equal-evaluations comparison counts
     f_evals: int = 1
 
+    @abstractmethod
+    def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
+        """One draw of the estimator on the batch ``x`` from the noise stream ``gen``."""
+
+
+class SingleSampleEstimator(EncoderEstimator):
+    """One sample per example, one surrogate per stochastic layer (:meth:`surrogate`)."""
+
     def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
         """One sample per example from ``gen`` (every layer's uniforms, then every layer's
         second uniforms for the conditionals), then :meth:`surrogate` per layer."""
@@ -303,7 +311,7 @@ class EncoderEstimator(nn.Module, ABC):
         """The per-example surrogate of layer ``s.layer`` and a loss of phi's own, if any."""
 
 
-class Reinforce(EncoderEstimator):
+class Reinforce(SingleSampleEstimator):
     """REINFORCE with an NVIL-style baseline: a network of ``x`` regressed on ``f(b)``."""
 
     def __init__(self, n_layers: int, latents: int, x_dim: int, hidden: int = 100) -> None:
@@ -317,7 +325,7 @@ class Reinforce(EncoderEstimator):
         return reinforce(s.f_b, log_prob, baseline=base.detach()), baseline_loss
 
 
-class Concrete(EncoderEstimator):
+class Concrete(SingleSampleEstimator):
     """The relaxed objective at a fixed temperature (0.5): reparameterised, biased."""
 
     f_evals = 2  # f(b) for the decoder, the relaxed f for the encoder
@@ -332,7 +340,7 @@ class Concrete(EncoderEstimator):
         return vae.relaxed_loss(s.x, s.bs, s.logits, s.layer, z, s.us, temp), None
 
 
-class _RelaxedControlVariate(EncoderEstimator):
+class _RelaxedControlVariate(SingleSampleEstimator):
     """RELAX (Eq. 8) with a control variate built on the relaxed loss at a learned temperature;
     the subclass says how (:meth:`control_variate`)."""
 
@@ -426,9 +434,6 @@ class MultiSampleEstimator(EncoderEstimator):
         flat = [bs.reshape(k * n, -1)], [logits.repeat(k, 1)]
         f_b = -vae.log_joint_minus_q(xs, *flat).view(k, n)
         return Surrogates([logits], [leaf], [self.estimate(f_b, bs, leaf, noise)], f_b.mean(), [])
-
-    def surrogate(self, vae: DiscreteVAE, s: LayerSample) -> tuple[Tensor, Tensor | None]:
-        raise NotImplementedError("a multi-sample estimator draws its own samples")
 
 
 class ReinforceLOO(MultiSampleEstimator):
