@@ -427,7 +427,8 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, int]]) -> list[dict]:
-    """Train every (agent, seed) of ``jobs``; print each run as it ends; write ``--json``."""
+    """Train every (agent, seed) of ``jobs``; print each run as it ends; write ``--json`` after
+    each run, so a long grid stopped part way keeps the runs that ended."""
     print(
         f"{args.env}: threshold {threshold}, up to {args.max_steps:,} env steps, "
         f"{args.seeds} seeds, {args.jobs} parallel jobs, preset {args.preset or args.env}",
@@ -444,9 +445,11 @@ def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, in
             f"  {r['agent']} seed {r['seed']}: solved at {r['solved_at_env_steps']} env "
             f"steps ({r['solved_at_episodes']} episodes), {r['env_steps_per_s']:,.0f} "
             f"steps/s, {r['wall_s']:.1f} s, peak {r['peak_rss_mb'] or 0:.0f} MiB, "
-            f"last-100 mean {r['final_mean_return_100']}",
+            f"last-100 mean {r['final_mean_return_100']}, at budgets {r.get('returns_at')}",
             flush=True,
         )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
 
     # The project's grid runner (process pool); no run folders: results come back as dicts.
     with tempfile.TemporaryDirectory() as scratch:
@@ -461,8 +464,6 @@ def run_all(args: argparse.Namespace, threshold: float, jobs: list[tuple[str, in
             budgets=args.budgets,
         )
         run_grid(cells, worker, jobs=args.jobs, on_done=report)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     return results
 
 
