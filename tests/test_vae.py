@@ -37,6 +37,8 @@ def _trainer(digits, estimator, model="linear1", latents=4, samples=2):
             net[-1].bias.fill_(0.3)
         if hasattr(tr.cv, "eta"):
             tr.cv.eta.fill_(0.7)
+        if hasattr(tr.cv, "alpha"):
+            tr.cv.alpha.fill_(-0.6)
     return tr
 
 
@@ -51,7 +53,7 @@ def _exact_logit_gradient(tr, x):
     return g
 
 
-UNBIASED = ["reinforce", "rebar", "relax", "reinforce-loo", "arm", "disarm", "arms"]
+UNBIASED = ["reinforce", "rebar", "relax", "reinforce-loo", "arm", "disarm", "arms", "double-cv"]
 
 
 @pytest.mark.parametrize("estimator", UNBIASED)
@@ -216,8 +218,9 @@ def test_bad_input(tmp_path, capsys, args, needle):
 
 
 def test_multi_sample_estimators_train():
-    """DisARM and REINFORCE-LOO through step(): the nonlinear VAE's ELBO rises (ARMS and ARM
-    go through step() in the variance-measurement check)."""
+    """DisARM, REINFORCE-LOO and Double-CV through step(): the nonlinear VAE's ELBO rises and
+    Double-CV's alpha moves off 0 (ARMS and ARM go through step() in the variance-measurement
+    check)."""
     cfg = VAEConfig(
         dataset="digits",
         model="nonlinear",
@@ -225,13 +228,15 @@ def test_multi_sample_estimators_train():
         steps=150,
         eval_every=75,
         var_samples=2,
-        estimators=("disarm", "reinforce-loo"),
+        estimators=("disarm", "reinforce-loo", "double-cv"),
         samples=3,
     )
     results = run_vae(cfg, progress=False)
     for estimator, curve in results["curves"].items():
         first = VAETrainer(cfg, estimator, load_dataset("digits")).mean_elbo("train")
         assert curve["train_elbo"][-1] > first + 1.0, (estimator, first, curve["train_elbo"])
+    scalars = {r["estimator"]: r["estimator_scalars"] for r in results["runs"]}
+    assert scalars["disarm"] == {} and scalars["double-cv"]["alpha"] < -0.01
 
 
 def test_static_binarisation_is_the_threshold_and_dynamic_draws_from_the_grey_levels():

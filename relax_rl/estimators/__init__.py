@@ -10,6 +10,7 @@ from relax_rl.estimators.antithetic import (
     bernoulli_from_uniform,
     dirichlet_copula_uniforms,
     disarm,
+    double_cv,
     reinforce_loo,
 )
 from relax_rl.estimators.control_variates import RebarControlVariate, RelaxToyControlVariate
@@ -79,6 +80,7 @@ __all__ = [
     "conditional_gumbel_max",
     "dirichlet_copula_uniforms",
     "disarm",
+    "double_cv",
     "estimate_with_variance_loss",
     "gaussian_log_prob",
     "gaussian_sample",

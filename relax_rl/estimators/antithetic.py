@@ -18,6 +18,10 @@ at the samples these helpers draw, and counts those evaluations (:data:`F_EVALS`
   correlated (a Dirichlet copula, :func:`dirichlet_copula_uniforms`); the leave-one-out estimate
   on them is scaled, per dimension, by ``p(1-p) / (p - C(p, p))`` (``C`` the copula's bivariate
   CDF), which makes it unbiased again. ``k = 2`` is an antithetic pair.
+- :func:`double_cv`: Double control variates (Titsias & Shi 2022): REINFORCE-LOO on ``k``
+  independent samples, each ``f(b_i)`` given a linear control variate built from the *other*
+  samples' gradients ``grad_b f(b_j)`` (the leave-one-out baseline carries the others' control
+  variates too), its expectation added back in closed form; one scale ``alpha``, learned.
 
 Why the ARMS factor is exact: for one dimension ``d`` and a pair ``i != j``, the other
 dimensions are independent of dimension ``d``'s coupled uniforms, so ``E[(f(b_i) - f(b_j))
@@ -38,6 +42,7 @@ F_EVALS = {
     "arm": lambda k: 2,
     "disarm": lambda k: 2,
     "arms": lambda k: k,
+    "double-cv": lambda k: k,  # and k gradients grad_b f(b_i), one backward pass each
 }
 
 
@@ -130,4 +135,39 @@ def arms(f_b: Tensor, bs: Tensor, logits: Tensor) -> Tensor:
     centred = (f_b - f_b.mean(0, keepdim=True)).detach().unsqueeze(-1)  # (k, N, 1)
     score = bs - p.to(logits.dtype)  # dlog q(b_i) / dlogits
     grad = factor * (centred * score).sum(0) / (k - 1)
+    return (grad * logits).sum(-1)
+
+
+def double_cv(f_b: Tensor, grad_f: Tensor, bs: Tensor, logits: Tensor, alpha: Tensor) -> Tensor:
+    """Double control variates (Titsias & Shi 2022) on ``k >= 2`` independent samples.
+
+    With ``p = sigmoid(logits)``, ``s_i = b_i - p`` (the score of sample ``i``), the others'
+    mean gradient ``G_i = 1/(k-1) sum_{j != i} grad_b f(b_j)`` and the linear control variate
+    ``h_i = alpha G_i . s_i``, each sample's signal is ``f~_i = f(b_i) + h_i`` and
+    ``g = 1/k sum_i (f~_i - 1/(k-1) sum_{j != i} f~_j) s_i - alpha mean_i grad_b f(b_i) p (1-p)``.
+
+    Unbiased for any ``alpha``: ``G_i`` does not depend on ``b_i``, so ``E[h_i s_i | others] =
+    alpha G_i p (1-p)``, whose mean over ``i`` is the subtracted term; and every ``h_j`` in the
+    baseline of sample ``i`` is ``(b_j - p)`` times what does not depend on ``b_j``, so it has
+    mean zero given ``b_i``. ``alpha = 0`` is :func:`reinforce_loo`; for ``f`` linear in ``b``,
+    ``alpha = -1`` returns the exact gradient. The surrogate's gradient keeps ``alpha``'s graph,
+    so that ``alpha`` can descend the estimate's variance.
+
+    :param f_b: ``f`` at each sample, ``(k, N)``.
+    :param grad_f: ``grad_b f`` at each sample (``f`` taken as a function of real-valued ``b``),
+        ``(k, N, D)``.
+    :param bs: the samples, ``(k, N, D)``; ``logits``: ``(N, D)``.
+    :param alpha: the control variates' scale (a scalar tensor).
+    """
+    k = f_b.shape[0]
+    if k < 2:
+        raise ValueError(f"Double-CV needs k >= 2 samples, got {k}")
+    p = torch.sigmoid(logits.detach())
+    score = bs.detach() - p
+    grad_f = grad_f.detach()
+    others = (grad_f.sum(0, keepdim=True) - grad_f) / (k - 1)
+    signal = f_b.detach() + alpha * (others * score).sum(-1)  # (k, N)
+    baseline = (signal.sum(0, keepdim=True) - signal) / (k - 1)
+    grad = ((signal - baseline).unsqueeze(-1) * score).mean(0)
+    grad = grad - alpha * grad_f.mean(0) * p * (1.0 - p)
     return (grad * logits).sum(-1)

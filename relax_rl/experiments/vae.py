@@ -43,6 +43,7 @@ from relax_rl.estimators import (
     bernoulli_log_prob,
     dirichlet_copula_uniforms,
     disarm,
+    double_cv,
     log10_total_variance,
     reinforce,
     reinforce_loo,
@@ -277,6 +278,8 @@ class EncoderEstimator(nn.Module, ABC):
     #: evaluations of ``f`` (decoder passes) per example and update, ``f(b)`` for the decoder's
     #: own gradient included: what an equal-evaluations comparison counts
     f_evals: int = 1
+    #: the Adam learning rate of its parameters when --cv-lr is not given (None: --lr)
+    default_cv_lr: ClassVar[float | None] = None
 
     @abstractmethod
     def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
@@ -422,18 +425,29 @@ class MultiSampleEstimator(EncoderEstimator):
         their noise."""
 
     @abstractmethod
-    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
-        """The per-example surrogate in ``leaf`` from ``f`` at each sample, ``(k, N)``."""
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
+        """The per-example surrogate in ``leaf`` from ``f`` at each sample, ``(k, N)``, and
+        ``aux``: :meth:`draw`'s noise (ARM's uniforms), or Double-CV's gradients of ``f``."""
 
     def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
+        logits, leaf, bs, aux, f_b = self.sample_f(vae, x, gen)
+        return Surrogates([logits], [leaf], [self.estimate(f_b, bs, leaf, aux)], f_b.mean(), [])
+
+    def sample_f(
+        self, vae: DiscreteVAE, x: Tensor, gen: th.Generator, real_valued: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """The encoder's logits and their leaf copy, :meth:`draw`'s samples ``(k, N, D)`` and
+        noise, and ``f`` at each sample ``(k, N)`` (its graph reaching the samples when
+        ``real_valued``)."""
         logits = vae.enc[0](vae.enc_input(0, x, None))
         leaf = logits.detach().requires_grad_(True)
         bs, noise = self.draw(leaf.detach(), gen)
+        bs.requires_grad_(real_valued)
         k, n = bs.shape[:2]
         xs = x.unsqueeze(0).expand(k, -1, -1).reshape(k * n, -1)
         flat = [bs.reshape(k * n, -1)], [logits.repeat(k, 1)]
         f_b = -vae.log_joint_minus_q(xs, *flat).view(k, n)
-        return Surrogates([logits], [leaf], [self.estimate(f_b, bs, leaf, noise)], f_b.mean(), [])
+        return logits, leaf, bs, noise, f_b
 
 
 class ReinforceLOO(MultiSampleEstimator):
@@ -444,7 +458,7 @@ class ReinforceLOO(MultiSampleEstimator):
         us = uniform_noise((self.samples, *logits.shape), gen)
         return bernoulli_from_uniform(logits, us), None
 
-    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
         return reinforce_loo(f_b, bernoulli_log_prob(leaf.expand_as(bs), bs).sum(-1))
 
 
@@ -462,14 +476,14 @@ class _AntitheticPair(MultiSampleEstimator):
 class Arm(_AntitheticPair):
     """ARM (Yin & Zhou 2019, :func:`~relax_rl.estimators.arm`)."""
 
-    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
-        return arm(f_b[0], f_b[1], noise, leaf)
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
+        return arm(f_b[0], f_b[1], aux, leaf)
 
 
 class DisArm(_AntitheticPair):
     """DisARM (Dong et al. 2020, :func:`~relax_rl.estimators.disarm`)."""
 
-    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
         return disarm(f_b[0], f_b[1], bs[0], bs[1], leaf)
 
 
@@ -481,8 +495,38 @@ class Arms(MultiSampleEstimator):
         us = dirichlet_copula_uniforms(self.samples, tuple(logits.shape), gen)
         return bernoulli_from_uniform(logits, us), None
 
-    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, noise: Tensor | None) -> Tensor:
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
         return arms(f_b, bs, leaf)
+
+
+class DoubleCV(MultiSampleEstimator):
+    """Double control variates (Titsias & Shi 2022, :func:`~relax_rl.estimators.double_cv`):
+    ``k`` independent samples, ``f``'s gradient in ``b`` at each (one backward pass through the
+    decoder per sample, no extra ``f`` evaluation), the scale ``alpha`` (initially 0, where the
+    estimate is REINFORCE-LOO's) descending the estimate's variance as RELAX's phi does."""
+
+    variance_trained = True
+    #: the reference code's learning rate of alpha (``hyper_lr``); --cv-lr sets another
+    default_cv_lr = 1e-3
+
+    def __init__(self, n_layers: int, latents: int, x_dim: int, samples: int = 2) -> None:
+        super().__init__(n_layers, latents, x_dim, samples)
+        self.alpha = nn.Parameter(th.zeros(()))
+
+    def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
+        us = uniform_noise((self.samples, *logits.shape), gen)
+        return bernoulli_from_uniform(logits, us), None
+
+    def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
+        if aux is None:
+            raise ValueError("double-cv needs f's gradient at its samples (layer_surrogates)")
+        return double_cv(f_b, aux, bs, leaf, self.alpha)
+
+    def layer_surrogates(self, vae: DiscreteVAE, x: Tensor, gen: th.Generator) -> Surrogates:
+        logits, leaf, bs, _, f_b = self.sample_f(vae, x, gen, real_valued=True)
+        (grad_f,) = th.autograd.grad(f_b.sum(), bs, retain_graph=True)
+        surrogate = self.estimate(f_b, bs.detach(), leaf, grad_f)
+        return Surrogates([logits], [leaf], [surrogate], f_b.mean(), [])
 
 
 #: The estimators by name (the one place a name is turned into an estimator).
@@ -495,6 +539,7 @@ ESTIMATOR_CLASSES: dict[str, type[EncoderEstimator]] = {
     "arm": Arm,
     "disarm": DisArm,
     "arms": Arms,
+    "double-cv": DoubleCV,
 }
 
 
@@ -521,14 +566,14 @@ class VAEConfig:
     estimators: tuple[str, ...] = field(
         default=PAPER_ESTIMATORS,
         metadata={
-            "help": "estimators to run (reinforce-loo, arm, disarm and arms: one stochastic "
-            "layer, linear1 or nonlinear)",
+            "help": "estimators to run (reinforce-loo, arm, disarm, arms and double-cv: one "
+            "stochastic layer, linear1 or nonlinear)",
             "choices": ESTIMATORS,
         },
     )
     samples: int = field(
         default=2,
-        metadata={"help": "samples per example of reinforce-loo and arms (k)", "min": 2},
+        metadata={"help": "samples per example of reinforce-loo, arms and double-cv (k)", "min": 2},
     )
     steps: int = field(default=50_000, metadata={"help": "updates", "min": 1})
     batch_size: int = field(default=24, metadata={"help": "images per update", "min": 1})
@@ -538,7 +583,10 @@ class VAEConfig:
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the VAE"})
     cv_lr: float | None = field(
         default=None,
-        metadata={"help": "Adam learning rate of the control variates (none: --lr)"},
+        metadata={
+            "help": "Adam learning rate of the control variates (none: --lr; double-cv's alpha "
+            "1e-3, its reference code's)"
+        },
     )
     binarization: str = field(
         default="static",
@@ -560,7 +608,7 @@ class VAEConfig:
             "grathwohl2018 (the seed paper's: statically binarised, batch 24, lr 3e-4, its four "
             "estimators) or disarm (Dong et al. 2020's, as ARMS and Double-CV use it: "
             "dynamically binarised, batch 50, lr 1e-4, 5 seeds, REINFORCE-LOO, ARM, DisARM, "
-            "ARMS, REBAR and RELAX, 100k steps)",
+            "ARMS, Double-CV, REBAR and RELAX, 100k steps)",
             "choices": ("grathwohl2018", "disarm"),
         },
     )
@@ -634,7 +682,7 @@ PROTOCOLS: dict[str, dict[str, object]] = {
         "latents": 200,
         "steps": 100_000,
         "seeds": 5,
-        "estimators": ("reinforce-loo", "arm", "disarm", "arms", "rebar", "relax"),
+        "estimators": ("reinforce-loo", "arm", "disarm", "arms", "double-cv", "rebar", "relax"),
         "samples": 2,
     },
 }
@@ -654,7 +702,7 @@ class VAETrainer:
             self.cv = cls(self.model.n_layers, cfg.latents, x_dim, **options)
         self.opt = th.optim.Adam(self.model.parameters(), lr=cfg.lr)
         cv_params = list(self.cv.parameters())
-        cv_lr = cfg.lr if cfg.cv_lr is None else cfg.cv_lr
+        cv_lr = cfg.cv_lr if cfg.cv_lr is not None else (self.cv.default_cv_lr or cfg.lr)
         self.cv_opt = th.optim.Adam(cv_params, lr=cv_lr) if cv_params else None
         self.gen = th.Generator().manual_seed(cfg.seed)
         # The variance measurement draws its own noise, so that measuring (how often, or at
@@ -815,6 +863,10 @@ def _train_one(
         "final_log10_var": curve["log10_var"][-1],
         "f_evals_per_example": trainer.cv.f_evals,
         "f_evals_per_step": trainer.cv.f_evals * cfg.batch_size,
+        # the estimator's own scalars where it learns them (Double-CV's alpha, REBAR's eta, ...)
+        "estimator_scalars": {
+            name: p.item() for name, p in trainer.cv.named_parameters() if p.numel() == 1
+        },
         "wall_s": round(wall, 2),
         "ms_per_step": round(1000 * wall / cfg.steps, 2),
     }
