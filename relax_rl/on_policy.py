@@ -11,6 +11,7 @@ its update (``train``, SB3's pattern) and says how its policy-gradient surrogate
 from __future__ import annotations
 
 import math
+import sys
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -20,6 +21,7 @@ import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -696,6 +698,19 @@ class GumbelOnPolicyAlgorithm(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        """SB3's, except that a run with no logger of its own and no TensorBoard folder logs
+        to stdout (verbose) or nowhere: SB3 would make an empty ``SB3-<date>`` folder in the
+        temp directory on every ``learn()``."""
+        if self._custom_logger or self.tensorboard_log is not None:
+            return super()._setup_learn(*args, **kwargs)
+        formats = [HumanOutputFormat(sys.stdout)] if self.verbose >= 1 else []
+        self.set_logger(Logger(None, formats))
+        try:
+            return super()._setup_learn(*args, **kwargs)
+        finally:
+            self._custom_logger = False  # a later learn() decides again
 
 
 __all__ = ["GumbelOnPolicyAlgorithm", "Losses", "TrainingDivergedError", "total_grad_norm"]

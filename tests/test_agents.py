@@ -130,6 +130,18 @@ def test_same_seed_same_numbers(name):
     assert not th.equal(_params(a), _params(c))
 
 
+def test_learn_leaves_no_folder_in_the_temp_directory(tmp_path, monkeypatch, capsys):
+    """SB3 makes an empty SB3-<date> folder in the temp directory on every learn() without a
+    logger or TensorBoard folder (thousands over a test run); ours logs to stdout or nowhere."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _model("a2c").learn(64)
+    _model("a2c", verbose=1).learn(64, log_interval=1)
+    assert list(tmp_path.glob("SB3-*")) == []
+    assert "total_timesteps" in capsys.readouterr().out  # verbose still logs to stdout
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_save_load_continue_equals_straight(name, tmp_path):
     straight = _model(name, seed=5)
