@@ -14,6 +14,7 @@ from relax_rl.estimators.antithetic import (
     antithetic_pair,
     arm,
     arms,
+    arms_samples,
     bernoulli_from_uniform,
     dirichlet_copula_cdf,
     dirichlet_copula_uniforms,
@@ -70,7 +71,7 @@ def estimates(name, k, gen, alpha=-0.8):
         else:
             surrogate = disarm(f(b), f(b_tilde), b, b_tilde, logits)
     else:
-        bs = bernoulli_from_uniform(logits, dirichlet_copula_uniforms(k, (DRAWS, len(THETA)), gen))
+        bs = arms_samples(logits, dirichlet_copula_uniforms(k, (DRAWS, len(THETA)), gen))
         surrogate = arms(f(bs), bs, logits)
     (grad,) = th.autograd.grad(surrogate.sum(), logits)
     return grad
@@ -146,14 +147,15 @@ def test_leave_one_out_on_coupled_samples_needs_the_arms_factor():
 
 def test_arms_with_two_samples_is_disarm():
     """k = 2: the copula is the antithetic pair and the factor is sigmoid(|logits|), so ARMS
-    and DisARM agree estimate for estimate (Dimitriev & Zhou 2021, Sec. 3)."""
+    and DisARM agree estimate for estimate (Dimitriev & Zhou 2021, Sec. 3), DisARM's uniform
+    taken as 1 - u where ARMS flips it (p >= 1/2; the same pair's distribution)."""
     gen = th.Generator().manual_seed(2)
     us = dirichlet_copula_uniforms(2, (500, len(THETA)), gen)
     th.testing.assert_close(us[1], 1 - us[0])
     logits = THETA.expand(500, -1).clone().requires_grad_()
-    bs = bernoulli_from_uniform(logits, us)
+    bs = arms_samples(logits, us)
     (g_arms,) = th.autograd.grad(arms(f(bs), bs, logits).sum(), logits)
-    b, b_tilde = antithetic_pair(logits, us[0])
+    b, b_tilde = antithetic_pair(logits, th.where(th.sigmoid(THETA) < 0.5, us[0], 1 - us[0]))
     (g_disarm,) = th.autograd.grad(disarm(f(b), f(b_tilde), b, b_tilde, logits).sum(), logits)
     th.testing.assert_close(g_arms, g_disarm)
 

@@ -15,9 +15,10 @@ at the samples these helpers draw, and counts those evaluations (:data:`F_EVALS`
   integrated out given the pair, ``1/2 (f(b) - f(b~)) (-1)^b~ 1[b != b~] sigmoid(|logits|)``;
   zero wherever the pair agrees.
 - :func:`arms`: ARMS (Dimitriev & Zhou 2021): ``k`` samples whose uniforms are negatively
-  correlated (a Dirichlet copula, :func:`dirichlet_copula_uniforms`); the leave-one-out estimate
-  on them is scaled, per dimension, by ``p(1-p) / (p - C(p, p))`` (``C`` the copula's bivariate
-  CDF), which makes it unbiased again. ``k = 2`` is an antithetic pair.
+  correlated (a Dirichlet copula, :func:`dirichlet_copula_uniforms`, flipped where ``p >= 1/2``:
+  :func:`arms_samples`); the leave-one-out estimate on them is scaled, per dimension, by
+  ``p(1-p) / (p - P11)`` (``P11`` the chance that two samples are both 1, from the copula's
+  bivariate CDF ``C``), which makes it unbiased again. ``k = 2`` is an antithetic pair.
 - :func:`double_cv`: Double control variates (Titsias & Shi 2022): REINFORCE-LOO on ``k``
   independent samples, each ``f(b_i)`` given a linear control variate built from the *other*
   samples' gradients ``grad_b f(b_j)`` (the leave-one-out baseline carries the others' control
@@ -25,8 +26,9 @@ at the samples these helpers draw, and counts those evaluations (:data:`F_EVALS`
 
 Why the ARMS factor is exact: for one dimension ``d`` and a pair ``i != j``, the other
 dimensions are independent of dimension ``d``'s coupled uniforms, so ``E[(f(b_i) - f(b_j))
-(b_id - p)] = (F(1) - F(0)) E[(b_id - b_jd)(b_id - p)] = (F(1) - F(0)) (p - C(p, p))``, with
-``F(x) = E[f(b) | b_d = x]``, while the gradient is ``(F(1) - F(0)) p (1 - p)``.
+(b_id - p)] = (F(1) - F(0)) E[(b_id - b_jd)(b_id - p)] = (F(1) - F(0)) (p - P11)``, with
+``F(x) = E[f(b) | b_d = x]`` and ``P11 = P(b_id = b_jd = 1)`` (``C(p, p)`` for the copula's
+uniforms as they are), while the gradient is ``(F(1) - F(0)) p (1 - p)``.
 """
 
 from __future__ import annotations
@@ -118,19 +120,36 @@ def dirichlet_copula_cdf(p: Tensor, q: Tensor, k: int) -> Tensor:
     return (a + b - 1.0).clamp_min(0.0).pow(k - 1)
 
 
+def arms_samples(logits: Tensor, us: Tensor) -> Tensor:
+    """ARMS's ``k`` samples from :func:`dirichlet_copula_uniforms`' ``us``: ``b_i = 1[u_i < p]``
+    where ``p < 1/2``, ``1[1 - u_i < p]`` where ``p >= 1/2`` (the reference code's choice: the
+    samples' ones are then as negatively coupled as their zeros are below 1/2).
+
+    :param logits: ``(N, D)``; ``us``: ``(k, N, D)``.
+    :return: ``(k, N, D)``.
+    """
+    low = torch.sigmoid(logits.detach()) < 0.5
+    return bernoulli_from_uniform(logits, torch.where(low, us, 1.0 - us))
+
+
 def arms(f_b: Tensor, bs: Tensor, logits: Tensor) -> Tensor:
-    """ARMS (Dimitriev & Zhou 2021) on ``k`` samples drawn from
-    :func:`dirichlet_copula_uniforms` through :func:`bernoulli_from_uniform`:
-    ``g_d = p_d (1 - p_d) / (p_d - C(p_d, p_d)) * 1/(k-1) sum_i (f(b_i) - mean_j f(b_j))
-    (b_id - p_d)`` (see the module's docstring for why the factor makes it unbiased).
+    """ARMS (Dimitriev & Zhou 2021) on ``k`` samples from :func:`arms_samples`:
+    ``g_d = p_d (1 - p_d) / (p_d - P11_d) * 1/(k-1) sum_i (f(b_i) - mean_j f(b_j))
+    (b_id - p_d)``, ``P11`` the probability that two of the samples are both 1: ``C(p, p)``
+    where ``p < 1/2``, ``2p - 1 + C(1-p, 1-p)`` where the uniforms are flipped (see the
+    module's docstring for why the factor makes it unbiased).
 
     :param f_b: ``f`` at each sample, ``(k, N)``.
     :param bs: the samples, ``(k, N, D)``; ``logits``: ``(N, D)``.
     """
     k = f_b.shape[0]
     p = torch.sigmoid(logits.detach().double())
-    both_one = dirichlet_copula_cdf(p, p, k)
-    # p - C(p, p) > 0 for 0 < p < 1; in float64 it stays so up to p within 1e-15 of 0 or 1
+    both_one = torch.where(
+        p < 0.5,
+        dirichlet_copula_cdf(p, p, k),
+        2.0 * p - 1.0 + dirichlet_copula_cdf(1 - p, 1 - p, k),
+    )
+    # p - P11 > 0 for 0 < p < 1; in float64 it stays so up to p within 1e-15 of 0 or 1
     factor = (p * (1.0 - p) / (p - both_one).clamp_min(1e-300)).to(logits.dtype)
     centred = (f_b - f_b.mean(0, keepdim=True)).detach().unsqueeze(-1)  # (k, N, 1)
     score = bs - p.to(logits.dtype)  # dlog q(b_i) / dlogits

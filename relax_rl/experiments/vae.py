@@ -39,6 +39,7 @@ from relax_rl.estimators import (
     antithetic_pair,
     arm,
     arms,
+    arms_samples,
     bernoulli_from_uniform,
     bernoulli_log_prob,
     dirichlet_copula_uniforms,
@@ -493,7 +494,7 @@ class Arms(MultiSampleEstimator):
 
     def draw(self, logits: Tensor, gen: th.Generator) -> tuple[Tensor, Tensor | None]:
         us = dirichlet_copula_uniforms(self.samples, tuple(logits.shape), gen)
-        return bernoulli_from_uniform(logits, us), None
+        return arms_samples(logits, us), None
 
     def estimate(self, f_b: Tensor, bs: Tensor, leaf: Tensor, aux: Tensor | None) -> Tensor:
         return arms(f_b, bs, leaf)
