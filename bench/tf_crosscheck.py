@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=-0.7, help="Double-CV's scale")
     parser.add_argument("--samples", type=int, default=3, help="k of REINFORCE-LOO, ARMS, ...")
     args = parser.parse_args(argv)
+    # one thread, as our runs take (and side by side with other runs)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     if not (args.reference / "networks.py").is_file():
         print(f"no networks.py in {args.reference}", file=sys.stderr)
         return 2
