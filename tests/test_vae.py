@@ -211,6 +211,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
         (["--protocol", "arms"], "invalid choice: 'arms'"),
         (["--activation", "relu"], "invalid choice: 'relu'"),
         (["--inputs", "scaled"], "invalid choice: 'scaled'"),
+        (["--init", "he"], "invalid choice: 'he'"),
         (["--prior-lr", "-1"], "--prior-lr must be a positive number, got -1.0"),
     ],
 )
@@ -277,6 +278,21 @@ def test_what_the_networks_read(digits, inputs):
     th.testing.assert_close(m.log_joint_minus_q(x, [b], [m.enc[0](want_x)]), log_p - log_q)
 
 
+def test_glorot_init_is_kerass_default(digits):
+    """--init glorot: every network layer's weights within Glorot's bound, biases zero; the
+    torch default's biases are not."""
+    glorot = VAETrainer(VAEConfig(dataset="digits", model="nonlinear", init="glorot"), "disarm",
+                        digits).model  # fmt: skip
+    for lin in [
+        m for m in [*glorot.enc.modules(), *glorot.dec.modules()] if isinstance(m, th.nn.Linear)
+    ]:
+        bound = math.sqrt(6 / (lin.in_features + lin.out_features))
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+        assert (lin.bias == 0).all()
+    torch_default = VAETrainer(VAEConfig(dataset="digits", model="nonlinear"), "disarm", digits)
+    assert (torch_default.model.enc[0][0].bias != 0).any()
+
+
 def test_static_binarisation_is_the_threshold_and_dynamic_draws_from_the_grey_levels():
     from sklearn.datasets import load_digits
 
@@ -312,7 +328,9 @@ def test_disarm_protocol_from_the_cli_seeds_with_standard_errors(tmp_path, capsy
         "disarm", "dynamic", 50, 1e-4,
     )  # fmt: skip
     # its reference code's
-    assert (cfg["activation"], cfg["prior_lr"], cfg["inputs"]) == ("leaky-relu", 1e-2, "raw")
+    assert (cfg["activation"], cfg["prior_lr"], cfg["inputs"], cfg["init"]) == (
+        "leaky-relu", 1e-2, "raw", "glorot",
+    )  # fmt: skip
     assert (cfg["latents"], cfg["steps"], cfg["seeds"]) == (8, 20, 2)  # the flags given
     assert sorted((r["estimator"], r["seed"]) for r in results["runs"]) == [
         ("disarm", 0), ("disarm", 1), ("reinforce-loo", 0), ("reinforce-loo", 1),
