@@ -36,6 +36,7 @@ COLORS = {
     "arm": "goldenrod",
     "disarm": "indigo",
     "arms": "darkgreen",
+    "double-cv": "crimson",
 }
 SPARE_COLORS = ("navy", "teal", "goldenrod", "indigo", "darkred", "slategray", "darkgreen", "peru")
 
