@@ -23,11 +23,21 @@ def _params(policy):
     return th.cat([p.detach().reshape(-1) for p in policy.parameters()])
 
 
-@pytest.mark.parametrize("clip_range_vf", [None, 0.1])
-def test_one_update_equals_sb3_ppo(clip_range_vf):
+@pytest.mark.parametrize(
+    ("env_id", "clip_range_vf", "policy_kwargs"),
+    [
+        ("CartPole-v1", None, {}),
+        ("CartPole-v1", 0.1, {}),
+        # Box actions: our stored-noise Gaussian against SB3's DiagGaussian, with rl-zoo3's
+        # MuJoCo policy settings (log_std_init, no orthogonal init)
+        ("Pendulum-v1", None, {"log_std_init": -2.0, "ortho_init": False}),
+    ],
+)
+def test_one_update_equals_sb3_ppo(env_id, clip_range_vf, policy_kwargs):
     """The same rollout, weights and minibatch order through our ``train()`` and SB3 PPO's:
     the same parameters after 3 epochs of 4 minibatches (clipping, advantage normalisation
-    per minibatch, value clipping, gradient clipping and Adam all in play)."""
+    per minibatch, value clipping, gradient clipping, the entropy bonus and Adam all in
+    play)."""
     kw = dict(
         n_steps=16,
         batch_size=32,
@@ -38,10 +48,10 @@ def test_one_update_equals_sb3_ppo(clip_range_vf):
         gae_lambda=0.9,
         ent_coef=0.01,
         seed=0,
-        policy_kwargs=TINY,
+        policy_kwargs={**TINY, **policy_kwargs},
     )
-    ours = PPO("MlpPolicy", make_env("CartPole-v1", 8, 0), **kw)
-    theirs = sb3.PPO("MlpPolicy", make_env("CartPole-v1", 8, 0), device="cpu", **kw)
+    ours = PPO("MlpPolicy", make_env(env_id, 8, 0), **kw)
+    theirs = sb3.PPO("MlpPolicy", make_env(env_id, 8, 0), device="cpu", **kw)
     theirs.policy.optimizer = th.optim.Adam(theirs.policy.parameters(), lr=3e-3, eps=1e-5)
     _, callback = ours._setup_learn(128, None)
     ours.collect_rollouts(ours.env, callback, ours.rollout_buffer, ours.n_steps)
@@ -52,6 +62,14 @@ def test_one_update_equals_sb3_ppo(clip_range_vf):
     dst.advantages[:] = src.advantages
     dst.actions[:] = src.actions.reshape(dst.actions.shape)
     dst.full, dst.pos, dst.generator_ready = True, dst.buffer_size, False
+    # what the collect loop stored is what SB3's policy says of the stored actions
+    obs = th.as_tensor(dst.observations.reshape(-1, *dst.obs_shape))
+    actions = th.as_tensor(dst.actions.reshape(-1, dst.action_dim))
+    if env_id == "CartPole-v1":
+        actions = actions.long().flatten()  # (SB3's train() does the same)
+    values, log_prob, _ = theirs.policy.evaluate_actions(obs, actions)
+    th.testing.assert_close(log_prob, th.as_tensor(src.log_probs).reshape(-1))
+    th.testing.assert_close(values.flatten(), th.as_tensor(src.values).reshape(-1))
     for model in (ours, theirs):
         model.set_logger(configure(None, []))
         model._current_progress_remaining = 0.9
@@ -59,7 +77,7 @@ def test_one_update_equals_sb3_ppo(clip_range_vf):
         ours.minibatch_rng = np.random.RandomState(5)  # its own
         model.train()
     th.testing.assert_close(_params(ours.policy), _params(theirs.policy), rtol=1e-4, atol=1e-5)
-    initial = PPO("MlpPolicy", make_env("CartPole-v1", 8, 0), **kw).policy
+    initial = PPO("MlpPolicy", make_env(env_id, 8, 0), **kw).policy
     assert (_params(ours.policy) - _params(initial)).abs().max() > 1e-2  # it did move
 
 
